@@ -1,0 +1,11 @@
+//! hakube: build and operate highly-available on-premises Kubernetes control planes.
+//!
+//! Layers, from the spec outwards: [`spec`] (the `cluster.yaml` model and its validation),
+//! [`plan`] (topology, failure tolerance, single points of failure), [`render`] (every config
+//! file for every host), [`pki`] (certificates) and [`lab`] (a real multi-host lab on one machine).
+
+pub mod lab;
+pub mod pki;
+pub mod plan;
+pub mod render;
+pub mod spec;

@@ -1,0 +1,202 @@
+//! The `hakube` command line: a thin layer over the library.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hakube::{lab, plan, render, spec};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "hakube",
+    version,
+    about = "Build and operate highly-available on-premises Kubernetes control planes",
+    long_about = "hakube reads one declarative cluster.yaml (two or more HAProxy/keepalived load \
+balancers sharing a VIP, stacked-etcd control planes, workers), checks it, explains its failure \
+tolerance, and renders every config file each host needs.\n\nStart with `hakube plan -f \
+examples/seed.yaml`, or bring up a local lab with `hakube lab up`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct SpecArgs {
+    /// The cluster spec.
+    #[arg(short = 'f', long = "file", default_value = "cluster.yaml", value_name = "FILE")]
+    file: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the spec and show the topology, the failure tolerance of every layer, its
+    /// worst-case failover times, and every single point of failure.
+    ///
+    /// Exit status: 0 clean, 1 warnings only, 2 errors.
+    Plan(SpecArgs),
+    /// Render every config file, one folder per host (plus `_cluster/` for cluster-wide files).
+    ///
+    /// Refuses (exit 2) when the spec has errors. Same spec, same bytes.
+    Render {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Where to write; created if missing. Files hakube did not write are left alone.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// A local lab: real haproxy, keepalived, etcd and sshd in Linux namespaces (needs root).
+    Lab(lab::cli::LabArgs),
+}
+
+fn main() -> ExitCode {
+    // On lab hosts the same binary stands in for systemctl (hosts there have no systemd).
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&argv0).file_name().is_some_and(|n| n == "systemctl") {
+        return ExitCode::from(lab::cli::systemctl_main() as u8);
+    }
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Plan(a) => cmd_plan(&a),
+        Command::Render { spec, out } => cmd_render(&spec, &out),
+        Command::Lab(a) => lab::cli::run(a),
+    }
+}
+
+/// Load the spec and print its diagnostics (to stderr in JSON mode, so stdout stays parseable).
+fn load(a: &SpecArgs) -> anyhow::Result<spec::Loaded> {
+    let loaded = spec::load_file(&a.file)?;
+    Ok(loaded)
+}
+
+fn print_diagnostics(diags: &spec::Diagnostics) {
+    let color = std::io::stderr().is_terminal();
+    for d in &diags.items {
+        let text = d.to_string();
+        if color {
+            let code = match d.severity {
+                spec::Severity::Error => "31",
+                spec::Severity::Warning => "33",
+                spec::Severity::Info => "36",
+            };
+            let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));
+            eprintln!("\x1b[1;{code}m{head}\x1b[0m\n{rest}");
+        } else {
+            eprintln!("{text}");
+        }
+    }
+}
+
+fn exit_code(diags: &spec::Diagnostics) -> i32 {
+    if diags.has_errors() {
+        2
+    } else if diags.count(spec::Severity::Warning) > 0 {
+        1
+    } else {
+        0
+    }
+}
+
+fn summary_line(diags: &spec::Diagnostics) -> String {
+    format!(
+        "{} error(s), {} warning(s)",
+        diags.count(spec::Severity::Error),
+        diags.count(spec::Severity::Warning)
+    )
+}
+
+fn cmd_plan(a: &SpecArgs) -> anyhow::Result<i32> {
+    let loaded = load(a)?;
+    let report = loaded.cluster.as_ref().map(plan::analyze);
+    match a.output {
+        Output::Json => {
+            let v = serde_json::json!({
+                "file": a.file.display().to_string(),
+                "valid": !loaded.diagnostics.has_errors(),
+                "diagnostics": loaded.diagnostics.items,
+                "plan": report,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            print_diagnostics(&loaded.diagnostics);
+            if let (Some(c), Some(r)) = (&loaded.cluster, &report) {
+                print!("{}", plan::render_text(c, r));
+            }
+            eprintln!("{}: {}", a.file.display(), summary_line(&loaded.diagnostics));
+        }
+    }
+    let mut code = exit_code(&loaded.diagnostics);
+    if code == 0 && report.as_ref().is_some_and(|r| !r.spofs.is_empty()) {
+        code = 1;
+    }
+    Ok(code)
+}
+
+fn cmd_render(a: &SpecArgs, out: &Path) -> anyhow::Result<i32> {
+    let loaded = load(a)?;
+    if a.output == Output::Text {
+        print_diagnostics(&loaded.diagnostics);
+    }
+    let Some(cluster) = loaded.cluster else {
+        if a.output == Output::Json {
+            let v = serde_json::json!({"rendered": false, "diagnostics": loaded.diagnostics.items});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            eprintln!("{}: {}; nothing rendered", a.file.display(), summary_line(&loaded.diagnostics));
+        }
+        return Ok(2);
+    };
+    let secrets = render::Secrets::load_or_create(&cluster)?;
+    let files = render::render(&cluster, &secrets)?;
+    let written = render::write_tree(&files, out)?;
+    match a.output {
+        Output::Json => {
+            let list: Vec<_> = files
+                .iter()
+                .map(|f| {
+                    serde_json::json!({
+                        "host": f.host, "path": f.path, "mode": format!("{:04o}", f.mode),
+                        "secret": f.secret, "sha256": f.sha256(),
+                    })
+                })
+                .collect();
+            let v = serde_json::json!({
+                "rendered": true, "out": out.display().to_string(), "files": list,
+                "changed": written, "diagnostics": loaded.diagnostics.items,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text => {
+            let hosts: std::collections::BTreeSet<&str> = files.iter().map(|f| f.host.as_str()).collect();
+            println!(
+                "rendered {} files for {} hosts into {} ({} changed)",
+                files.len(),
+                hosts.len().saturating_sub(1),
+                out.display(),
+                written
+            );
+        }
+    }
+    Ok(0)
+}

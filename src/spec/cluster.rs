@@ -1,0 +1,252 @@
+//! The validated, typed cluster model that every other layer (plan, render, apply, lab) uses.
+//! Defaults are resolved here, once.
+
+use ipnet::IpNet;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    /// Folder of the spec file; relative paths in the spec are resolved against it.
+    pub base_dir: PathBuf,
+    pub hosts: Vec<Host>,
+    pub networks: Networks,
+    pub lb: LoadBalancer,
+    pub etcd: Etcd,
+    pub kubernetes: Kubernetes,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Roles {
+    pub loadbalancer: bool,
+    pub control_plane: bool,
+    pub worker: bool,
+}
+
+impl Roles {
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.loadbalancer {
+            v.push("loadbalancer");
+        }
+        if self.control_plane {
+            v.push("control-plane");
+        }
+        if self.worker {
+            v.push("worker");
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SshSettings {
+    pub user: String,
+    pub port: u16,
+    pub identity_file: Option<String>,
+    pub proxy_jump: Option<String>,
+    pub config_file: Option<String>,
+    pub known_hosts_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub name: String,
+    pub address: IpAddr,
+    pub roles: Roles,
+    pub interface: Option<String>,
+    pub ssh: SshSettings,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Networks {
+    pub management: IpNet,
+    pub pods: IpNet,
+    pub services: IpNet,
+    pub storage: Option<IpNet>,
+    pub dns_domain: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// HTTPS `GET /readyz`, expecting 200.
+    Https,
+    /// A plain TCP connect, as in the runbook. Kept for comparison drills.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    #[serde(with = "millis")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Vrrp {
+    pub router_id: u8,
+    pub version: u8,
+    #[serde(with = "millis")]
+    pub advert_interval: Duration,
+    #[serde(skip)]
+    pub auth_pass: Option<String>,
+    /// Priority per LB host, highest first in `lb_hosts` order.
+    pub priorities: BTreeMap<String, u8>,
+    /// Track-script weight: negative, and larger than the priority spread, so that an LB whose
+    /// HAProxy or API path is broken always drops below every healthy peer.
+    pub track_weight: i32,
+    pub script_user: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub enabled: bool,
+    pub port: u16,
+    pub user: String,
+    /// Operator-side file with the password; resolved against the spec folder.
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub enabled: bool,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ingress {
+    pub http_port: u16,
+    pub https_port: u16,
+    pub http_node_port: u16,
+    pub https_node_port: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadBalancer {
+    pub vip: IpAddr,
+    pub api_port: u16,
+    pub vrrp: Vrrp,
+    pub health_check: HealthCheck,
+    pub stats: Stats,
+    pub metrics: Metrics,
+    pub ingress: Option<Ingress>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtcdManagement {
+    Hakube,
+    Kubeadm,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Etcd {
+    pub management: EtcdManagement,
+    #[serde(with = "millis")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "millis")]
+    pub election_timeout: Duration,
+    pub quota_backend_bytes: u64,
+    pub data_dir: String,
+    pub binary: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bootstrap {
+    Kubeadm,
+    /// The lab API server stand-in (`hakube-lab-apiserver`), for the lab only.
+    Lab,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum KubeadmApi {
+    #[serde(rename = "kubeadm.k8s.io/v1beta3")]
+    V1Beta3,
+    #[serde(rename = "kubeadm.k8s.io/v1beta4")]
+    V1Beta4,
+}
+
+impl KubeadmApi {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KubeadmApi::V1Beta3 => "kubeadm.k8s.io/v1beta3",
+            KubeadmApi::V1Beta4 => "kubeadm.k8s.io/v1beta4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Kubernetes {
+    pub version: semver::Version,
+    pub kubeadm_api: KubeadmApi,
+    pub bootstrap: Bootstrap,
+    pub cluster_name: String,
+    pub api_server_port: u16,
+    /// Every SAN, the automatically added ones included.
+    pub cert_sans: Vec<String>,
+    pub api_server_extra_args: BTreeMap<String, String>,
+    pub cri_socket: String,
+}
+
+impl Cluster {
+    pub fn load_balancers(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.roles.loadbalancer)
+    }
+    pub fn control_planes(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.roles.control_plane)
+    }
+    pub fn workers(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.roles.worker)
+    }
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+    /// `VIP:port`, the endpoint every client and kubelet uses.
+    pub fn control_plane_endpoint(&self) -> String {
+        match self.lb.vip {
+            IpAddr::V6(v6) => format!("[{v6}]:{}", self.lb.api_port),
+            IpAddr::V4(v4) => format!("{v4}:{}", self.lb.api_port),
+        }
+    }
+    /// etcd member name for a control plane: its host name.
+    pub fn etcd_initial_cluster(&self) -> String {
+        self.control_planes()
+            .map(|h| format!("{}={}", h.name, url("https", h.address, self.etcd.peer_port)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+    pub fn etcd_client_urls(&self) -> Vec<String> {
+        self.control_planes()
+            .map(|h| url("https", h.address, self.etcd.client_port))
+            .collect()
+    }
+}
+
+pub fn url(scheme: &str, addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}"),
+    }
+}
+
+mod millis {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}

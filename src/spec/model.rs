@@ -1,0 +1,182 @@
+//! The raw `cluster.yaml` document, exactly as written by the user.
+//!
+//! Everything a user can get wrong in a value (addresses, CIDRs, durations, versions) is kept as
+//! text here, so that `validate` can report every mistake at once with its location instead of
+//! stopping at the first parse failure. `validate` turns this into the typed [`crate::spec::Cluster`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const API_VERSION: &str = "hakube.io/v1alpha1";
+pub const KIND: &str = "Cluster";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Document {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spec {
+    #[serde(default)]
+    pub ssh: Ssh,
+    #[serde(default)]
+    pub hosts: Vec<Host>,
+    pub networks: Networks,
+    pub load_balancer: LoadBalancer,
+    #[serde(default)]
+    pub etcd: Etcd,
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
+}
+
+/// SSH settings. On `spec.ssh` they are defaults; on a host they override those.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ssh {
+    pub user: Option<String>,
+    pub port: Option<u16>,
+    pub identity_file: Option<String>,
+    pub proxy_jump: Option<String>,
+    /// An ssh_config file passed to `ssh -F` (the lab writes one).
+    pub config_file: Option<String>,
+    /// A known_hosts file; by default the user's own, checked strictly.
+    pub known_hosts_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub roles: Vec<String>,
+    /// The interface that carries `address`; found from the host's facts when absent.
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub ssh: Ssh,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Networks {
+    pub management: String,
+    pub pods: Option<String>,
+    pub services: Option<String>,
+    pub storage: Option<String>,
+    pub dns_domain: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancer {
+    pub vip: String,
+    /// The port HAProxy serves the Kubernetes API on (VIP:apiPort is the control-plane endpoint).
+    pub api_port: Option<u16>,
+    #[serde(default)]
+    pub vrrp: Vrrp,
+    #[serde(default)]
+    pub health_check: HealthCheck,
+    #[serde(default)]
+    pub stats: Stats,
+    #[serde(default)]
+    pub metrics: Metrics,
+    pub ingress: Option<Ingress>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Vrrp {
+    pub router_id: Option<i64>,
+    /// 2 or 3. Version 3 allows sub-second adverts but has no authentication.
+    pub version: Option<u8>,
+    /// Advert interval, for example `100ms` or `1s`.
+    pub advert_interval: Option<String>,
+    /// VRRPv2 PASS authentication (clear text, at most 8 characters).
+    pub auth_pass: Option<String>,
+    /// Priority per LB host name; by default the first LB gets 110 and each next one 10 less.
+    #[serde(default)]
+    pub priorities: BTreeMap<String, i64>,
+    /// The user keepalived runs the track script as (`enable_script_security`).
+    pub script_user: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `https` (GET /readyz over TLS, the default) or `tcp` (the runbook's plain connect check).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub interval: Option<String>,
+    pub fall: Option<u32>,
+    pub rise: Option<u32>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Stats {
+    pub enabled: Option<bool>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// Local file holding the stats password; created (0600) with a random password if absent.
+    pub password_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metrics {
+    pub enabled: Option<bool>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ingress {
+    pub http_port: Option<u16>,
+    pub https_port: Option<u16>,
+    pub http_node_port: Option<u16>,
+    pub https_node_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Etcd {
+    /// `hakube` (systemd service and PKI managed by hakube) or `kubeadm` (static pods).
+    pub management: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub election_timeout: Option<String>,
+    /// Backend quota, for example `2GiB` or `8GiB`.
+    pub quota_backend_bytes: Option<String>,
+    pub data_dir: Option<String>,
+    /// Path of the etcd binary on the hosts (management `hakube`).
+    pub binary: Option<String>,
+    pub client_port: Option<u16>,
+    pub peer_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Kubernetes {
+    pub version: Option<String>,
+    /// `kubeadm` for real clusters, `lab` for the lab API server stand-in.
+    pub bootstrap: Option<String>,
+    pub cluster_name: Option<String>,
+    /// The port each API server binds on its own host.
+    pub api_server_port: Option<u16>,
+    #[serde(default, rename = "certSANs")]
+    pub cert_sans: Vec<String>,
+    #[serde(default)]
+    pub api_server_extra_args: BTreeMap<String, String>,
+    pub cri_socket: Option<String>,
+}

@@ -1,0 +1,881 @@
+//! Turns the raw document into a [`Cluster`], collecting every problem on the way.
+
+use super::cluster::*;
+use super::diag::Diagnostics;
+use super::model::{self, Document};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Oldest Kubernetes minor hakube renders kubeadm configs for.
+pub const OLDEST_MINOR: u64 = 29;
+/// Newest Kubernetes minor hakube knows (late 2026).
+pub const NEWEST_MINOR: u64 = 37;
+/// Oldest minor still maintained upstream.
+pub const OLDEST_MAINTAINED_MINOR: u64 = 35;
+pub const DEFAULT_K8S_VERSION: &str = "v1.37.0";
+
+const ROLE_NAMES: [&str; 3] = ["loadbalancer", "control-plane", "worker"];
+
+/// Validate `doc`. Returns the cluster when there are no errors; diagnostics always.
+pub fn validate(doc: &Document, base_dir: &Path) -> (Option<Cluster>, Diagnostics) {
+    let mut d = Diagnostics::default();
+    let c = build(doc, base_dir, &mut d);
+    if d.has_errors() { (None, d) } else { (c, d) }
+}
+
+fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster> {
+    if doc.api_version != model::API_VERSION {
+        d.error(
+            "apiVersion",
+            format!("unsupported apiVersion {:?}", doc.api_version),
+            format!("use `apiVersion: {}`", model::API_VERSION),
+        );
+    }
+    if doc.kind != model::KIND {
+        d.error(
+            "kind",
+            format!("unsupported kind {:?}", doc.kind),
+            format!("use `kind: {}`", model::KIND),
+        );
+    }
+    let name = doc.metadata.name.clone();
+    if !is_dns_label(&name) {
+        d.error(
+            "metadata.name",
+            format!("{name:?} is not a valid cluster name"),
+            "use lowercase letters, digits and '-', at most 63 characters, starting with a letter",
+        );
+    }
+    let s = &doc.spec;
+
+    let networks = networks(&s.networks, d);
+    let hosts = hosts(s, networks.as_ref().map(|n| n.management), d);
+    check_overlaps(&s.networks, d);
+
+    let lbs: Vec<&Host> = hosts.iter().filter(|h| h.roles.loadbalancer).collect();
+    let cps: Vec<&Host> = hosts.iter().filter(|h| h.roles.control_plane).collect();
+    check_counts(&hosts, &lbs, &cps, d);
+
+    let kubernetes_pre = kubernetes_version(&s.kubernetes, d);
+    let etcd = etcd(&s.etcd, d);
+    let lb = load_balancer(&s.load_balancer, &hosts, &lbs, networks.as_ref(), base_dir, &name, d);
+    let k8s = kubernetes(&s.kubernetes, kubernetes_pre, &name, lb.as_ref(), &cps, d);
+
+    if let (Some(lb), Some(k)) = (&lb, &k8s) {
+        ports(s, lb, k, &etcd, &hosts, d);
+    }
+
+    Some(Cluster {
+        name,
+        base_dir: base_dir.to_path_buf(),
+        hosts,
+        networks: networks?,
+        lb: lb?,
+        etcd: etcd?,
+        kubernetes: k8s?,
+    })
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| e.to_string())
+}
+
+/// Parse `2GiB`, `512MiB`, `8589934592` and friends.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} does not start with a number"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "KB" | "K" => 1_000,
+        "MB" | "M" => 1_000_000,
+        "GB" | "G" => 1_000_000_000,
+        u => return Err(format!("unknown unit {u:?}; use B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn cidr(d: &mut Diagnostics, path: &str, raw: &str) -> Option<IpNet> {
+    match raw.trim().parse::<IpNet>() {
+        Ok(n) if n.trunc() != n => {
+            d.error(
+                path,
+                format!("{raw} has host bits set"),
+                format!("did you mean {}?", n.trunc()),
+            );
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            d.error(
+                path,
+                format!("{raw:?} is not a CIDR"),
+                "write a network as address/prefix, for example 10.1.1.0/24",
+            );
+            None
+        }
+    }
+}
+
+fn networks(n: &model::Networks, d: &mut Diagnostics) -> Option<Networks> {
+    let management = cidr(d, "spec.networks.management", &n.management);
+    let pods = cidr(d, "spec.networks.pods", n.pods.as_deref().unwrap_or("10.244.0.0/16"));
+    let services = cidr(d, "spec.networks.services", n.services.as_deref().unwrap_or("10.96.0.0/12"));
+    let storage = match &n.storage {
+        Some(s) => Some(cidr(d, "spec.networks.storage", s)?),
+        None => None,
+    };
+    let dns_domain = n.dns_domain.clone().unwrap_or_else(|| "cluster.local".into());
+    if !is_dns_name(&dns_domain) {
+        d.error(
+            "spec.networks.dnsDomain",
+            format!("{dns_domain:?} is not a DNS domain"),
+            "use a name such as cluster.local",
+        );
+    }
+    Some(Networks { management: management?, pods: pods?, services: services?, storage, dns_domain })
+}
+
+fn check_overlaps(n: &model::Networks, d: &mut Diagnostics) {
+    let list: Vec<(&str, Option<IpNet>)> = vec![
+        ("management", n.management.parse().ok()),
+        ("pods", n.pods.as_deref().unwrap_or("10.244.0.0/16").parse().ok()),
+        ("services", n.services.as_deref().unwrap_or("10.96.0.0/12").parse().ok()),
+        ("storage", n.storage.as_deref().and_then(|s| s.parse().ok())),
+    ];
+    for i in 0..list.len() {
+        for j in i + 1..list.len() {
+            if let ((a, Some(na)), (b, Some(nb))) = (list[i], list[j])
+                && (na.contains(&nb.network()) || nb.contains(&na.network()))
+            {
+                d.error(
+                    format!("spec.networks.{b}"),
+                    format!("the {b} network {nb} overlaps the {a} network {na}"),
+                    "give every network its own range; overlapping ranges make routing ambiguous",
+                );
+            }
+        }
+    }
+}
+
+fn ssh(base: &model::Ssh, over: &model::Ssh) -> SshSettings {
+    SshSettings {
+        user: over.user.clone().or(base.user.clone()).unwrap_or_else(|| "root".into()),
+        port: over.port.or(base.port).unwrap_or(22),
+        identity_file: over.identity_file.clone().or(base.identity_file.clone()),
+        proxy_jump: over.proxy_jump.clone().or(base.proxy_jump.clone()),
+        config_file: over.config_file.clone().or(base.config_file.clone()),
+        known_hosts_file: over.known_hosts_file.clone().or(base.known_hosts_file.clone()),
+    }
+}
+
+fn hosts(s: &model::Spec, mgmt: Option<IpNet>, d: &mut Diagnostics) -> Vec<Host> {
+    if s.hosts.is_empty() {
+        d.error("spec.hosts", "no hosts", "list the load balancers, control planes and workers under spec.hosts");
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, h) in s.hosts.iter().enumerate() {
+        let p = format!("spec.hosts[{i}]");
+        if !is_dns_label(&h.name) {
+            d.error(
+                format!("{p}.name"),
+                format!("{:?} is not a valid host name", h.name),
+                "use lowercase letters, digits and '-', starting with a letter (for example master1)",
+            );
+        }
+        if let Some(first) = names.insert(&h.name, i) {
+            d.error(
+                format!("{p}.name"),
+                format!("duplicate host name {:?} (also spec.hosts[{first}])", h.name),
+                "every host needs its own name",
+            );
+        }
+        let address = match h.address.trim().parse::<IpAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                d.error(
+                    format!("{p}.address"),
+                    format!("{:?} is not an IP address", h.address),
+                    "write the host's management address, for example 10.1.1.101",
+                );
+                None
+            }
+        };
+        if let Some(a) = address {
+            if let Some(first) = addrs.insert(a, i) {
+                d.error(
+                    format!("{p}.address"),
+                    format!("duplicate address {a} (also spec.hosts[{first}], {})", s.hosts[first].name),
+                    "every host needs its own address",
+                );
+            }
+            if let Some(m) = mgmt
+                && !m.contains(&a)
+            {
+                d.error(
+                    format!("{p}.address"),
+                    format!("{a} is outside the management network {m}"),
+                    "fix the address, or widen spec.networks.management to include it",
+                );
+            }
+        }
+        let mut roles = Roles::default();
+        if h.roles.is_empty() {
+            d.error(
+                format!("{p}.roles"),
+                format!("host {} has no roles", h.name),
+                "give it one or more of: loadbalancer, control-plane, worker",
+            );
+        }
+        for (j, r) in h.roles.iter().enumerate() {
+            let slot = match r.as_str() {
+                "loadbalancer" => &mut roles.loadbalancer,
+                "control-plane" => &mut roles.control_plane,
+                "worker" => &mut roles.worker,
+                other => {
+                    let alias = match other {
+                        "master" | "controlplane" | "control_plane" | "controller" => Some("control-plane"),
+                        "lb" | "load-balancer" | "haproxy" => Some("loadbalancer"),
+                        "node" | "minion" => Some("worker"),
+                        _ => did_you_mean(other, &ROLE_NAMES),
+                    };
+                    let help = match alias {
+                        Some(a) => format!("did you mean `{a}`? Roles are: {}", ROLE_NAMES.join(", ")),
+                        None => format!("roles are: {}", ROLE_NAMES.join(", ")),
+                    };
+                    d.error(format!("{p}.roles[{j}]"), format!("unknown role {other:?}"), help);
+                    continue;
+                }
+            };
+            if *slot {
+                d.warn(format!("{p}.roles[{j}]"), format!("role {r} is listed twice"), "remove the duplicate");
+            }
+            *slot = true;
+        }
+        if let Some(ifc) = &h.interface
+            && (ifc.is_empty() || ifc.len() > 15 || ifc.contains(['/', ' ']))
+        {
+            d.error(
+                format!("{p}.interface"),
+                format!("{ifc:?} is not a valid Linux interface name"),
+                "use the name `ip -br addr` shows, at most 15 characters, or leave it out to detect it",
+            );
+        }
+        if let Some(a) = address {
+            out.push(Host {
+                name: h.name.clone(),
+                address: a,
+                roles,
+                interface: h.interface.clone(),
+                ssh: ssh(&s.ssh, &h.ssh),
+            });
+        }
+    }
+    out
+}
+
+fn check_counts(hosts: &[Host], lbs: &[&Host], cps: &[&Host], d: &mut Diagnostics) {
+    let _ = hosts;
+    match cps.len() {
+        0 => d.error(
+            "spec.hosts",
+            "no control-plane host",
+            "give three hosts the role control-plane (etcd and the API servers run there)",
+        ),
+        1 => d.warn(
+            "spec.hosts",
+            "a single control plane is a single point of failure: losing it loses the API and etcd",
+            "use three control planes to survive the loss of one",
+        ),
+        2 => d.error(
+            "spec.hosts",
+            "2 control planes are worse than 1: etcd quorum needs both, so losing either stops the cluster",
+            "use 3 control planes (survives 1 loss) or 5 (survives 2)",
+        ),
+        n if n % 2 == 0 => d.error(
+            "spec.hosts",
+            format!(
+                "{n} control planes: an even etcd member count survives no more losses than {} members but adds a voter",
+                n - 1
+            ),
+            format!("use {} or {} control planes", n - 1, n + 1),
+        ),
+        n if n > 7 => d.warn(
+            "spec.hosts",
+            format!("{n} control planes: etcd gets slower with every voter beyond 7"),
+            "use 3, 5 or 7 control planes",
+        ),
+        _ => {}
+    }
+    match lbs.len() {
+        0 => d.error(
+            "spec.hosts",
+            "no loadbalancer host: nothing would hold the VIP",
+            "give two hosts the role loadbalancer",
+        ),
+        1 => d.warn(
+            "spec.hosts",
+            format!("a single load balancer ({}) is a single point of failure for the API endpoint", lbs[0].name),
+            "add a second host with the role loadbalancer, so keepalived can move the VIP",
+        ),
+        _ => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load_balancer(
+    l: &model::LoadBalancer,
+    hosts: &[Host],
+    lbs: &[&Host],
+    networks: Option<&Networks>,
+    base_dir: &Path,
+    cluster: &str,
+    d: &mut Diagnostics,
+) -> Option<LoadBalancer> {
+    let vip = match l.vip.trim().parse::<IpAddr>() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            d.error(
+                "spec.loadBalancer.vip",
+                format!("{:?} is not an IP address", l.vip),
+                "pick a free address in the management network, for example 10.1.1.100",
+            );
+            None
+        }
+    };
+    if let Some(v) = vip {
+        if let Some(n) = networks
+            && !n.management.contains(&v)
+        {
+            d.error(
+                "spec.loadBalancer.vip",
+                format!("the VIP {v} is outside the management network {}", n.management),
+                "the VIP must be on the LBs' subnet so that gratuitous ARP can move it",
+            );
+        }
+        if let Some(n) = networks
+            && n.management.contains(&v)
+            && (v == n.management.network() || v == n.management.broadcast())
+        {
+            d.error(
+                "spec.loadBalancer.vip",
+                format!("the VIP {v} is the network or broadcast address of {}", n.management),
+                "pick a host address",
+            );
+        }
+        if let Some(h) = hosts.iter().find(|h| h.address == v) {
+            d.error(
+                "spec.loadBalancer.vip",
+                format!("the VIP {v} is also the address of host {}", h.name),
+                "the VIP must be an address no host owns",
+            );
+        }
+    }
+    let co_located = lbs.iter().any(|h| h.roles.control_plane);
+    let api_port = match l.api_port {
+        Some(p) => p,
+        None if co_located => {
+            d.info(
+                "spec.loadBalancer.apiPort",
+                "a load balancer shares a host with a control plane, so HAProxy serves the API on 8443",
+            );
+            8443
+        }
+        None => 6443,
+    };
+    let v = &l.vrrp;
+    let router_id = match v.router_id.unwrap_or(51) {
+        r @ 1..=255 => Some(r as u8),
+        r => {
+            d.error(
+                "spec.loadBalancer.vrrp.routerId",
+                format!("VRRP router id {r} is outside 1-255"),
+                "pick a router id in 1-255 that no other VRRP group on this network uses",
+            );
+            None
+        }
+    };
+    let version = match v.version.unwrap_or(3) {
+        x @ (2 | 3) => x,
+        x => {
+            d.error("spec.loadBalancer.vrrp.version", format!("VRRP version {x} does not exist"), "use 3 (or 2)");
+            3
+        }
+    };
+    let default_advert = if version == 3 { "200ms" } else { "1s" };
+    let advert = match parse_duration(v.advert_interval.as_deref().unwrap_or(default_advert)) {
+        Ok(a) => {
+            let ms = a.as_millis();
+            if version == 2 && (ms % 1000 != 0 || !(1000..=255_000).contains(&ms)) {
+                d.error(
+                    "spec.loadBalancer.vrrp.advertInterval",
+                    format!("VRRPv2 adverts are whole seconds from 1 to 255, not {}", humantime::format_duration(a)),
+                    "use a whole number of seconds, or `version: 3` for sub-second adverts",
+                );
+            } else if version == 3 && (ms % 10 != 0 || !(10..=40_950).contains(&ms)) {
+                d.error(
+                    "spec.loadBalancer.vrrp.advertInterval",
+                    format!("VRRPv3 adverts go from 10ms to 40.95s in steps of 10ms, not {}", humantime::format_duration(a)),
+                    "for example 100ms or 200ms",
+                );
+            }
+            Some(a)
+        }
+        Err(e) => {
+            d.error("spec.loadBalancer.vrrp.advertInterval", format!("not a duration: {e}"), "write it like 200ms or 1s");
+            None
+        }
+    };
+    if let Some(p) = &v.auth_pass {
+        if p.chars().count() > 8 {
+            d.error(
+                "spec.loadBalancer.vrrp.authPass",
+                format!("authPass has {} characters; keepalived silently uses only the first 8", p.chars().count()),
+                "use at most 8 characters. PASS auth is clear text anyway: rely on unicast peers and a firewall for VRRP (protocol 112)",
+            );
+        }
+        if version == 3 {
+            d.error(
+                "spec.loadBalancer.vrrp.authPass",
+                "VRRPv3 has no authentication; keepalived ignores authPass",
+                "remove authPass (hakube uses unicast peers; firewall protocol 112 to the LBs), or set version: 2",
+            );
+        } else {
+            d.warn(
+                "spec.loadBalancer.vrrp.authPass",
+                "VRRPv2 PASS authentication travels in clear text and protects nothing",
+                "keep unicast peers and firewall VRRP (protocol 112) to the LB addresses",
+            );
+        }
+    }
+    let mut priorities = BTreeMap::new();
+    if v.priorities.is_empty() {
+        for (i, h) in lbs.iter().enumerate() {
+            priorities.insert(h.name.clone(), 110u8.saturating_sub((i as u8).saturating_mul(10)).max(1));
+        }
+    } else {
+        let mut seen: HashMap<i64, &str> = HashMap::new();
+        for (name, p) in &v.priorities {
+            let path = format!("spec.loadBalancer.vrrp.priorities.{name}");
+            if !lbs.iter().any(|h| &h.name == name) {
+                let names: Vec<&str> = lbs.iter().map(|h| h.name.as_str()).collect();
+                let help = match did_you_mean(name, &names) {
+                    Some(s) => format!("did you mean {s}? Load balancers: {}", names.join(", ")),
+                    None => format!("priorities are keyed by load-balancer host name: {}", names.join(", ")),
+                };
+                d.error(path.clone(), format!("{name} is not a loadbalancer host"), help);
+            }
+            if !(1..=254).contains(p) {
+                d.error(path.clone(), format!("priority {p} is outside 1-254"), "255 is reserved for the address owner; use 1-254");
+            } else {
+                priorities.insert(name.clone(), *p as u8);
+            }
+            if let Some(other) = seen.insert(*p, name) {
+                d.error(
+                    path,
+                    format!("priority {p} is also given to {other}"),
+                    "give every load balancer its own priority, or the VIP owner is decided by address order",
+                );
+            }
+        }
+        for h in lbs {
+            if !v.priorities.contains_key(&h.name) {
+                d.error(
+                    "spec.loadBalancer.vrrp.priorities",
+                    format!("no priority for load balancer {}", h.name),
+                    "list every load balancer, or none to get 110, 100, 90, ...",
+                );
+            }
+        }
+    }
+    let spread = match (priorities.values().max(), priorities.values().min()) {
+        (Some(a), Some(b)) => (*a as i32) - (*b as i32),
+        _ => 0,
+    };
+    let hc = &l.health_check;
+    let kind = match hc.kind.as_deref().unwrap_or("https") {
+        "https" => CheckKind::Https,
+        "tcp" => {
+            d.warn(
+                "spec.loadBalancer.healthCheck.type",
+                "a TCP check passes while the API server is up but not ready (etcd lost, still starting)",
+                "use type: https, which checks GET /readyz",
+            );
+            CheckKind::Tcp
+        }
+        other => {
+            d.error("spec.loadBalancer.healthCheck.type", format!("unknown check type {other:?}"), "use https or tcp");
+            CheckKind::Https
+        }
+    };
+    let dur = |d: &mut Diagnostics, field: &str, raw: &Option<String>, def: &str| -> Option<Duration> {
+        match parse_duration(raw.as_deref().unwrap_or(def)) {
+            Ok(x) if x.is_zero() => {
+                d.error(format!("spec.loadBalancer.healthCheck.{field}"), "must be greater than zero", format!("for example {def}"));
+                None
+            }
+            Ok(x) => Some(x),
+            Err(e) => {
+                d.error(format!("spec.loadBalancer.healthCheck.{field}"), format!("not a duration: {e}"), format!("write it like {def}"));
+                None
+            }
+        }
+    };
+    let interval = dur(d, "interval", &hc.interval, "1s");
+    let timeout = dur(d, "timeout", &hc.timeout, "1s");
+    let connect_timeout = dur(d, "connectTimeout", &hc.connect_timeout, "1s");
+    let fall = hc.fall.unwrap_or(2);
+    let rise = hc.rise.unwrap_or(2);
+    for (f, x) in [("fall", fall), ("rise", rise)] {
+        if x == 0 {
+            d.error(format!("spec.loadBalancer.healthCheck.{f}"), format!("{f} must be at least 1"), "2 is a good value");
+        }
+    }
+    if let Some(i) = interval
+        && i > Duration::from_secs(5)
+    {
+        d.warn(
+            "spec.loadBalancer.healthCheck.interval",
+            format!(
+                "a dead API server stays in rotation for up to {} (interval x fall)",
+                humantime::format_duration(i * fall.max(1))
+            ),
+            "use an interval of 1s or 2s",
+        );
+    }
+    let st = &l.stats;
+    let stats_user = st.user.clone().unwrap_or_else(|| "admin".into());
+    let password_file = match &st.password_file {
+        Some(p) => base_dir.join(p),
+        None => base_dir.join(".hakube").join(cluster).join("secrets").join("haproxy-stats.password"),
+    };
+    let ingress = l.ingress.as_ref().map(|i| Ingress {
+        http_port: i.http_port.unwrap_or(80),
+        https_port: i.https_port.unwrap_or(443),
+        http_node_port: i.http_node_port.unwrap_or(30080),
+        https_node_port: i.https_node_port.unwrap_or(30443),
+    });
+    if let Some(i) = &l.ingress {
+        for (f, p) in [("httpNodePort", i.http_node_port), ("httpsNodePort", i.https_node_port)] {
+            if let Some(p) = p
+                && !(30000..=32767).contains(&p)
+            {
+                d.warn(
+                    format!("spec.loadBalancer.ingress.{f}"),
+                    format!("{p} is outside the default NodePort range 30000-32767"),
+                    "make sure the API server's --service-node-port-range includes it",
+                );
+            }
+        }
+    }
+    Some(LoadBalancer {
+        vip: vip?,
+        api_port,
+        vrrp: Vrrp {
+            router_id: router_id?,
+            version,
+            advert_interval: advert?,
+            auth_pass: v.auth_pass.clone(),
+            priorities,
+            track_weight: -(spread + 10),
+            script_user: v.script_user.clone().unwrap_or_else(|| "keepalived_script".into()),
+        },
+        health_check: HealthCheck {
+            kind,
+            interval: interval?,
+            fall,
+            rise,
+            timeout: timeout?,
+            connect_timeout: connect_timeout?,
+        },
+        stats: Stats { enabled: st.enabled.unwrap_or(true), port: st.port.unwrap_or(9000), user: stats_user, password_file },
+        metrics: Metrics { enabled: l.metrics.enabled.unwrap_or(true), port: l.metrics.port.unwrap_or(8405) },
+        ingress,
+    })
+}
+
+fn etcd(e: &model::Etcd, d: &mut Diagnostics) -> Option<Etcd> {
+    let management = match e.management.as_deref().unwrap_or("hakube") {
+        "hakube" => Some(EtcdManagement::Hakube),
+        "kubeadm" => Some(EtcdManagement::Kubeadm),
+        other => {
+            let help = match did_you_mean(other, &["hakube", "kubeadm"]) {
+                Some(s) => format!("did you mean {s}?"),
+                None => "use hakube (a systemd service with hakube's PKI) or kubeadm (static pods)".into(),
+            };
+            d.error("spec.etcd.management", format!("unknown etcd management {other:?}"), help);
+            None
+        }
+    };
+    let mut dur = |field: &str, raw: &Option<String>, def: &str| match parse_duration(raw.as_deref().unwrap_or(def)) {
+        Ok(x) if x.is_zero() => {
+            d.error(format!("spec.etcd.{field}"), "must be greater than zero", format!("for example {def}"));
+            None
+        }
+        Ok(x) => Some(x),
+        Err(err) => {
+            d.error(format!("spec.etcd.{field}"), format!("not a duration: {err}"), format!("write it like {def}"));
+            None
+        }
+    };
+    let hb = dur("heartbeatInterval", &e.heartbeat_interval, "100ms");
+    let el = dur("electionTimeout", &e.election_timeout, "1000ms");
+    if let (Some(h), Some(el)) = (hb, el)
+        && el < h * 5
+    {
+        d.error(
+            "spec.etcd.electionTimeout",
+            format!(
+                "election timeout {} is less than 5 x the heartbeat {}; etcd refuses to start",
+                humantime::format_duration(el),
+                humantime::format_duration(h)
+            ),
+            "keep the election timeout at about 10 x the heartbeat interval",
+        );
+    }
+    let quota = match parse_size(e.quota_backend_bytes.as_deref().unwrap_or("2GiB")) {
+        Ok(q) => {
+            if q > 8 << 30 {
+                d.warn(
+                    "spec.etcd.quotaBackendBytes",
+                    "etcd suggests at most 8GiB; larger databases make snapshots, defrags and restores slow",
+                    "keep the quota at 8GiB or less",
+                );
+            }
+            if q < 16 << 20 {
+                d.warn(
+                    "spec.etcd.quotaBackendBytes",
+                    "a quota under 16MiB fills quickly and raises NOSPACE",
+                    "use 2GiB for production",
+                );
+            }
+            Some(q)
+        }
+        Err(err) => {
+            d.error("spec.etcd.quotaBackendBytes", err, "write it like 2GiB or 8GiB");
+            None
+        }
+    };
+    Some(Etcd {
+        management: management?,
+        heartbeat_interval: hb?,
+        election_timeout: el?,
+        quota_backend_bytes: quota?,
+        data_dir: e.data_dir.clone().unwrap_or_else(|| "/var/lib/etcd".into()),
+        binary: e.binary.clone().unwrap_or_else(|| "/usr/local/bin/etcd".into()),
+        client_port: e.client_port.unwrap_or(2379),
+        peer_port: e.peer_port.unwrap_or(2380),
+    })
+}
+
+fn kubernetes_version(k: &model::Kubernetes, d: &mut Diagnostics) -> Option<(semver::Version, KubeadmApi)> {
+    let raw = k.version.as_deref().unwrap_or(DEFAULT_K8S_VERSION);
+    let v = match semver::Version::parse(raw.trim().trim_start_matches('v')) {
+        Ok(v) if v.pre.is_empty() && v.build.is_empty() => v,
+        _ => {
+            d.error(
+                "spec.kubernetes.version",
+                format!("{raw:?} is not a Kubernetes release version"),
+                format!("write it like {DEFAULT_K8S_VERSION}"),
+            );
+            return None;
+        }
+    };
+    if v.major != 1 || v.minor < OLDEST_MINOR {
+        d.error(
+            "spec.kubernetes.version",
+            format!("Kubernetes {raw} is older than the oldest version hakube supports (1.{OLDEST_MINOR})"),
+            format!("upgrade one minor at a time, and use at least 1.{OLDEST_MAINTAINED_MINOR} (still maintained)"),
+        );
+        return None;
+    }
+    if v.minor > NEWEST_MINOR {
+        d.error(
+            "spec.kubernetes.version",
+            format!("Kubernetes {raw} is newer than the newest version hakube knows (1.{NEWEST_MINOR})"),
+            "use a released version hakube knows, or upgrade hakube",
+        );
+        return None;
+    }
+    if v.minor < OLDEST_MAINTAINED_MINOR {
+        d.warn(
+            "spec.kubernetes.version",
+            format!("Kubernetes 1.{} is no longer maintained upstream (1.{OLDEST_MAINTAINED_MINOR}-1.{NEWEST_MINOR} are)", v.minor),
+            format!("plan an upgrade, one minor version at a time, to 1.{OLDEST_MAINTAINED_MINOR} or newer"),
+        );
+    }
+    let api = if v.minor >= 31 { KubeadmApi::V1Beta4 } else { KubeadmApi::V1Beta3 };
+    Some((v, api))
+}
+
+fn kubernetes(
+    k: &model::Kubernetes,
+    version: Option<(semver::Version, KubeadmApi)>,
+    cluster: &str,
+    lb: Option<&LoadBalancer>,
+    cps: &[&Host],
+    d: &mut Diagnostics,
+) -> Option<Kubernetes> {
+    let bootstrap = match k.bootstrap.as_deref().unwrap_or("kubeadm") {
+        "kubeadm" => Some(Bootstrap::Kubeadm),
+        "lab" => Some(Bootstrap::Lab),
+        other => {
+            d.error("spec.kubernetes.bootstrap", format!("unknown bootstrap {other:?}"), "use kubeadm (or lab, in a hakube lab)");
+            None
+        }
+    };
+    let mut sans: Vec<String> = Vec::new();
+    for (i, s) in k.cert_sans.iter().enumerate() {
+        if s.parse::<IpAddr>().is_err() && !is_dns_name(s.trim_start_matches("*.")) {
+            d.error(
+                format!("spec.kubernetes.certSANs[{i}]"),
+                format!("{s:?} is neither an IP address nor a DNS name"),
+                "use an address such as 10.1.1.100 or a name such as k8s-api.company.local",
+            );
+        }
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    let mut added = Vec::new();
+    let mut need: Vec<String> = Vec::new();
+    if let Some(lb) = lb {
+        need.push(lb.vip.to_string());
+    }
+    need.extend(cps.iter().map(|h| h.address.to_string()));
+    for n in need {
+        if !sans.iter().any(|s| s.parse::<IpAddr>().ok().map(|a| a.to_string()) == Some(n.clone())) {
+            sans.push(n.clone());
+            added.push(n);
+        }
+    }
+    if !added.is_empty() {
+        d.info(
+            "spec.kubernetes.certSANs",
+            format!("added to the API server certificate SANs: {} (the VIP and every control-plane address)", added.join(", ")),
+        );
+    }
+    for (key, _) in &k.api_server_extra_args {
+        let path = format!("spec.kubernetes.apiServerExtraArgs.{key}");
+        match key.as_str() {
+            "advertise-address" => d.error(
+                path,
+                "advertise-address differs per node and is set by hakube from each host's address",
+                "remove it; hakube writes localAPIEndpoint.advertiseAddress for every control plane",
+            ),
+            "etcd-servers" | "etcd-cafile" | "etcd-certfile" | "etcd-keyfile" => d.error(
+                path,
+                "the etcd connection is managed by hakube from spec.etcd",
+                "remove it",
+            ),
+            "secure-port" => d.error(path, "the API port is spec.kubernetes.apiServerPort", "set spec.kubernetes.apiServerPort instead"),
+            _ => {}
+        }
+    }
+    let mut args = k.api_server_extra_args.clone();
+    if args.keys().any(|a| a.starts_with("audit-log-")) && !args.contains_key("audit-policy-file") {
+        args.insert("audit-policy-file".into(), "/etc/kubernetes/audit-policy.yaml".into());
+        d.info(
+            "spec.kubernetes.apiServerExtraArgs",
+            "audit logging needs a policy, or kube-apiserver logs nothing: added audit-policy-file with hakube's default policy",
+        );
+    }
+    let (version, kubeadm_api) = version?;
+    Some(Kubernetes {
+        version,
+        kubeadm_api,
+        bootstrap: bootstrap?,
+        cluster_name: k.cluster_name.clone().unwrap_or_else(|| cluster.to_string()),
+        api_server_port: k.api_server_port.unwrap_or(6443),
+        cert_sans: sans,
+        api_server_extra_args: args,
+        cri_socket: k.cri_socket.clone().unwrap_or_else(|| "unix:///var/run/containerd/containerd.sock".into()),
+    })
+}
+
+/// Ports that must not collide on any one host.
+fn ports(s: &model::Spec, lb: &LoadBalancer, k: &Kubernetes, etcd: &Option<Etcd>, hosts: &[Host], d: &mut Diagnostics) {
+    for h in hosts {
+        let mut used: Vec<(u16, String, &str)> = Vec::new();
+        if h.roles.loadbalancer {
+            used.push((lb.api_port, "spec.loadBalancer.apiPort".into(), "HAProxy's API frontend"));
+            if lb.stats.enabled {
+                used.push((lb.stats.port, "spec.loadBalancer.stats.port".into(), "HAProxy's stats page"));
+            }
+            if lb.metrics.enabled {
+                used.push((lb.metrics.port, "spec.loadBalancer.metrics.port".into(), "HAProxy's metrics"));
+            }
+            if let Some(i) = &lb.ingress {
+                used.push((i.http_port, "spec.loadBalancer.ingress.httpPort".into(), "the HTTP ingress frontend"));
+                used.push((i.https_port, "spec.loadBalancer.ingress.httpsPort".into(), "the HTTPS ingress frontend"));
+            }
+        }
+        if h.roles.control_plane {
+            used.push((k.api_server_port, "spec.kubernetes.apiServerPort".into(), "the API server"));
+            if let Some(e) = etcd {
+                used.push((e.client_port, "spec.etcd.clientPort".into(), "etcd clients"));
+                used.push((e.peer_port, "spec.etcd.peerPort".into(), "etcd peers"));
+            }
+        }
+        for i in 0..used.len() {
+            for j in i + 1..used.len() {
+                if used[i].0 == used[j].0 {
+                    let (port, ref path, what) = used[j];
+                    let help = if used[i].2 == "HAProxy's API frontend" && what == "the API server" {
+                        "the API server binds every address of its host; set spec.loadBalancer.apiPort: 8443"
+                    } else {
+                        "give each listener its own port"
+                    };
+                    let path = if s.load_balancer.api_port.is_some() || !path.contains("apiServerPort") {
+                        path.clone()
+                    } else {
+                        used[i].1.clone()
+                    };
+                    d.error(
+                        path,
+                        format!("on host {}, {what} and {} would both bind port {port}", h.name, used[i].2),
+                        help,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The closest candidate, if it is close enough to be a plausible typo.
+pub fn did_you_mean<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(&input.to_lowercase(), &c.to_lowercase()), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
