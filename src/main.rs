@@ -30,7 +30,12 @@ enum Output {
 #[derive(clap::Args)]
 struct SpecArgs {
     /// The cluster spec.
-    #[arg(short = 'f', long = "file", default_value = "cluster.yaml", value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "cluster.yaml",
+        value_name = "FILE"
+    )]
     file: PathBuf,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
@@ -61,7 +66,10 @@ enum Command {
 fn main() -> ExitCode {
     // On lab hosts the same binary stands in for systemctl (hosts there have no systemd).
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if Path::new(&argv0).file_name().is_some_and(|n| n == "systemctl") {
+    if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "systemctl")
+    {
         return ExitCode::from(lab::cli::systemctl_main() as u8);
     }
     let cli = Cli::parse();
@@ -143,7 +151,11 @@ fn cmd_plan(a: &SpecArgs) -> anyhow::Result<i32> {
             if let (Some(c), Some(r)) = (&loaded.cluster, &report) {
                 print!("{}", plan::render_text(c, r));
             }
-            eprintln!("{}: {}", a.file.display(), summary_line(&loaded.diagnostics));
+            eprintln!(
+                "{}: {}",
+                a.file.display(),
+                summary_line(&loaded.diagnostics)
+            );
         }
     }
     let mut code = exit_code(&loaded.diagnostics);
@@ -163,7 +175,11 @@ fn cmd_render(a: &SpecArgs, out: &Path) -> anyhow::Result<i32> {
             let v = serde_json::json!({"rendered": false, "diagnostics": loaded.diagnostics.items});
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
-            eprintln!("{}: {}; nothing rendered", a.file.display(), summary_line(&loaded.diagnostics));
+            eprintln!(
+                "{}: {}; nothing rendered",
+                a.file.display(),
+                summary_line(&loaded.diagnostics)
+            );
         }
         return Ok(2);
     };
@@ -188,7 +204,8 @@ fn cmd_render(a: &SpecArgs, out: &Path) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Text => {
-            let hosts: std::collections::BTreeSet<&str> = files.iter().map(|f| f.host.as_str()).collect();
+            let hosts: std::collections::BTreeSet<&str> =
+                files.iter().map(|f| f.host.as_str()).collect();
             println!(
                 "rendered {} files for {} hosts into {} ({} changed)",
                 files.len(),

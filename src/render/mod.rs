@@ -1,13 +1,33 @@
 //! Renders every config file each host needs from the validated [`Cluster`].
+//!
+//! Text configs (HAProxy, keepalived, etcd, systemd) come from minijinja templates in
+//! `templates/`, compiled into the binary; structured ones (kubeadm, Prometheus rules) are built
+//! as data and serialised, so they are always well-formed. Output is deterministic.
 
-use crate::spec::Cluster;
+mod kubeadm;
+mod monitoring;
+
+use crate::spec::{Bootstrap, CheckKind, Cluster, EtcdManagement, Host};
+use anyhow::Context;
+use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
+use serde_json::json;
 use sha2::Digest;
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-/// One file for one host. `host` is `_cluster` for cluster-wide files (monitoring).
+/// The pseudo-host of cluster-wide files (monitoring); `_` cannot start a host name.
+pub const CLUSTER_DIR: &str = "_cluster";
+pub const HEADER: &str =
+    "Rendered by hakube from cluster.yaml. Do not edit: change the spec and run `hakube apply`.";
+pub const HAPROXY_ENV: &str = "/etc/haproxy/hakube.env";
+
+/// One file for one host.
 #[derive(Debug, Clone, Serialize)]
 pub struct RenderedFile {
+    /// A host name, or [`CLUSTER_DIR`] for cluster-wide files.
     pub host: String,
     /// Absolute path on the host.
     pub path: String,
@@ -26,20 +46,420 @@ impl RenderedFile {
     }
 }
 
+/// Secrets that end up in rendered files. Kept on the operator's side, 0600.
 pub struct Secrets {
     pub stats_password: String,
 }
 
 impl Secrets {
-    pub fn load_or_create(_c: &Cluster) -> anyhow::Result<Secrets> {
-        Ok(Secrets { stats_password: String::new() })
+    /// Read the stats password file, creating it (0600, random) when it does not exist.
+    pub fn load_or_create(c: &Cluster) -> anyhow::Result<Secrets> {
+        let p = &c.lb.stats.password_file;
+        let stats_password = read_or_create_secret(p)?;
+        Ok(Secrets { stats_password })
     }
 }
 
-pub fn render(_c: &Cluster, _s: &Secrets) -> anyhow::Result<Vec<RenderedFile>> {
-    Ok(Vec::new())
+pub fn read_or_create_secret(p: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::read_to_string(p) {
+        Ok(s) => {
+            let mode = std::fs::metadata(p)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "the secret file {} is readable by group or others (mode {:04o})\n  help: chmod 600 {}",
+                    p.display(),
+                    mode & 0o777,
+                    p.display()
+                );
+            }
+            let s = s.trim().to_string();
+            if s.is_empty() || s.contains(['"', '\n', ':', '$', '\\']) {
+                anyhow::bail!(
+                    "the secret file {} is empty or holds a character HAProxy cannot quote (\" : $ \\)\n  help: delete it and hakube generates a new one",
+                    p.display()
+                );
+            }
+            Ok(s)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            use rand::Rng;
+            let pw: String = rand::rng()
+                .sample_iter(&rand::distr::Alphanumeric)
+                .take(32)
+                .map(char::from)
+                .collect();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| format!("creating the secret file {}", p.display()))?;
+            std::io::Write::write_all(&mut f, format!("{pw}\n").as_bytes())?;
+            Ok(pw)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the secret file {}: {e}",
+            p.display()
+        )),
+    }
 }
 
-pub fn write_tree(_files: &[RenderedFile], _out: &Path) -> anyhow::Result<usize> {
-    Ok(0)
+fn env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(true)
+        .build()
+        .expect("static syntax config");
+    env.set_syntax(syntax);
+    let templates = [
+        (
+            "haproxy.cfg",
+            include_str!("../../templates/haproxy.cfg.j2"),
+        ),
+        (
+            "keepalived.conf",
+            include_str!("../../templates/keepalived.conf.j2"),
+        ),
+        (
+            "check_apiserver.sh",
+            include_str!("../../templates/check_apiserver.sh.j2"),
+        ),
+        ("etcd.env", include_str!("../../templates/etcd.env.j2")),
+        (
+            "etcd.service",
+            include_str!("../../templates/etcd.service.j2"),
+        ),
+    ];
+    for (name, src) in templates {
+        // Built-in templates are tested; a failure here is a bug in hakube, not user input.
+        env.add_template(name, src)
+            .expect("built-in template parses");
+    }
+    env
+}
+
+/// HAProxy and keepalived want durations as `1s` / `500ms`.
+pub fn hap_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Seconds with up to two decimals, for keepalived's `advert_int`.
+fn seconds(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}", ms / 1000)
+    } else {
+        let s = format!("{:.2}", ms as f64 / 1000.0);
+        s.trim_end_matches('0').to_string()
+    }
+}
+
+/// An address as it goes into `bind`/`server` lines (IPv6 in brackets).
+pub fn bind_addr(a: IpAddr) -> String {
+    match a {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+fn host_ctx(h: &Host) -> serde_json::Value {
+    json!({"name": h.name, "address": h.address.to_string(), "address_bind": bind_addr(h.address)})
+}
+
+/// Render every file for every host, sorted by host and path.
+pub fn render(c: &Cluster, secrets: &Secrets) -> anyhow::Result<Vec<RenderedFile>> {
+    let env = env();
+    let mut out = Vec::new();
+    for h in &c.hosts {
+        if h.roles.loadbalancer {
+            load_balancer(c, h, secrets, &env, &mut out)?;
+        }
+        if h.roles.control_plane && c.etcd.management == EtcdManagement::Hakube {
+            etcd(c, h, &env, &mut out)?;
+        }
+        if c.kubernetes.bootstrap == Bootstrap::Kubeadm && (h.roles.control_plane || h.roles.worker)
+        {
+            out.extend(kubeadm::render(c, h)?);
+            out.push(file(
+                h,
+                "/etc/sysctl.d/90-hakube-kubernetes.conf",
+                0o644,
+                KUBE_SYSCTL.into(),
+                &["sysctl"],
+            ));
+            out.push(file(
+                h,
+                "/etc/modules-load.d/hakube-kubernetes.conf",
+                0o644,
+                KUBE_MODULES.into(),
+                &["modules"],
+            ));
+        }
+    }
+    out.extend(monitoring::render(c)?);
+    out.sort_by(|a, b| (&a.host, &a.path).cmp(&(&b.host, &b.path)));
+    Ok(out)
+}
+
+const KUBE_SYSCTL: &str = "# Rendered by hakube. Pod networking needs forwarding and bridged traffic through iptables.\n\
+net.ipv4.ip_forward = 1\n\
+net.bridge.bridge-nf-call-iptables = 1\n\
+net.bridge.bridge-nf-call-ip6tables = 1\n";
+const KUBE_MODULES: &str = "# Rendered by hakube. Needed by containerd (overlay) and kube-proxy (br_netfilter).\noverlay\nbr_netfilter\n";
+
+fn file(h: &Host, path: &str, mode: u32, mut content: String, services: &[&str]) -> RenderedFile {
+    if !content.ends_with('\n') {
+        content.push('\n');
+    }
+    RenderedFile {
+        host: h.name.clone(),
+        path: path.into(),
+        mode,
+        content,
+        secret: false,
+        services: services.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn load_balancer(
+    c: &Cluster,
+    h: &Host,
+    secrets: &Secrets,
+    env: &Environment<'_>,
+    out: &mut Vec<RenderedFile>,
+) -> anyhow::Result<()> {
+    let lb = &c.lb;
+    let hc = &lb.health_check;
+    let api_servers: Vec<_> = c
+        .control_planes()
+        .map(|s| json!({"name": s.name, "endpoint": format!("{}:{}", bind_addr(s.address), c.kubernetes.api_server_port)}))
+        .collect();
+    let workers: Vec<_> = c.workers().map(host_ctx).collect();
+    let ctx = json!({
+        "header": HEADER,
+        "cluster": c.name,
+        "host": host_ctx(h),
+        "env_file": HAPROXY_ENV,
+        "lb": {
+            "vip_bind": bind_addr(lb.vip),
+            "api_port": lb.api_port,
+            "connect_timeout": hap_duration(hc.connect_timeout),
+            "check_timeout": hap_duration(hc.timeout),
+            "check_kind": match hc.kind { CheckKind::Https => "https", CheckKind::Tcp => "tcp" },
+            "inter": hap_duration(hc.interval),
+            // Probe faster while a server is changing state, and keep probing a down one often
+            // enough that it comes back quickly.
+            "fastinter": hap_duration((hc.interval / 2).max(Duration::from_millis(100))),
+            "downinter": hap_duration(hc.interval),
+            "fall": hc.fall,
+            "rise": hc.rise,
+            "stats": {"enabled": lb.stats.enabled, "port": lb.stats.port},
+            "metrics": {"enabled": lb.metrics.enabled, "port": lb.metrics.port},
+        },
+        "api_servers": api_servers,
+        "workers": workers,
+        "ingress": lb.ingress,
+    });
+    let cfg = env
+        .get_template("haproxy.cfg")?
+        .render(minijinja::value::Serde(&ctx))?;
+    out.push(file(
+        h,
+        "/etc/haproxy/haproxy.cfg",
+        0o644,
+        cfg,
+        &["haproxy"],
+    ));
+    out.push(RenderedFile {
+        host: h.name.clone(),
+        path: HAPROXY_ENV.into(),
+        mode: 0o600,
+        content: format!(
+            "# {HEADER}\nHAKUBE_STATS_USER={}\nHAKUBE_STATS_PASSWORD={}\n",
+            lb.stats.user, secrets.stats_password
+        ),
+        secret: true,
+        services: vec!["haproxy".into()],
+    });
+    out.push(file(
+        h,
+        "/etc/systemd/system/haproxy.service.d/10-hakube.conf",
+        0o644,
+        format!("# {HEADER}\n[Service]\nEnvironmentFile={HAPROXY_ENV}\n"),
+        &["daemon-reload", "haproxy"],
+    ));
+
+    // keepalived
+    let lbs: Vec<&Host> = c.load_balancers().collect();
+    let prio = lb.vrrp.priorities.get(&h.name).copied().unwrap_or(100);
+    let top = lb.vrrp.priorities.values().max().copied().unwrap_or(prio);
+    let peers: Vec<String> = lbs
+        .iter()
+        .filter(|p| p.name != h.name)
+        .map(|p| p.address.to_string())
+        .collect();
+    let prefix = c.networks.management.prefix_len();
+    let ifc = h.interface.clone().unwrap_or_else(|| "eth0".into());
+    let ctx = json!({
+        "header": HEADER,
+        "cluster": c.name,
+        "host": host_ctx(h),
+        "api_port": lb.api_port,
+        "vrrp": {
+            "state": if prio == top { "MASTER" } else { "BACKUP" },
+            "interface": ifc,
+            "router_id": lb.vrrp.router_id,
+            "priority": prio,
+            "advert": seconds(lb.vrrp.advert_interval),
+            "version": lb.vrrp.version,
+            "peers": peers,
+            "auth_pass": if lb.vrrp.version == 2 { lb.vrrp.auth_pass.clone() } else { None },
+            "vip": format!("{}/{}", lb.vip, prefix),
+            "weight": lb.vrrp.track_weight,
+            "script_user": lb.vrrp.script_user,
+        },
+    });
+    let kc = env
+        .get_template("keepalived.conf")?
+        .render(minijinja::value::Serde(&ctx))?;
+    out.push(RenderedFile {
+        secret: lb.vrrp.version == 2 && lb.vrrp.auth_pass.is_some(),
+        ..file(
+            h,
+            "/etc/keepalived/keepalived.conf",
+            0o600,
+            kc,
+            &["keepalived"],
+        )
+    });
+    let script = env
+        .get_template("check_apiserver.sh")?
+        .render(minijinja::value::Serde(&ctx))?;
+    out.push(file(
+        h,
+        "/etc/keepalived/check_apiserver.sh",
+        0o755,
+        script,
+        &["keepalived"],
+    ));
+    let mut sysctl = format!(
+        "# {HEADER}\n# HAProxy binds the VIP before keepalived has put it on this host.\nnet.ipv4.ip_nonlocal_bind = 1\n"
+    );
+    if lb.vip.is_ipv6() {
+        sysctl.push_str("net.ipv6.ip_nonlocal_bind = 1\n");
+    }
+    out.push(file(
+        h,
+        "/etc/sysctl.d/90-hakube-loadbalancer.conf",
+        0o644,
+        sysctl,
+        &["sysctl"],
+    ));
+    Ok(())
+}
+
+fn etcd(
+    c: &Cluster,
+    h: &Host,
+    env: &Environment<'_>,
+    out: &mut Vec<RenderedFile>,
+) -> anyhow::Result<()> {
+    let e = &c.etcd;
+    let ctx = json!({
+        "header": HEADER,
+        "cluster": c.name,
+        "host": host_ctx(h),
+        "etcd": {
+            "data_dir": e.data_dir,
+            "binary": e.binary,
+            "peer_url": crate::spec::url("https", h.address, e.peer_port),
+            "client_url": crate::spec::url("https", h.address, e.client_port),
+            "client_port": e.client_port,
+            "metrics_port": 2381,
+            "initial_cluster": c.etcd_initial_cluster(),
+            "token": format!("{}-etcd", c.name),
+            "heartbeat_ms": e.heartbeat_interval.as_millis() as u64,
+            "election_ms": e.election_timeout.as_millis() as u64,
+            "quota": e.quota_backend_bytes,
+        },
+    });
+    let envfile = env
+        .get_template("etcd.env")?
+        .render(minijinja::value::Serde(&ctx))?;
+    out.push(file(h, "/etc/etcd/etcd.env", 0o640, envfile, &["etcd"]));
+    let unit = env
+        .get_template("etcd.service")?
+        .render(minijinja::value::Serde(&ctx))?;
+    out.push(file(
+        h,
+        "/etc/systemd/system/etcd.service",
+        0o644,
+        unit,
+        &["daemon-reload", "etcd"],
+    ));
+    Ok(())
+}
+
+/// Write `files` under `out/<host>/<path>`. Returns how many files changed. Files that an
+/// earlier render wrote and this one no longer does are removed; others are left alone.
+pub fn write_tree(files: &[RenderedFile], out: &Path) -> anyhow::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let manifest = out.join(".hakube-render");
+    let previous: BTreeSet<PathBuf> = std::fs::read_to_string(&manifest)
+        .unwrap_or_default()
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    let mut now = BTreeSet::new();
+    let mut changed = 0;
+    for f in files {
+        let rel = PathBuf::from(&f.host).join(f.path.trim_start_matches('/'));
+        let dest = out.join(&rel);
+        now.insert(rel);
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let same = std::fs::read(&dest)
+            .map(|b| b == f.content.as_bytes())
+            .unwrap_or(false);
+        if !same {
+            // Create restrictive first, so a secret is never briefly world-readable.
+            let tmp = dest.with_extension("hakube-tmp");
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut fh = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                std::io::Write::write_all(&mut fh, f.content.as_bytes())?;
+            }
+            std::fs::rename(&tmp, &dest)?;
+            changed += 1;
+        }
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(f.mode))?;
+    }
+    for stale in previous.difference(&now) {
+        let _ = std::fs::remove_file(out.join(stale));
+    }
+    let list: Vec<String> = now.iter().map(|p| p.display().to_string()).collect();
+    std::fs::write(&manifest, list.join("\n") + "\n")?;
+    Ok(changed)
 }

@@ -225,7 +225,13 @@ impl Cluster {
     /// etcd member name for a control plane: its host name.
     pub fn etcd_initial_cluster(&self) -> String {
         self.control_planes()
-            .map(|h| format!("{}={}", h.name, url("https", h.address, self.etcd.peer_port)))
+            .map(|h| {
+                format!(
+                    "{}={}",
+                    h.name,
+                    url("https", h.address, self.etcd.peer_port)
+                )
+            })
             .collect::<Vec<_>>()
             .join(",")
     }

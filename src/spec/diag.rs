@@ -55,11 +55,23 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
-    pub fn error(&mut self, path: impl Into<String>, msg: impl Into<String>, help: impl Into<String>) {
-        self.items.push(Diagnostic::new(Severity::Error, path, msg).help(help));
+    pub fn error(
+        &mut self,
+        path: impl Into<String>,
+        msg: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.items
+            .push(Diagnostic::new(Severity::Error, path, msg).help(help));
     }
-    pub fn warn(&mut self, path: impl Into<String>, msg: impl Into<String>, help: impl Into<String>) {
-        self.items.push(Diagnostic::new(Severity::Warning, path, msg).help(help));
+    pub fn warn(
+        &mut self,
+        path: impl Into<String>,
+        msg: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.items
+            .push(Diagnostic::new(Severity::Warning, path, msg).help(help));
     }
     pub fn info(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.items.push(Diagnostic::new(Severity::Info, path, msg));
@@ -86,7 +98,9 @@ impl Diagnostics {
         self.items.sort_by_key(|d| {
             (
                 std::cmp::Reverse(d.severity),
-                d.location.map(|l| (l.line, l.column)).unwrap_or((usize::MAX, 0)),
+                d.location
+                    .map(|l| (l.line, l.column))
+                    .unwrap_or((usize::MAX, 0)),
             )
         });
     }

@@ -27,7 +27,11 @@ pub fn load_file(path: &Path) -> anyhow::Result<Loaded> {
         )
     })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { std::path::PathBuf::from(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        std::path::PathBuf::from(".")
+    } else {
+        base
+    };
     Ok(load_str(&src, &path.display().to_string(), &base))
 }
 
@@ -50,14 +54,25 @@ pub fn load_str(src: &str, file: &str, base_dir: &Path) -> Loaded {
         }
     };
     diagnostics.locate(file, src, &map);
-    Loaded { cluster, diagnostics }
+    Loaded {
+        cluster,
+        diagnostics,
+    }
 }
 
 fn parse_error(e: &serde_saphyr::Error, map: &SourceMap) -> Diagnostic {
-    let location = e.location().map(|l| Location { line: l.line() as usize, column: l.column() as usize });
+    let location = e.location().map(|l| Location {
+        line: l.line() as usize,
+        column: l.column() as usize,
+    });
     let text = e.without_snippet().to_string();
     // serde-saphyr appends " at line N column M"; we print the location ourselves.
-    let msg = text.split(" at line ").next().unwrap_or(&text).trim().to_string();
+    let msg = text
+        .split(" at line ")
+        .next()
+        .unwrap_or(&text)
+        .trim()
+        .to_string();
     let mut d = Diagnostic::new(Severity::Error, "", msg.clone());
     d.location = location;
     if let Some(rest) = msg.strip_prefix("unknown field `")
@@ -80,9 +95,12 @@ fn parse_error(e: &serde_saphyr::Error, map: &SourceMap) -> Diagnostic {
             None => format!("remove it; fields here: {}", candidates.join(", ")),
         });
     } else if msg.starts_with("missing field") {
-        d.help = Some("add the field; see the spec reference in the README or examples/seed.yaml".into());
+        d.help = Some(
+            "add the field; see the spec reference in the README or examples/seed.yaml".into(),
+        );
     } else {
-        d.help = Some("fix the YAML at this spot; see examples/seed.yaml for a complete spec".into());
+        d.help =
+            Some("fix the YAML at this spot; see examples/seed.yaml for a complete spec".into());
     }
     let _ = map;
     d

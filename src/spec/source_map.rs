@@ -50,12 +50,19 @@ impl SourceMap {
             };
             let is_start = matches!(
                 ev,
-                Event::MappingStart(..) | Event::SequenceStart(..) | Event::Scalar(..) | Event::Alias(_)
+                Event::MappingStart(..)
+                    | Event::SequenceStart(..)
+                    | Event::Scalar(..)
+                    | Event::Alias(_)
             );
             if is_start {
                 let path = match stack.last_mut() {
                     None => String::new(),
-                    Some(Frame::Map { path, key, complex_key }) => {
+                    Some(Frame::Map {
+                        path,
+                        key,
+                        complex_key,
+                    }) => {
                         if key.is_none() {
                             match &ev {
                                 Event::Scalar(k, ..) => *key = Some(k.to_string()),
@@ -129,8 +136,20 @@ mod tests {
         let src = "a:\n  b: 1\n  list:\n    - x: 2\n    - y: [3, 4]\n";
         let m = SourceMap::build(src);
         assert_eq!(m.locate("a.b"), Some(Location { line: 2, column: 6 }));
-        assert_eq!(m.locate("a.list[1].y[1]"), Some(Location { line: 5, column: 14 }));
-        assert_eq!(m.locate("a.list[0].x"), Some(Location { line: 4, column: 10 }));
+        assert_eq!(
+            m.locate("a.list[1].y[1]"),
+            Some(Location {
+                line: 5,
+                column: 14
+            })
+        );
+        assert_eq!(
+            m.locate("a.list[0].x"),
+            Some(Location {
+                line: 4,
+                column: 10
+            })
+        );
         // Missing fields fall back to the nearest ancestor.
         assert_eq!(m.locate("a.list[0].missing"), m.locate("a.list[0]"));
         assert!(!m.contains("a.list[0].missing"));

@@ -61,7 +61,15 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
 
     let kubernetes_pre = kubernetes_version(&s.kubernetes, d);
     let etcd = etcd(&s.etcd, d);
-    let lb = load_balancer(&s.load_balancer, &hosts, &lbs, networks.as_ref(), base_dir, &name, d);
+    let lb = load_balancer(
+        &s.load_balancer,
+        &hosts,
+        &lbs,
+        networks.as_ref(),
+        base_dir,
+        &name,
+        d,
+    );
     let k8s = kubernetes(&s.kubernetes, kubernetes_pre, &name, lb.as_ref(), &cps, d);
 
     if let (Some(lb), Some(k)) = (&lb, &k8s) {
@@ -84,7 +92,8 @@ pub fn is_dns_label(s: &str) -> bool {
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn is_dns_name(s: &str) -> bool {
@@ -107,7 +116,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} does not start with a number"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "Ki" => 1 << 10,
@@ -118,7 +129,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GB" | "G" => 1_000_000_000,
         u => return Err(format!("unknown unit {u:?}; use B, KiB, MiB or GiB")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn cidr(d: &mut Diagnostics, path: &str, raw: &str) -> Option<IpNet> {
@@ -145,13 +157,24 @@ fn cidr(d: &mut Diagnostics, path: &str, raw: &str) -> Option<IpNet> {
 
 fn networks(n: &model::Networks, d: &mut Diagnostics) -> Option<Networks> {
     let management = cidr(d, "spec.networks.management", &n.management);
-    let pods = cidr(d, "spec.networks.pods", n.pods.as_deref().unwrap_or("10.244.0.0/16"));
-    let services = cidr(d, "spec.networks.services", n.services.as_deref().unwrap_or("10.96.0.0/12"));
+    let pods = cidr(
+        d,
+        "spec.networks.pods",
+        n.pods.as_deref().unwrap_or("10.244.0.0/16"),
+    );
+    let services = cidr(
+        d,
+        "spec.networks.services",
+        n.services.as_deref().unwrap_or("10.96.0.0/12"),
+    );
     let storage = match &n.storage {
         Some(s) => Some(cidr(d, "spec.networks.storage", s)?),
         None => None,
     };
-    let dns_domain = n.dns_domain.clone().unwrap_or_else(|| "cluster.local".into());
+    let dns_domain = n
+        .dns_domain
+        .clone()
+        .unwrap_or_else(|| "cluster.local".into());
     if !is_dns_name(&dns_domain) {
         d.error(
             "spec.networks.dnsDomain",
@@ -159,14 +182,26 @@ fn networks(n: &model::Networks, d: &mut Diagnostics) -> Option<Networks> {
             "use a name such as cluster.local",
         );
     }
-    Some(Networks { management: management?, pods: pods?, services: services?, storage, dns_domain })
+    Some(Networks {
+        management: management?,
+        pods: pods?,
+        services: services?,
+        storage,
+        dns_domain,
+    })
 }
 
 fn check_overlaps(n: &model::Networks, d: &mut Diagnostics) {
     let list: Vec<(&str, Option<IpNet>)> = vec![
         ("management", n.management.parse().ok()),
-        ("pods", n.pods.as_deref().unwrap_or("10.244.0.0/16").parse().ok()),
-        ("services", n.services.as_deref().unwrap_or("10.96.0.0/12").parse().ok()),
+        (
+            "pods",
+            n.pods.as_deref().unwrap_or("10.244.0.0/16").parse().ok(),
+        ),
+        (
+            "services",
+            n.services.as_deref().unwrap_or("10.96.0.0/12").parse().ok(),
+        ),
         ("storage", n.storage.as_deref().and_then(|s| s.parse().ok())),
     ];
     for i in 0..list.len() {
@@ -186,18 +221,29 @@ fn check_overlaps(n: &model::Networks, d: &mut Diagnostics) {
 
 fn ssh(base: &model::Ssh, over: &model::Ssh) -> SshSettings {
     SshSettings {
-        user: over.user.clone().or(base.user.clone()).unwrap_or_else(|| "root".into()),
+        user: over
+            .user
+            .clone()
+            .or(base.user.clone())
+            .unwrap_or_else(|| "root".into()),
         port: over.port.or(base.port).unwrap_or(22),
         identity_file: over.identity_file.clone().or(base.identity_file.clone()),
         proxy_jump: over.proxy_jump.clone().or(base.proxy_jump.clone()),
         config_file: over.config_file.clone().or(base.config_file.clone()),
-        known_hosts_file: over.known_hosts_file.clone().or(base.known_hosts_file.clone()),
+        known_hosts_file: over
+            .known_hosts_file
+            .clone()
+            .or(base.known_hosts_file.clone()),
     }
 }
 
 fn hosts(s: &model::Spec, mgmt: Option<IpNet>, d: &mut Diagnostics) -> Vec<Host> {
     if s.hosts.is_empty() {
-        d.error("spec.hosts", "no hosts", "list the load balancers, control planes and workers under spec.hosts");
+        d.error(
+            "spec.hosts",
+            "no hosts",
+            "list the load balancers, control planes and workers under spec.hosts",
+        );
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut addrs: HashMap<IpAddr, usize> = HashMap::new();
@@ -214,7 +260,10 @@ fn hosts(s: &model::Spec, mgmt: Option<IpNet>, d: &mut Diagnostics) -> Vec<Host>
         if let Some(first) = names.insert(&h.name, i) {
             d.error(
                 format!("{p}.name"),
-                format!("duplicate host name {:?} (also spec.hosts[{first}])", h.name),
+                format!(
+                    "duplicate host name {:?} (also spec.hosts[{first}])",
+                    h.name
+                ),
                 "every host needs its own name",
             );
         }
@@ -233,7 +282,10 @@ fn hosts(s: &model::Spec, mgmt: Option<IpNet>, d: &mut Diagnostics) -> Vec<Host>
             if let Some(first) = addrs.insert(a, i) {
                 d.error(
                     format!("{p}.address"),
-                    format!("duplicate address {a} (also spec.hosts[{first}], {})", s.hosts[first].name),
+                    format!(
+                        "duplicate address {a} (also spec.hosts[{first}], {})",
+                        s.hosts[first].name
+                    ),
                     "every host needs its own address",
                 );
             }
@@ -262,21 +314,33 @@ fn hosts(s: &model::Spec, mgmt: Option<IpNet>, d: &mut Diagnostics) -> Vec<Host>
                 "worker" => &mut roles.worker,
                 other => {
                     let alias = match other {
-                        "master" | "controlplane" | "control_plane" | "controller" => Some("control-plane"),
+                        "master" | "controlplane" | "control_plane" | "controller" => {
+                            Some("control-plane")
+                        }
                         "lb" | "load-balancer" | "haproxy" => Some("loadbalancer"),
                         "node" | "minion" => Some("worker"),
                         _ => did_you_mean(other, &ROLE_NAMES),
                     };
                     let help = match alias {
-                        Some(a) => format!("did you mean `{a}`? Roles are: {}", ROLE_NAMES.join(", ")),
+                        Some(a) => {
+                            format!("did you mean `{a}`? Roles are: {}", ROLE_NAMES.join(", "))
+                        }
                         None => format!("roles are: {}", ROLE_NAMES.join(", ")),
                     };
-                    d.error(format!("{p}.roles[{j}]"), format!("unknown role {other:?}"), help);
+                    d.error(
+                        format!("{p}.roles[{j}]"),
+                        format!("unknown role {other:?}"),
+                        help,
+                    );
                     continue;
                 }
             };
             if *slot {
-                d.warn(format!("{p}.roles[{j}]"), format!("role {r} is listed twice"), "remove the duplicate");
+                d.warn(
+                    format!("{p}.roles[{j}]"),
+                    format!("role {r} is listed twice"),
+                    "remove the duplicate",
+                );
             }
             *slot = true;
         }
@@ -343,7 +407,10 @@ fn check_counts(hosts: &[Host], lbs: &[&Host], cps: &[&Host], d: &mut Diagnostic
         ),
         1 => d.warn(
             "spec.hosts",
-            format!("a single load balancer ({}) is a single point of failure for the API endpoint", lbs[0].name),
+            format!(
+                "a single load balancer ({}) is a single point of failure for the API endpoint",
+                lbs[0].name
+            ),
             "add a second host with the role loadbalancer, so keepalived can move the VIP",
         ),
         _ => {}
@@ -377,7 +444,10 @@ fn load_balancer(
         {
             d.error(
                 "spec.loadBalancer.vip",
-                format!("the VIP {v} is outside the management network {}", n.management),
+                format!(
+                    "the VIP {v} is outside the management network {}",
+                    n.management
+                ),
                 "the VIP must be on the LBs' subnet so that gratuitous ARP can move it",
             );
         }
@@ -387,7 +457,10 @@ fn load_balancer(
         {
             d.error(
                 "spec.loadBalancer.vip",
-                format!("the VIP {v} is the network or broadcast address of {}", n.management),
+                format!(
+                    "the VIP {v} is the network or broadcast address of {}",
+                    n.management
+                ),
                 "pick a host address",
             );
         }
@@ -426,7 +499,11 @@ fn load_balancer(
     let version = match v.version.unwrap_or(3) {
         x @ (2 | 3) => x,
         x => {
-            d.error("spec.loadBalancer.vrrp.version", format!("VRRP version {x} does not exist"), "use 3 (or 2)");
+            d.error(
+                "spec.loadBalancer.vrrp.version",
+                format!("VRRP version {x} does not exist"),
+                "use 3 (or 2)",
+            );
             3
         }
     };
@@ -437,20 +514,30 @@ fn load_balancer(
             if version == 2 && (ms % 1000 != 0 || !(1000..=255_000).contains(&ms)) {
                 d.error(
                     "spec.loadBalancer.vrrp.advertInterval",
-                    format!("VRRPv2 adverts are whole seconds from 1 to 255, not {}", humantime::format_duration(a)),
+                    format!(
+                        "VRRPv2 adverts are whole seconds from 1 to 255, not {}",
+                        humantime::format_duration(a)
+                    ),
                     "use a whole number of seconds, or `version: 3` for sub-second adverts",
                 );
             } else if version == 3 && (ms % 10 != 0 || !(10..=40_950).contains(&ms)) {
                 d.error(
                     "spec.loadBalancer.vrrp.advertInterval",
-                    format!("VRRPv3 adverts go from 10ms to 40.95s in steps of 10ms, not {}", humantime::format_duration(a)),
+                    format!(
+                        "VRRPv3 adverts go from 10ms to 40.95s in steps of 10ms, not {}",
+                        humantime::format_duration(a)
+                    ),
                     "for example 100ms or 200ms",
                 );
             }
             Some(a)
         }
         Err(e) => {
-            d.error("spec.loadBalancer.vrrp.advertInterval", format!("not a duration: {e}"), "write it like 200ms or 1s");
+            d.error(
+                "spec.loadBalancer.vrrp.advertInterval",
+                format!("not a duration: {e}"),
+                "write it like 200ms or 1s",
+            );
             None
         }
     };
@@ -479,7 +566,10 @@ fn load_balancer(
     let mut priorities = BTreeMap::new();
     if v.priorities.is_empty() {
         for (i, h) in lbs.iter().enumerate() {
-            priorities.insert(h.name.clone(), 110u8.saturating_sub((i as u8).saturating_mul(10)).max(1));
+            priorities.insert(
+                h.name.clone(),
+                110u8.saturating_sub((i as u8).saturating_mul(10)).max(1),
+            );
         }
     } else {
         let mut seen: HashMap<i64, &str> = HashMap::new();
@@ -489,12 +579,23 @@ fn load_balancer(
                 let names: Vec<&str> = lbs.iter().map(|h| h.name.as_str()).collect();
                 let help = match did_you_mean(name, &names) {
                     Some(s) => format!("did you mean {s}? Load balancers: {}", names.join(", ")),
-                    None => format!("priorities are keyed by load-balancer host name: {}", names.join(", ")),
+                    None => format!(
+                        "priorities are keyed by load-balancer host name: {}",
+                        names.join(", ")
+                    ),
                 };
-                d.error(path.clone(), format!("{name} is not a loadbalancer host"), help);
+                d.error(
+                    path.clone(),
+                    format!("{name} is not a loadbalancer host"),
+                    help,
+                );
             }
             if !(1..=254).contains(p) {
-                d.error(path.clone(), format!("priority {p} is outside 1-254"), "255 is reserved for the address owner; use 1-254");
+                d.error(
+                    path.clone(),
+                    format!("priority {p} is outside 1-254"),
+                    "255 is reserved for the address owner; use 1-254",
+                );
             } else {
                 priorities.insert(name.clone(), *p as u8);
             }
@@ -532,23 +633,36 @@ fn load_balancer(
             CheckKind::Tcp
         }
         other => {
-            d.error("spec.loadBalancer.healthCheck.type", format!("unknown check type {other:?}"), "use https or tcp");
+            d.error(
+                "spec.loadBalancer.healthCheck.type",
+                format!("unknown check type {other:?}"),
+                "use https or tcp",
+            );
             CheckKind::Https
         }
     };
-    let dur = |d: &mut Diagnostics, field: &str, raw: &Option<String>, def: &str| -> Option<Duration> {
-        match parse_duration(raw.as_deref().unwrap_or(def)) {
-            Ok(x) if x.is_zero() => {
-                d.error(format!("spec.loadBalancer.healthCheck.{field}"), "must be greater than zero", format!("for example {def}"));
-                None
+    let dur =
+        |d: &mut Diagnostics, field: &str, raw: &Option<String>, def: &str| -> Option<Duration> {
+            match parse_duration(raw.as_deref().unwrap_or(def)) {
+                Ok(x) if x.is_zero() => {
+                    d.error(
+                        format!("spec.loadBalancer.healthCheck.{field}"),
+                        "must be greater than zero",
+                        format!("for example {def}"),
+                    );
+                    None
+                }
+                Ok(x) => Some(x),
+                Err(e) => {
+                    d.error(
+                        format!("spec.loadBalancer.healthCheck.{field}"),
+                        format!("not a duration: {e}"),
+                        format!("write it like {def}"),
+                    );
+                    None
+                }
             }
-            Ok(x) => Some(x),
-            Err(e) => {
-                d.error(format!("spec.loadBalancer.healthCheck.{field}"), format!("not a duration: {e}"), format!("write it like {def}"));
-                None
-            }
-        }
-    };
+        };
     let interval = dur(d, "interval", &hc.interval, "1s");
     let timeout = dur(d, "timeout", &hc.timeout, "1s");
     let connect_timeout = dur(d, "connectTimeout", &hc.connect_timeout, "1s");
@@ -556,7 +670,11 @@ fn load_balancer(
     let rise = hc.rise.unwrap_or(2);
     for (f, x) in [("fall", fall), ("rise", rise)] {
         if x == 0 {
-            d.error(format!("spec.loadBalancer.healthCheck.{f}"), format!("{f} must be at least 1"), "2 is a good value");
+            d.error(
+                format!("spec.loadBalancer.healthCheck.{f}"),
+                format!("{f} must be at least 1"),
+                "2 is a good value",
+            );
         }
     }
     if let Some(i) = interval
@@ -575,7 +693,11 @@ fn load_balancer(
     let stats_user = st.user.clone().unwrap_or_else(|| "admin".into());
     let password_file = match &st.password_file {
         Some(p) => base_dir.join(p),
-        None => base_dir.join(".hakube").join(cluster).join("secrets").join("haproxy-stats.password"),
+        None => base_dir
+            .join(".hakube")
+            .join(cluster)
+            .join("secrets")
+            .join("haproxy-stats.password"),
     };
     let ingress = l.ingress.as_ref().map(|i| Ingress {
         http_port: i.http_port.unwrap_or(80),
@@ -584,7 +706,10 @@ fn load_balancer(
         https_node_port: i.https_node_port.unwrap_or(30443),
     });
     if let Some(i) = &l.ingress {
-        for (f, p) in [("httpNodePort", i.http_node_port), ("httpsNodePort", i.https_node_port)] {
+        for (f, p) in [
+            ("httpNodePort", i.http_node_port),
+            ("httpsNodePort", i.https_node_port),
+        ] {
             if let Some(p) = p
                 && !(30000..=32767).contains(&p)
             {
@@ -606,7 +731,10 @@ fn load_balancer(
             auth_pass: v.auth_pass.clone(),
             priorities,
             track_weight: -(spread + 10),
-            script_user: v.script_user.clone().unwrap_or_else(|| "keepalived_script".into()),
+            script_user: v
+                .script_user
+                .clone()
+                .unwrap_or_else(|| "keepalived_script".into()),
         },
         health_check: HealthCheck {
             kind,
@@ -616,8 +744,16 @@ fn load_balancer(
             timeout: timeout?,
             connect_timeout: connect_timeout?,
         },
-        stats: Stats { enabled: st.enabled.unwrap_or(true), port: st.port.unwrap_or(9000), user: stats_user, password_file },
-        metrics: Metrics { enabled: l.metrics.enabled.unwrap_or(true), port: l.metrics.port.unwrap_or(8405) },
+        stats: Stats {
+            enabled: st.enabled.unwrap_or(true),
+            port: st.port.unwrap_or(9000),
+            user: stats_user,
+            password_file,
+        },
+        metrics: Metrics {
+            enabled: l.metrics.enabled.unwrap_or(true),
+            port: l.metrics.port.unwrap_or(8405),
+        },
         ingress,
     })
 }
@@ -629,20 +765,35 @@ fn etcd(e: &model::Etcd, d: &mut Diagnostics) -> Option<Etcd> {
         other => {
             let help = match did_you_mean(other, &["hakube", "kubeadm"]) {
                 Some(s) => format!("did you mean {s}?"),
-                None => "use hakube (a systemd service with hakube's PKI) or kubeadm (static pods)".into(),
+                None => "use hakube (a systemd service with hakube's PKI) or kubeadm (static pods)"
+                    .into(),
             };
-            d.error("spec.etcd.management", format!("unknown etcd management {other:?}"), help);
+            d.error(
+                "spec.etcd.management",
+                format!("unknown etcd management {other:?}"),
+                help,
+            );
             None
         }
     };
-    let mut dur = |field: &str, raw: &Option<String>, def: &str| match parse_duration(raw.as_deref().unwrap_or(def)) {
+    let mut dur = |field: &str, raw: &Option<String>, def: &str| match parse_duration(
+        raw.as_deref().unwrap_or(def),
+    ) {
         Ok(x) if x.is_zero() => {
-            d.error(format!("spec.etcd.{field}"), "must be greater than zero", format!("for example {def}"));
+            d.error(
+                format!("spec.etcd.{field}"),
+                "must be greater than zero",
+                format!("for example {def}"),
+            );
             None
         }
         Ok(x) => Some(x),
         Err(err) => {
-            d.error(format!("spec.etcd.{field}"), format!("not a duration: {err}"), format!("write it like {def}"));
+            d.error(
+                format!("spec.etcd.{field}"),
+                format!("not a duration: {err}"),
+                format!("write it like {def}"),
+            );
             None
         }
     };
@@ -680,7 +831,11 @@ fn etcd(e: &model::Etcd, d: &mut Diagnostics) -> Option<Etcd> {
             Some(q)
         }
         Err(err) => {
-            d.error("spec.etcd.quotaBackendBytes", err, "write it like 2GiB or 8GiB");
+            d.error(
+                "spec.etcd.quotaBackendBytes",
+                err,
+                "write it like 2GiB or 8GiB",
+            );
             None
         }
     };
@@ -690,13 +845,19 @@ fn etcd(e: &model::Etcd, d: &mut Diagnostics) -> Option<Etcd> {
         election_timeout: el?,
         quota_backend_bytes: quota?,
         data_dir: e.data_dir.clone().unwrap_or_else(|| "/var/lib/etcd".into()),
-        binary: e.binary.clone().unwrap_or_else(|| "/usr/local/bin/etcd".into()),
+        binary: e
+            .binary
+            .clone()
+            .unwrap_or_else(|| "/usr/local/bin/etcd".into()),
         client_port: e.client_port.unwrap_or(2379),
         peer_port: e.peer_port.unwrap_or(2380),
     })
 }
 
-fn kubernetes_version(k: &model::Kubernetes, d: &mut Diagnostics) -> Option<(semver::Version, KubeadmApi)> {
+fn kubernetes_version(
+    k: &model::Kubernetes,
+    d: &mut Diagnostics,
+) -> Option<(semver::Version, KubeadmApi)> {
     let raw = k.version.as_deref().unwrap_or(DEFAULT_K8S_VERSION);
     let v = match semver::Version::parse(raw.trim().trim_start_matches('v')) {
         Ok(v) if v.pre.is_empty() && v.build.is_empty() => v,
@@ -720,7 +881,9 @@ fn kubernetes_version(k: &model::Kubernetes, d: &mut Diagnostics) -> Option<(sem
     if v.minor > NEWEST_MINOR {
         d.error(
             "spec.kubernetes.version",
-            format!("Kubernetes {raw} is newer than the newest version hakube knows (1.{NEWEST_MINOR})"),
+            format!(
+                "Kubernetes {raw} is newer than the newest version hakube knows (1.{NEWEST_MINOR})"
+            ),
             "use a released version hakube knows, or upgrade hakube",
         );
         return None;
@@ -732,7 +895,11 @@ fn kubernetes_version(k: &model::Kubernetes, d: &mut Diagnostics) -> Option<(sem
             format!("plan an upgrade, one minor version at a time, to 1.{OLDEST_MAINTAINED_MINOR} or newer"),
         );
     }
-    let api = if v.minor >= 31 { KubeadmApi::V1Beta4 } else { KubeadmApi::V1Beta3 };
+    let api = if v.minor >= 31 {
+        KubeadmApi::V1Beta4
+    } else {
+        KubeadmApi::V1Beta3
+    };
     Some((v, api))
 }
 
@@ -748,7 +915,11 @@ fn kubernetes(
         "kubeadm" => Some(Bootstrap::Kubeadm),
         "lab" => Some(Bootstrap::Lab),
         other => {
-            d.error("spec.kubernetes.bootstrap", format!("unknown bootstrap {other:?}"), "use kubeadm (or lab, in a hakube lab)");
+            d.error(
+                "spec.kubernetes.bootstrap",
+                format!("unknown bootstrap {other:?}"),
+                "use kubeadm (or lab, in a hakube lab)",
+            );
             None
         }
     };
@@ -772,7 +943,10 @@ fn kubernetes(
     }
     need.extend(cps.iter().map(|h| h.address.to_string()));
     for n in need {
-        if !sans.iter().any(|s| s.parse::<IpAddr>().ok().map(|a| a.to_string()) == Some(n.clone())) {
+        if !sans
+            .iter()
+            .any(|s| s.parse::<IpAddr>().ok().map(|a| a.to_string()) == Some(n.clone()))
+        {
             sans.push(n.clone());
             added.push(n);
         }
@@ -802,7 +976,10 @@ fn kubernetes(
     }
     let mut args = k.api_server_extra_args.clone();
     if args.keys().any(|a| a.starts_with("audit-log-")) && !args.contains_key("audit-policy-file") {
-        args.insert("audit-policy-file".into(), "/etc/kubernetes/audit-policy.yaml".into());
+        args.insert(
+            "audit-policy-file".into(),
+            "/etc/kubernetes/audit-policy.yaml".into(),
+        );
         d.info(
             "spec.kubernetes.apiServerExtraArgs",
             "audit logging needs a policy, or kube-apiserver logs nothing: added audit-policy-file with hakube's default policy",
@@ -813,33 +990,70 @@ fn kubernetes(
         version,
         kubeadm_api,
         bootstrap: bootstrap?,
-        cluster_name: k.cluster_name.clone().unwrap_or_else(|| cluster.to_string()),
+        cluster_name: k
+            .cluster_name
+            .clone()
+            .unwrap_or_else(|| cluster.to_string()),
         api_server_port: k.api_server_port.unwrap_or(6443),
         cert_sans: sans,
         api_server_extra_args: args,
-        cri_socket: k.cri_socket.clone().unwrap_or_else(|| "unix:///var/run/containerd/containerd.sock".into()),
+        cri_socket: k
+            .cri_socket
+            .clone()
+            .unwrap_or_else(|| "unix:///var/run/containerd/containerd.sock".into()),
     })
 }
 
 /// Ports that must not collide on any one host.
-fn ports(s: &model::Spec, lb: &LoadBalancer, k: &Kubernetes, etcd: &Option<Etcd>, hosts: &[Host], d: &mut Diagnostics) {
+fn ports(
+    s: &model::Spec,
+    lb: &LoadBalancer,
+    k: &Kubernetes,
+    etcd: &Option<Etcd>,
+    hosts: &[Host],
+    d: &mut Diagnostics,
+) {
     for h in hosts {
         let mut used: Vec<(u16, String, &str)> = Vec::new();
         if h.roles.loadbalancer {
-            used.push((lb.api_port, "spec.loadBalancer.apiPort".into(), "HAProxy's API frontend"));
+            used.push((
+                lb.api_port,
+                "spec.loadBalancer.apiPort".into(),
+                "HAProxy's API frontend",
+            ));
             if lb.stats.enabled {
-                used.push((lb.stats.port, "spec.loadBalancer.stats.port".into(), "HAProxy's stats page"));
+                used.push((
+                    lb.stats.port,
+                    "spec.loadBalancer.stats.port".into(),
+                    "HAProxy's stats page",
+                ));
             }
             if lb.metrics.enabled {
-                used.push((lb.metrics.port, "spec.loadBalancer.metrics.port".into(), "HAProxy's metrics"));
+                used.push((
+                    lb.metrics.port,
+                    "spec.loadBalancer.metrics.port".into(),
+                    "HAProxy's metrics",
+                ));
             }
             if let Some(i) = &lb.ingress {
-                used.push((i.http_port, "spec.loadBalancer.ingress.httpPort".into(), "the HTTP ingress frontend"));
-                used.push((i.https_port, "spec.loadBalancer.ingress.httpsPort".into(), "the HTTPS ingress frontend"));
+                used.push((
+                    i.http_port,
+                    "spec.loadBalancer.ingress.httpPort".into(),
+                    "the HTTP ingress frontend",
+                ));
+                used.push((
+                    i.https_port,
+                    "spec.loadBalancer.ingress.httpsPort".into(),
+                    "the HTTPS ingress frontend",
+                ));
             }
         }
         if h.roles.control_plane {
-            used.push((k.api_server_port, "spec.kubernetes.apiServerPort".into(), "the API server"));
+            used.push((
+                k.api_server_port,
+                "spec.kubernetes.apiServerPort".into(),
+                "the API server",
+            ));
             if let Some(e) = etcd {
                 used.push((e.client_port, "spec.etcd.clientPort".into(), "etcd clients"));
                 used.push((e.peer_port, "spec.etcd.peerPort".into(), "etcd peers"));
@@ -849,19 +1063,24 @@ fn ports(s: &model::Spec, lb: &LoadBalancer, k: &Kubernetes, etcd: &Option<Etcd>
             for j in i + 1..used.len() {
                 if used[i].0 == used[j].0 {
                     let (port, ref path, what) = used[j];
-                    let help = if used[i].2 == "HAProxy's API frontend" && what == "the API server" {
+                    let help = if used[i].2 == "HAProxy's API frontend" && what == "the API server"
+                    {
                         "the API server binds every address of its host; set spec.loadBalancer.apiPort: 8443"
                     } else {
                         "give each listener its own port"
                     };
-                    let path = if s.load_balancer.api_port.is_some() || !path.contains("apiServerPort") {
-                        path.clone()
-                    } else {
-                        used[i].1.clone()
-                    };
+                    let path =
+                        if s.load_balancer.api_port.is_some() || !path.contains("apiServerPort") {
+                            path.clone()
+                        } else {
+                            used[i].1.clone()
+                        };
                     d.error(
                         path,
-                        format!("on host {}, {what} and {} would both bind port {port}", h.name, used[i].2),
+                        format!(
+                            "on host {}, {what} and {} would both bind port {port}",
+                            h.name, used[i].2
+                        ),
                         help,
                     );
                 }
@@ -874,7 +1093,12 @@ fn ports(s: &model::Spec, lb: &LoadBalancer, k: &Kubernetes, etcd: &Option<Etcd>
 pub fn did_you_mean<'a>(input: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
-        .map(|c| (strsim::jaro_winkler(&input.to_lowercase(), &c.to_lowercase()), *c))
+        .map(|c| {
+            (
+                strsim::jaro_winkler(&input.to_lowercase(), &c.to_lowercase()),
+                *c,
+            )
+        })
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
