@@ -91,12 +91,19 @@ pub fn analyze(c: &Cluster) -> Report {
     };
     let script_ms = 2 * 1000 + ms(v.advert_interval);
     layers.push(Layer {
-        name: format!("VIP {} (keepalived VRRPv{}, vrid {})", c.lb.vip, v.version, v.router_id),
+        name: format!(
+            "VIP {} (keepalived VRRPv{}, vrid {})",
+            c.lb.vip, v.version, v.router_id
+        ),
         members: names(&lbs),
         survives: lbs.len().saturating_sub(1),
         failover_ms: (vip_ms.min(script_ms), vip_ms.max(script_ms)),
         failover: if backup.is_some() {
-            format!("{}-{}", fmt_ms(vip_ms.min(script_ms)), fmt_ms(vip_ms.max(script_ms)))
+            format!(
+                "{}-{}",
+                fmt_ms(vip_ms.min(script_ms)),
+                fmt_ms(vip_ms.max(script_ms))
+            )
         } else {
             "none".into()
         },
@@ -107,7 +114,11 @@ pub fn analyze(c: &Cluster) -> Report {
         members: names(&lbs),
         survives: lbs.len().saturating_sub(1),
         failover_ms: (vip_ms.min(script_ms), vip_ms.max(script_ms)),
-        failover: if backup.is_some() { "moves with the VIP".into() } else { "none".into() },
+        failover: if backup.is_some() {
+            "moves with the VIP".into()
+        } else {
+            "none".into()
+        },
         how: "an LB whose HAProxy fails its track script gives the VIP away".into(),
     });
 
@@ -168,16 +179,25 @@ pub fn analyze(c: &Cluster) -> Report {
 
     let mut spofs = Vec::new();
     if lbs.len() == 1 {
-        spofs.push(format!("load balancer {} (holds the only copy of the VIP)", lbs[0].name));
+        spofs.push(format!(
+            "load balancer {} (holds the only copy of the VIP)",
+            lbs[0].name
+        ));
     }
     if cps.len() == 1 {
-        spofs.push(format!("control plane {} (the only API server and etcd member)", cps[0].name));
+        spofs.push(format!(
+            "control plane {} (the only API server and etcd member)",
+            cps[0].name
+        ));
     }
     if cps.len() == 2 {
         spofs.push("either control plane: 2 etcd members need both for quorum".into());
     }
     if workers.len() == 1 {
-        spofs.push(format!("worker {} (the only node for workloads)", workers[0].name));
+        spofs.push(format!(
+            "worker {} (the only node for workloads)",
+            workers[0].name
+        ));
     }
     for h in &c.hosts {
         if h.roles.loadbalancer && h.roles.control_plane && lbs.len() <= 2 && cps.len() <= 3 {
@@ -234,15 +254,29 @@ fn draw_row(items: &[Vec<String>], width: usize, out: &mut Vec<String>, bus: boo
         if lo == hi {
             line[mid] = '│';
         } else {
-            line[lo] = if centers.contains(&lo) { '┌' } else { line[lo] };
-            line[hi] = if centers.contains(&hi) { '┐' } else { line[hi] };
+            line[lo] = if centers.contains(&lo) {
+                '┌'
+            } else {
+                line[lo]
+            };
+            line[hi] = if centers.contains(&hi) {
+                '┐'
+            } else {
+                line[hi]
+            };
         }
         out.push(line.into_iter().collect::<String>().trim_end().to_string());
         let mut arrows: Vec<char> = vec![' '; width.max(hi + 1)];
         for c in &centers {
             arrows[*c] = '▼';
         }
-        out.push(arrows.into_iter().collect::<String>().trim_end().to_string());
+        out.push(
+            arrows
+                .into_iter()
+                .collect::<String>()
+                .trim_end()
+                .to_string(),
+        );
     }
     let rows = items.iter().map(|l| l.len()).max().unwrap_or(0);
     let mut top = " ".repeat(pad);
@@ -272,7 +306,10 @@ pub fn diagram(c: &Cluster) -> String {
     let mut out = Vec::new();
     let vip = vec![vec![
         format!("VIP {}", c.control_plane_endpoint()),
-        format!("keepalived VRRPv{} vrid {}", c.lb.vrrp.version, c.lb.vrrp.router_id),
+        format!(
+            "keepalived VRRPv{} vrid {}",
+            c.lb.vrrp.version, c.lb.vrrp.router_id
+        ),
     ]];
     draw_row(&vip, width, &mut out, false);
     let lbs: Vec<Vec<String>> = c
@@ -280,7 +317,10 @@ pub fn diagram(c: &Cluster) -> String {
         .map(|h| {
             vec![
                 format!("{} {}", h.name, h.address),
-                format!("HAProxy prio {}", c.lb.vrrp.priorities.get(&h.name).copied().unwrap_or(0)),
+                format!(
+                    "HAProxy prio {}",
+                    c.lb.vrrp.priorities.get(&h.name).copied().unwrap_or(0)
+                ),
             ]
         })
         .collect();
@@ -288,7 +328,12 @@ pub fn diagram(c: &Cluster) -> String {
     let cps: Vec<Vec<String>> = c
         .control_planes()
         .map(|h| {
-            let mut v = vec![h.name.clone(), h.address.to_string(), "API server".into(), "etcd".into()];
+            let mut v = vec![
+                h.name.clone(),
+                h.address.to_string(),
+                "API server".into(),
+                "etcd".into(),
+            ];
             if h.roles.loadbalancer {
                 v.push("(also LB)".into());
             }
@@ -319,11 +364,21 @@ pub fn render_text(c: &Cluster, r: &Report) -> String {
     s.push('\n');
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["layer", "members", "survives losing", "failover", "how it is computed"]);
+    t.set_header(vec![
+        "layer",
+        "members",
+        "survives losing",
+        "failover",
+        "how it is computed",
+    ]);
     for l in &r.layers {
         t.add_row(vec![
             l.name.clone(),
-            if l.members.is_empty() { "-".into() } else { l.members.join(", ") },
+            if l.members.is_empty() {
+                "-".into()
+            } else {
+                l.members.join(", ")
+            },
             format!("{} of {}", l.survives, l.members.len()),
             l.failover.clone(),
             l.how.clone(),

@@ -4,8 +4,9 @@
 //! `templates/`, compiled into the binary; structured ones (kubeadm, Prometheus rules) are built
 //! as data and serialised, so they are always well-formed. Output is deterministic.
 
-mod kubeadm;
-mod monitoring;
+pub mod check;
+pub mod kubeadm;
+pub mod monitoring;
 
 use crate::spec::{Bootstrap, CheckKind, Cluster, EtcdManagement, Host};
 use anyhow::Context;

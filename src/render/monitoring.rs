@@ -35,7 +35,7 @@ pub fn rule_groups() -> Value {
             rule("EtcdHighCommitDurations",
                 "histogram_quantile(0.99, sum(rate(etcd_disk_backend_commit_duration_seconds_bucket{job=\"etcd\"}[5m])) by (instance, le)) > 0.25",
                 "10m", "warning", "etcd high commit durations",
-                "etcd commit durations are high on {{ $labels.instance }} (p99 {{ $value }}s); check disk latency."),
+                "etcd commit durations are high on {{ $labels.instance }} (p99 {{ $value | printf \"%.2f\" }}s); check disk latency."),
             rule("EtcdNoLeader", "etcd_server_has_leader{job=\"etcd\"} == 0", "1m", "critical",
                 "etcd member has no leader",
                 "etcd member {{ $labels.instance }} has had no leader for 1 minute: it cannot serve writes."),

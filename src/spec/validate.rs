@@ -73,7 +73,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     let k8s = kubernetes(&s.kubernetes, kubernetes_pre, &name, lb.as_ref(), &cps, d);
 
     if let (Some(lb), Some(k)) = (&lb, &k8s) {
-        ports(s, lb, k, &etcd, &hosts, d);
+        ports(lb, k, &etcd, &hosts, d);
     }
 
     Some(Cluster {
@@ -1006,7 +1006,6 @@ fn kubernetes(
 
 /// Ports that must not collide on any one host.
 fn ports(
-    s: &model::Spec,
     lb: &LoadBalancer,
     k: &Kubernetes,
     etcd: &Option<Etcd>,
@@ -1061,29 +1060,28 @@ fn ports(
         }
         for i in 0..used.len() {
             for j in i + 1..used.len() {
-                if used[i].0 == used[j].0 {
-                    let (port, ref path, what) = used[j];
-                    let help = if used[i].2 == "HAProxy's API frontend" && what == "the API server"
-                    {
-                        "the API server binds every address of its host; set spec.loadBalancer.apiPort: 8443"
-                    } else {
-                        "give each listener its own port"
-                    };
-                    let path =
-                        if s.load_balancer.api_port.is_some() || !path.contains("apiServerPort") {
-                            path.clone()
-                        } else {
-                            used[i].1.clone()
-                        };
-                    d.error(
-                        path,
-                        format!(
-                            "on host {}, {what} and {} would both bind port {port}",
-                            h.name, used[i].2
-                        ),
-                        help,
-                    );
+                if used[i].0 != used[j].0 {
+                    continue;
                 }
+                let (a, b) = (&used[i], &used[j]);
+                let api_clash = [a.2, b.2].contains(&"HAProxy's API frontend")
+                    && [a.2, b.2].contains(&"the API server");
+                let (path, help) = if api_clash {
+                    (
+                        "spec.loadBalancer.apiPort".to_string(),
+                        "the API server binds every address of its host; set spec.loadBalancer.apiPort: 8443",
+                    )
+                } else {
+                    (b.1.clone(), "give each listener its own port")
+                };
+                d.error(
+                    path,
+                    format!(
+                        "on host {}, {} and {} would both bind port {}",
+                        h.name, a.2, b.2, a.0
+                    ),
+                    help,
+                );
             }
         }
     }

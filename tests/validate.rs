@@ -1,0 +1,606 @@
+//! Validation, case by case: each broken spec must produce the right diagnostic, at the right
+//! place, and every problem must be reported in one run.
+
+use hakube::spec::{self, Bootstrap, KubeadmApi, Loaded, Severity};
+use std::path::Path;
+
+const SEED: &str = include_str!("../examples/seed.yaml");
+
+fn load(src: &str) -> Loaded {
+    spec::load_str(src, "cluster.yaml", Path::new("/nonexistent"))
+}
+
+/// The seed with `from` replaced by `to`; panics if `from` is not there, so a stale test fails.
+fn seed_with(pairs: &[(&str, &str)]) -> String {
+    let mut s = SEED.to_string();
+    for (from, to) in pairs {
+        assert!(s.contains(from), "test setup: {from:?} not in the seed");
+        s = s.replacen(from, to, 1);
+    }
+    s
+}
+
+fn find<'a>(l: &'a Loaded, sev: Severity, path: &str, msg: &str) -> &'a spec::Diagnostic {
+    l.diagnostics
+        .items
+        .iter()
+        .find(|d| d.severity == sev && d.path == path && d.message.contains(msg))
+        .unwrap_or_else(|| {
+            let all: Vec<String> = l
+                .diagnostics
+                .items
+                .iter()
+                .map(|d| format!("{:?} {} {}", d.severity, d.path, d.message))
+                .collect();
+            panic!(
+                "no {sev:?} at {path} containing {msg:?}; got:\n{}",
+                all.join("\n")
+            )
+        })
+}
+
+fn line_of(src: &str, needle: &str) -> usize {
+    src.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in source")
+        + 1
+}
+
+#[test]
+fn seed_is_valid_and_clean() {
+    let l = load(SEED);
+    let c = l.cluster.as_ref().expect("seed must be valid");
+    assert_eq!(l.diagnostics.count(Severity::Error), 0);
+    assert_eq!(
+        l.diagnostics.count(Severity::Warning),
+        0,
+        "{:?}",
+        l.diagnostics.items
+    );
+    assert_eq!(c.load_balancers().count(), 2);
+    assert_eq!(c.control_planes().count(), 3);
+    assert_eq!(c.workers().count(), 3);
+    assert_eq!(c.lb.vip.to_string(), "10.1.1.100");
+    assert_eq!(c.kubernetes.kubeadm_api, KubeadmApi::V1Beta4);
+    assert_eq!(c.kubernetes.bootstrap, Bootstrap::Kubeadm);
+    assert_eq!(
+        c.networks.storage.map(|n| n.to_string()).as_deref(),
+        Some("10.2.1.0/24")
+    );
+    assert!(
+        c.kubernetes
+            .cert_sans
+            .contains(&"k8s-api.company.local".to_string())
+    );
+}
+
+#[test]
+fn duplicate_host_name_and_address() {
+    let src = seed_with(&[(
+        "{ name: lb2,     address: 10.1.1.12,",
+        "{ name: lb1,     address: 10.1.1.11,",
+    )]);
+    let l = load(&src);
+    assert!(l.cluster.is_none());
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.hosts[1].name",
+        "duplicate host name \"lb1\"",
+    );
+    assert_eq!(d.location.map(|x| x.line), Some(line_of(SEED, "name: lb2")));
+    find(
+        &l,
+        Severity::Error,
+        "spec.hosts[1].address",
+        "duplicate address 10.1.1.11",
+    );
+}
+
+#[test]
+fn host_outside_management_network() {
+    let l = load(&seed_with(&[(
+        "address: 10.1.1.201",
+        "address: 10.9.9.201",
+    )]));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.hosts[5].address",
+        "outside the management network 10.1.1.0/24",
+    );
+    let loc = d.location.expect("located");
+    assert_eq!(loc.line, line_of(SEED, "worker1"));
+    // Points at the value itself.
+    let line = SEED.lines().nth(loc.line - 1).unwrap_or_default();
+    assert!(line[loc.column - 1..].starts_with("10.9.9.201") || line.contains("worker1"));
+}
+
+#[test]
+fn vip_outside_cidr_or_owned_by_a_host() {
+    let l = load(&seed_with(&[("vip: 10.1.1.100", "vip: 192.168.7.7")]));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vip",
+        "outside the management network",
+    );
+    assert_eq!(
+        d.location.map(|x| x.line),
+        Some(line_of(SEED, "vip: 10.1.1.100"))
+    );
+    let l = load(&seed_with(&[("vip: 10.1.1.100", "vip: 10.1.1.102")]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vip",
+        "also the address of host master2",
+    );
+    let l = load(&seed_with(&[("vip: 10.1.1.100", "vip: not-an-ip")]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vip",
+        "is not an IP address",
+    );
+}
+
+#[test]
+fn overlapping_networks() {
+    let l = load(&seed_with(&[(
+        "services: 10.96.0.0/12",
+        "services: 10.244.128.0/20",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.networks.services",
+        "overlaps the pods network",
+    );
+    let l = load(&seed_with(&[(
+        "storage: 10.2.1.0/24",
+        "storage: 10.1.0.0/16",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.networks.storage",
+        "overlaps the management network",
+    );
+    let l = load(&seed_with(&[(
+        "pods: 10.244.0.0/16",
+        "pods: 10.244.0.1/16",
+    )]));
+    let d = find(&l, Severity::Error, "spec.networks.pods", "host bits set");
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("10.244.0.0/16")
+    );
+}
+
+fn with_control_planes(n: usize) -> String {
+    let mut s = SEED.to_string();
+    let cps = [
+        "    - { name: master1, address: 10.1.1.101, roles: [control-plane] }\n",
+        "    - { name: master2, address: 10.1.1.102, roles: [control-plane] }\n",
+        "    - { name: master3, address: 10.1.1.103, roles: [control-plane] }\n",
+    ];
+    for c in cps {
+        s = s.replace(c, "");
+    }
+    let mut add = String::new();
+    for i in 0..n {
+        add.push_str(&format!(
+            "    - {{ name: cp{i}, address: 10.1.1.{}, roles: [control-plane] }}\n",
+            110 + i
+        ));
+    }
+    s.replace(
+        "    - { name: worker1",
+        &format!("{add}    - {{ name: worker1"),
+    )
+}
+
+#[test]
+fn control_plane_counts() {
+    let l = load(&with_control_planes(0));
+    find(&l, Severity::Error, "spec.hosts", "no control-plane host");
+    let l = load(&with_control_planes(2));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.hosts",
+        "2 control planes are worse than 1",
+    );
+    assert!(d.help.as_deref().unwrap_or_default().contains("use 3"));
+    let l = load(&with_control_planes(4));
+    find(&l, Severity::Error, "spec.hosts", "4 control planes");
+    let l = load(&with_control_planes(1));
+    assert!(l.cluster.is_some());
+    find(
+        &l,
+        Severity::Warning,
+        "spec.hosts",
+        "single control plane is a single point of failure",
+    );
+    let l = load(&with_control_planes(5));
+    assert!(l.cluster.is_some());
+    assert_eq!(l.diagnostics.count(Severity::Error), 0);
+}
+
+#[test]
+fn single_load_balancer_is_a_spof_warning() {
+    let src = seed_with(&[
+        (
+            "    - { name: lb2,     address: 10.1.1.12,  roles: [loadbalancer] }\n",
+            "",
+        ),
+        (
+            "priorities: { lb1: 110, lb2: 100 }",
+            "priorities: { lb1: 110 }",
+        ),
+    ]);
+    let l = load(&src);
+    assert!(l.cluster.is_some(), "{:?}", l.diagnostics.items);
+    find(
+        &l,
+        Severity::Warning,
+        "spec.hosts",
+        "single load balancer (lb1) is a single point of failure",
+    );
+}
+
+#[test]
+fn vrrp_router_id_and_priorities() {
+    for bad in ["0", "256", "-3"] {
+        let l = load(&seed_with(&[("routerId: 51", &format!("routerId: {bad}"))]));
+        find(
+            &l,
+            Severity::Error,
+            "spec.loadBalancer.vrrp.routerId",
+            "outside 1-255",
+        );
+    }
+    let l = load(&seed_with(&[(
+        "{ lb1: 110, lb2: 100 }",
+        "{ lb1: 100, lb2: 100 }",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vrrp.priorities.lb2",
+        "priority 100 is also given to lb1",
+    );
+    let l = load(&seed_with(&[(
+        "{ lb1: 110, lb2: 100 }",
+        "{ lb1: 110, lbb2: 100 }",
+    )]));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vrrp.priorities.lbb2",
+        "not a loadbalancer host",
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did you mean lb2")
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vrrp.priorities",
+        "no priority for load balancer lb2",
+    );
+}
+
+#[test]
+fn auth_pass_is_truncated_by_keepalived() {
+    let l = load(&seed_with(&[
+        ("version: 3 ", "version: 2 "),
+        (
+            "advertInterval: 200ms",
+            "advertInterval: 1s\n      authPass: mypassword",
+        ),
+    ]));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vrrp.authPass",
+        "only the first 8",
+    );
+    assert_eq!(
+        d.location.map(|x| x.line),
+        Some(line_of(SEED, "advertInterval") + 1)
+    );
+    let l = load(&seed_with(&[(
+        "advertInterval: 200ms",
+        "advertInterval: 200ms\n      authPass: short",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vrrp.authPass",
+        "VRRPv3 has no authentication",
+    );
+    let l = load(&seed_with(&[("version: 3 ", "version: 2 ")]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vrrp.advertInterval",
+        "VRRPv2 adverts are whole seconds",
+    );
+}
+
+#[test]
+fn kubernetes_versions_pick_the_kubeadm_api() {
+    let c = |v: &str| {
+        load(&seed_with(&[(
+            "version: v1.37.0",
+            &format!("version: {v}"),
+        )]))
+    };
+    let l = c("v1.30.4");
+    assert_eq!(
+        l.cluster.as_ref().map(|c| c.kubernetes.kubeadm_api),
+        Some(KubeadmApi::V1Beta3)
+    );
+    find(
+        &l,
+        Severity::Warning,
+        "spec.kubernetes.version",
+        "no longer maintained",
+    );
+    let l = c("1.31.0");
+    assert_eq!(
+        l.cluster.as_ref().map(|c| c.kubernetes.kubeadm_api),
+        Some(KubeadmApi::V1Beta4)
+    );
+    let l = c("v1.28.0");
+    find(
+        &l,
+        Severity::Error,
+        "spec.kubernetes.version",
+        "older than the oldest version hakube supports",
+    );
+    let l = c("v1.40.0");
+    find(
+        &l,
+        Severity::Error,
+        "spec.kubernetes.version",
+        "newer than the newest",
+    );
+    let l = c("latest");
+    find(
+        &l,
+        Severity::Error,
+        "spec.kubernetes.version",
+        "not a Kubernetes release version",
+    );
+    let l = c("v1.36.0-rc.1");
+    find(
+        &l,
+        Severity::Error,
+        "spec.kubernetes.version",
+        "not a Kubernetes release version",
+    );
+}
+
+#[test]
+fn colocated_lb_and_control_plane_port_clash() {
+    let src = seed_with(&[
+        (
+            "{ name: master1, address: 10.1.1.101, roles: [control-plane] }",
+            "{ name: master1, address: 10.1.1.101, roles: [control-plane, loadbalancer] }",
+        ),
+        (
+            "{ lb1: 110, lb2: 100 }",
+            "{ lb1: 110, lb2: 100, master1: 90 }",
+        ),
+    ]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.apiPort",
+        "would both bind port 6443",
+    );
+    assert!(d.help.as_deref().unwrap_or_default().contains("8443"));
+    // Without an explicit port, hakube moves HAProxy to 8443 and says so.
+    let l = load(&src.replace("    apiPort: 6443\n", ""));
+    let c = l.cluster.as_ref().expect("valid");
+    assert_eq!(c.lb.api_port, 8443);
+    find(&l, Severity::Info, "spec.loadBalancer.apiPort", "8443");
+}
+
+#[test]
+fn sans_are_completed_and_reported() {
+    let l = load(SEED);
+    let c = l.cluster.as_ref().expect("valid");
+    for a in ["10.1.1.100", "10.1.1.101", "10.1.1.102", "10.1.1.103"] {
+        assert!(c.kubernetes.cert_sans.iter().any(|s| s == a), "{a} missing");
+    }
+    find(
+        &l,
+        Severity::Info,
+        "spec.kubernetes.certSANs",
+        "10.1.1.100, 10.1.1.101",
+    );
+}
+
+#[test]
+fn per_node_and_managed_api_server_args_are_refused() {
+    let l = load(&seed_with(&[(
+        "audit-log-maxage: \"30\"",
+        "audit-log-maxage: \"30\"\n      advertise-address: 10.1.1.101",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.kubernetes.apiServerExtraArgs.advertise-address",
+        "differs per node",
+    );
+}
+
+#[test]
+fn etcd_timings() {
+    let l = load(&seed_with(&[(
+        "electionTimeout: 1000ms",
+        "electionTimeout: 300ms",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.electionTimeout",
+        "less than 5 x the heartbeat",
+    );
+    let l = load(&seed_with(&[(
+        "quotaBackendBytes: 2GiB",
+        "quotaBackendBytes: 2 parsecs",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.quotaBackendBytes",
+        "unknown unit",
+    );
+    let l = load(&seed_with(&[(
+        "management: hakube",
+        "management: kubeadmm",
+    )]));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.etcd.management",
+        "unknown etcd management",
+    );
+    assert!(d.help.as_deref().unwrap_or_default().contains("kubeadm"));
+}
+
+#[test]
+fn tcp_check_and_slow_intervals_are_warned() {
+    let l = load(&seed_with(&[
+        ("type: https", "type: tcp"),
+        ("interval: 1s", "interval: 10s"),
+    ]));
+    assert!(l.cluster.is_some());
+    find(
+        &l,
+        Severity::Warning,
+        "spec.loadBalancer.healthCheck.type",
+        "TCP check passes while the API server is up but not ready",
+    );
+    find(
+        &l,
+        Severity::Warning,
+        "spec.loadBalancer.healthCheck.interval",
+        "stays in rotation for up to 20s",
+    );
+}
+
+#[test]
+fn unknown_field_suggests_the_right_one() {
+    let src = seed_with(&[("routerId: 51", "routerID: 51")]);
+    let l = load(&src);
+    let d = &l.diagnostics.items[0];
+    assert_eq!(d.severity, Severity::Error);
+    assert!(
+        d.message.contains("unknown field `routerID`"),
+        "{}",
+        d.message
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did you mean `routerId`")
+    );
+    assert_eq!(d.location.map(|x| x.line), Some(line_of(SEED, "routerId")));
+}
+
+#[test]
+fn unknown_role_suggests_the_right_one() {
+    let l = load(&seed_with(&[(
+        "roles: [control-plane] }",
+        "roles: [master] }",
+    )]));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.hosts[2].roles[0]",
+        "unknown role \"master\"",
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did you mean `control-plane`")
+    );
+}
+
+#[test]
+fn every_error_is_reported_in_one_run() {
+    let src = seed_with(&[
+        ("address: 10.1.1.201", "address: 10.9.9.201"),
+        ("vip: 10.1.1.100", "vip: 10.1.1.102"),
+        ("routerId: 51", "routerId: 300"),
+        ("services: 10.96.0.0/12", "services: 10.244.0.0/24"),
+        ("version: v1.37.0", "version: v1.20.0"),
+        ("electionTimeout: 1000ms", "electionTimeout: 100ms"),
+    ]);
+    let l = load(&src);
+    assert!(l.cluster.is_none());
+    let paths: Vec<&str> = l
+        .diagnostics
+        .items
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.path.as_str())
+        .collect();
+    for p in [
+        "spec.hosts[5].address",
+        "spec.loadBalancer.vip",
+        "spec.loadBalancer.vrrp.routerId",
+        "spec.networks.services",
+        "spec.kubernetes.version",
+        "spec.etcd.electionTimeout",
+    ] {
+        assert!(paths.contains(&p), "{p} not reported; got {paths:?}");
+    }
+    // Sorted by position in the file, and every one located.
+    let lines: Vec<usize> = l
+        .diagnostics
+        .items
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.location.expect("located").line)
+        .collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted);
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    let l = load("apiVersion: hakube.io/v1alpha1\nkind: Cluster\nmetadata: {name: x\nspec: []\n");
+    assert!(l.cluster.is_none());
+    let d = &l.diagnostics.items[0];
+    assert!(d.location.is_some(), "{d:?}");
+    let l = load("");
+    assert!(l.cluster.is_none());
+    assert_eq!(l.diagnostics.count(Severity::Error), 1);
+}
+
+#[test]
+fn wrong_types_are_reported_not_panicked() {
+    let l = load(&seed_with(&[("apiPort: 6443", "apiPort: 99999")]));
+    assert!(l.cluster.is_none());
+    let d = &l.diagnostics.items[0];
+    assert_eq!(
+        d.location.map(|x| x.line),
+        Some(line_of(SEED, "apiPort: 6443"))
+    );
+}
