@@ -58,6 +58,10 @@ enum Command {
         /// Where to write; created if missing. Files hakube did not write are left alone.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Also check the files with the real tools, if installed locally: `haproxy -c`,
+        /// `keepalived --config-test` (needs root) and `promtool check`. Exit 2 if any fails.
+        #[arg(long)]
+        check: bool,
     },
     /// A local lab: real haproxy, keepalived, etcd and sshd in Linux namespaces (needs root).
     Lab(lab::cli::LabArgs),
@@ -86,7 +90,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Plan(a) => cmd_plan(&a),
-        Command::Render { spec, out } => cmd_render(&spec, &out),
+        Command::Render { spec, out, check } => cmd_render(&spec, &out, check),
         Command::Lab(a) => lab::cli::run(a),
     }
 }
@@ -165,7 +169,7 @@ fn cmd_plan(a: &SpecArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-fn cmd_render(a: &SpecArgs, out: &Path) -> anyhow::Result<i32> {
+fn cmd_render(a: &SpecArgs, out: &Path, check: bool) -> anyhow::Result<i32> {
     let loaded = load(a)?;
     if a.output == Output::Text {
         print_diagnostics(&loaded.diagnostics);
@@ -186,6 +190,12 @@ fn cmd_render(a: &SpecArgs, out: &Path) -> anyhow::Result<i32> {
     let secrets = render::Secrets::load_or_create(&cluster)?;
     let files = render::render(&cluster, &secrets)?;
     let written = render::write_tree(&files, out)?;
+    let checks = if check {
+        render::check::check_tree(&files, out)
+    } else {
+        Vec::new()
+    };
+    let failed = checks.iter().filter(|r| !r.ok).count();
     match a.output {
         Output::Json => {
             let list: Vec<_> = files
@@ -200,6 +210,7 @@ fn cmd_render(a: &SpecArgs, out: &Path) -> anyhow::Result<i32> {
             let v = serde_json::json!({
                 "rendered": true, "out": out.display().to_string(), "files": list,
                 "changed": written, "diagnostics": loaded.diagnostics.items,
+                "checks": checks,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
@@ -213,7 +224,19 @@ fn cmd_render(a: &SpecArgs, out: &Path) -> anyhow::Result<i32> {
                 out.display(),
                 written
             );
+            for r in &checks {
+                let verdict = if r.ok { "ok  " } else { "FAIL" };
+                println!("  {verdict} {:<26} {}:{}", r.tool, r.host, r.file);
+                if !r.ok {
+                    for line in r.output.lines().take(12) {
+                        println!("         {line}");
+                    }
+                }
+            }
+            if check {
+                println!("{} checks, {} failed", checks.len(), failed);
+            }
         }
     }
-    Ok(0)
+    Ok(if failed > 0 { 2 } else { 0 })
 }

@@ -1,0 +1,187 @@
+//! The command line as a user meets it: exit codes, JSON, messages, files written.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use std::path::Path;
+
+const SEED: &str = include_str!("../examples/seed.yaml");
+
+fn hakube() -> Command {
+    Command::cargo_bin("hakube").expect("binary built")
+}
+
+fn spec_in(dir: &Path, text: &str) -> std::path::PathBuf {
+    let p = dir.join("cluster.yaml");
+    std::fs::write(&p, text).expect("write spec");
+    p
+}
+
+#[test]
+fn plan_on_the_seed_is_clean() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(dir.path(), SEED);
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("VIP 10.1.1.100:6443"))
+        .stdout(predicate::str::contains("etcd (3 members, quorum 2)"))
+        .stdout(predicate::str::contains("Single points of failure: none."));
+}
+
+#[test]
+fn plan_exit_codes_follow_severity() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Warnings only: one LB.
+    let one_lb = SEED
+        .replace(
+            "    - { name: lb2,     address: 10.1.1.12,  roles: [loadbalancer] }\n",
+            "",
+        )
+        .replace("{ lb1: 110, lb2: 100 }", "{ lb1: 110 }");
+    let f = spec_in(dir.path(), &one_lb);
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("single load balancer (lb1)"))
+        .stdout(predicate::str::contains(
+            "load balancer lb1 (holds the only copy of the VIP)",
+        ));
+    // Errors: exit 2, with file:line:column and a fix.
+    let bad = SEED.replace("routerId: 51", "routerId: 300");
+    let f = spec_in(dir.path(), &bad);
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cluster.yaml:31:17: spec.loadBalancer.vrrp.routerId: VRRP router id 300 is outside 1-255"))
+        .stderr(predicate::str::contains("help:"));
+}
+
+#[test]
+fn plan_json_has_the_same_facts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(dir.path(), SEED);
+    let out = hakube()
+        .args(["plan", "-o", "json", "-f"])
+        .arg(&f)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON on stdout");
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["plan"]["endpoint"], "10.1.1.100:6443");
+    let layers = v["plan"]["layers"].as_array().expect("layers");
+    let etcd = layers
+        .iter()
+        .find(|l| l["name"].as_str().unwrap_or_default().starts_with("etcd"))
+        .expect("etcd layer");
+    assert_eq!(etcd["survives"], 1);
+    assert_eq!(etcd["failover_ms"], serde_json::json!([1000, 2000]));
+    let vip = &layers[0];
+    // 3 x 200ms + (256-100)/256 x 200ms = 721ms
+    assert_eq!(vip["failover_ms"][0], 721);
+}
+
+#[test]
+fn missing_spec_says_how_to_get_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    hakube()
+        .current_dir(dir.path())
+        .arg("plan")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "cannot read the cluster spec cluster.yaml",
+        ))
+        .stderr(predicate::str::contains("hakube lab up"));
+}
+
+#[test]
+fn render_writes_every_host_and_keeps_the_password_secret() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(dir.path(), SEED);
+    let out = dir.path().join("out");
+    hakube()
+        .args(["render", "-f"])
+        .arg(&f)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("rendered 47 files for 8 hosts"));
+    for h in [
+        "lb1", "lb2", "master1", "master2", "master3", "worker1", "worker2", "worker3", "_cluster",
+    ] {
+        assert!(out.join(h).is_dir(), "{h} missing");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let pw = dir
+        .path()
+        .join(".hakube/ha-cluster/secrets/haproxy-stats.password");
+    assert_eq!(
+        std::fs::metadata(&pw)
+            .expect("password file")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let password = std::fs::read_to_string(&pw)
+        .expect("read")
+        .trim()
+        .to_string();
+    assert!(password.len() >= 24);
+    let env = std::fs::read_to_string(out.join("lb1/etc/haproxy/hakube.env")).expect("env");
+    assert!(env.contains(&password));
+    let cfg = std::fs::read_to_string(out.join("lb1/etc/haproxy/haproxy.cfg")).expect("cfg");
+    assert!(!cfg.contains(&password));
+    // Same spec, same bytes: a second render changes nothing.
+    hakube()
+        .args(["render", "-f"])
+        .arg(&f)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("(0 changed)"));
+}
+
+#[test]
+fn render_refuses_an_invalid_spec() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(
+        dir.path(),
+        &SEED.replace("vip: 10.1.1.100", "vip: 10.1.1.101"),
+    );
+    let out = dir.path().join("out");
+    hakube()
+        .args(["render", "-f"])
+        .arg(&f)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("nothing rendered"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn help_covers_every_command() {
+    for cmd in [
+        vec!["--help"],
+        vec!["plan", "--help"],
+        vec!["render", "--help"],
+        vec!["lab", "--help"],
+    ] {
+        hakube()
+            .args(&cmd)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Usage:"));
+    }
+}
