@@ -4,8 +4,12 @@
 //! [`plan`] (topology, failure tolerance, single points of failure), [`render`] (every config
 //! file for every host), [`pki`] (certificates) and [`lab`] (a real multi-host lab on one machine).
 
+pub mod apply;
+pub mod etcd;
 pub mod lab;
 pub mod pki;
 pub mod plan;
+pub mod probe;
 pub mod render;
 pub mod spec;
+pub mod transport;

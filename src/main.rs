@@ -1,7 +1,7 @@
 //! The `hakube` command line: a thin layer over the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hakube::{lab, plan, render, spec};
+use hakube::{apply, lab, plan, render, spec};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,6 +63,28 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Converge every host to the spec over SSH: prepare, PKI, etcd, load balancers, control
+    /// plane, workers, verify. Idempotent: a second run reports 0 changed.
+    ///
+    /// With --dry-run, prints for each host the unified diff of every file and every command it
+    /// would run, and changes nothing. Exit status: 0 done, 2 failed.
+    Apply {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Hosts worked on at once.
+        #[arg(long, default_value_t = 30, value_name = "N")]
+        concurrency: usize,
+        /// Go on where hakube would refuse to risk quorum (for example restarting etcd while a
+        /// member is unhealthy).
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation (apply never prompts when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// A local lab: real haproxy, keepalived, etcd and sshd in Linux namespaces (needs root).
     Lab(lab::cli::LabArgs),
 }
@@ -91,6 +113,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Plan(a) => cmd_plan(&a),
         Command::Render { spec, out, check } => cmd_render(&spec, &out, check),
+        Command::Apply {
+            spec,
+            dry_run,
+            concurrency,
+            force,
+            yes: _,
+        } => cmd_apply(&spec, dry_run, concurrency, force),
         Command::Lab(a) => lab::cli::run(a),
     }
 }
@@ -239,4 +268,80 @@ fn cmd_render(a: &SpecArgs, out: &Path, check: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(if failed > 0 { 2 } else { 0 })
+}
+
+fn cmd_apply(a: &SpecArgs, dry_run: bool, concurrency: usize, force: bool) -> anyhow::Result<i32> {
+    let loaded = load(a)?;
+    let json = a.output == Output::Json;
+    if !json {
+        print_diagnostics(&loaded.diagnostics);
+    }
+    let Some(cluster) = loaded.cluster else {
+        eprintln!(
+            "{}: {}; nothing applied",
+            a.file.display(),
+            summary_line(&loaded.diagnostics)
+        );
+        return Ok(2);
+    };
+    let opts = apply::Options {
+        dry_run,
+        concurrency,
+        force,
+        json,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = rt.block_on(async {
+        let _lock = if dry_run {
+            None
+        } else {
+            Some(apply::lock(&cluster)?)
+        };
+        let hosts = apply::connect(&cluster, &opts).await?;
+        anyhow::Ok(apply::apply(cluster, opts, hosts).await)
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({"event": "summary", "summary": summary}))?
+        );
+    } else {
+        let mut t = comfy_table::Table::new();
+        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+        t.set_header(vec![
+            "host",
+            if dry_run { "would change" } else { "changed" },
+            "unchanged",
+            "failed",
+            "time",
+        ]);
+        for (h, s) in &summary.hosts {
+            t.add_row(vec![
+                h.clone(),
+                s.changed.to_string(),
+                s.unchanged.to_string(),
+                s.failed.to_string(),
+                format!("{:.1}s", s.ms as f64 / 1000.0),
+            ]);
+        }
+        println!("{t}");
+        let phases: Vec<String> = summary
+            .phases
+            .iter()
+            .map(|(p, ms)| format!("{p} {:.1}s", *ms as f64 / 1000.0))
+            .collect();
+        println!("phases: {}", phases.join(", "));
+        match &summary.error {
+            Some(e) => eprintln!("error: {e}"),
+            None if dry_run => println!(
+                "dry run: {} change(s) would be made; nothing was changed",
+                summary.changed
+            ),
+            None => println!("{} changed", summary.changed),
+        }
+    }
+    Ok(if summary.error.is_some() { 2 } else { 0 })
 }

@@ -26,7 +26,7 @@ pub const HEADER: &str =
 pub const HAPROXY_ENV: &str = "/etc/haproxy/hakube.env";
 
 /// One file for one host.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RenderedFile {
     /// A host name, or [`CLUSTER_DIR`] for cluster-wide files.
     pub host: String,
@@ -39,11 +39,24 @@ pub struct RenderedFile {
     pub secret: bool,
     /// Services to reload or restart when this file changes.
     pub services: Vec<String>,
+    /// Binary content (a program); when set, it replaces `content`.
+    #[serde(skip)]
+    pub binary: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl RenderedFile {
+    pub fn data(&self) -> &[u8] {
+        match &self.binary {
+            Some(b) => b,
+            None => self.content.as_bytes(),
+        }
+    }
     pub fn sha256(&self) -> String {
-        hex::encode(sha2::Sha256::digest(self.content.as_bytes()))
+        hex::encode(sha2::Sha256::digest(self.data()))
+    }
+    pub fn with_bytes(mut self, bytes: Vec<u8>) -> Self {
+        self.binary = Some(std::sync::Arc::new(bytes));
+        self
     }
 }
 
@@ -233,6 +246,7 @@ fn file(h: &Host, path: &str, mode: u32, mut content: String, services: &[&str])
         content,
         secret: false,
         services: services.iter().map(|s| s.to_string()).collect(),
+        binary: None,
     }
 }
 
@@ -295,6 +309,7 @@ fn load_balancer(
         ),
         secret: true,
         services: vec!["haproxy".into()],
+        binary: None,
     });
     out.push(file(
         h,

@@ -1,0 +1,210 @@
+//! Facts gathered from every host before anything changes, and their checks against the spec.
+
+use crate::spec::{Cluster, Host};
+use crate::transport::{self, Transport};
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const SERVICES: [&str; 4] = ["haproxy", "keepalived", "etcd", "hakube-lab-apiserver"];
+const BINARIES: [&str; 9] = [
+    "haproxy",
+    "keepalived",
+    "etcd",
+    "etcdctl",
+    "curl",
+    "kubeadm",
+    "kubelet",
+    "systemctl",
+    "sysctl",
+];
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Facts {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub kernel: String,
+    /// Remote clock minus local clock, in milliseconds.
+    pub clock_offset_ms: i64,
+    pub swap_on: bool,
+    /// (interface, address/prefix)
+    pub addresses: Vec<(String, String)>,
+    /// Binary name -> path, for those found.
+    pub binaries: BTreeMap<String, String>,
+    pub versions: BTreeMap<String, String>,
+    /// Service -> (active, enabled)
+    pub services: BTreeMap<String, (bool, bool)>,
+    /// etcd's data dir has a member directory.
+    pub etcd_data: bool,
+    /// kubeadm has run here (init or join).
+    pub kubeadm_done: bool,
+}
+
+impl Facts {
+    /// The interface carrying `addr`, if any.
+    pub fn interface_of(&self, addr: &str) -> Option<&str> {
+        self.addresses
+            .iter()
+            .find(|(_, a)| a.split('/').next() == Some(addr))
+            .map(|(i, _)| i.as_str())
+    }
+    pub fn active(&self, svc: &str) -> bool {
+        self.services.get(svc).is_some_and(|s| s.0)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn facts_script(c: &Cluster) -> String {
+    let mut s = String::from(
+        "echo \"hostname=$(hostname)\"\n\
+         echo \"os=$(. /etc/os-release 2>/dev/null; echo \"$ID $VERSION_ID\")\"\n\
+         echo \"arch=$(uname -m)\"\n\
+         echo \"kernel=$(uname -r)\"\n\
+         echo \"time_ms=$(date +%s%3N)\"\n\
+         echo \"swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)\"\n\
+         ip -o addr show 2>/dev/null | awk '{print \"addr=\" $2 \" \" $4}'\n",
+    );
+    for b in BINARIES {
+        s.push_str(&format!(
+            "p=$(command -v {b} 2>/dev/null) && echo \"bin.{b}=$p\"\n"
+        ));
+    }
+    s.push_str("haproxy -v 2>/dev/null | head -1 | sed 's/^/ver.haproxy=/'\n");
+    s.push_str("keepalived --version 2>&1 | head -1 | sed 's/^/ver.keepalived=/'\n");
+    s.push_str(&format!(
+        "{} --version 2>/dev/null | head -1 | sed 's/^/ver.etcd=/'\n",
+        transport::quote(&c.etcd.binary)
+    ));
+    for svc in SERVICES {
+        s.push_str(&format!(
+            "a=$(systemctl is-active {svc} 2>/dev/null); e=$(systemctl is-enabled {svc} 2>/dev/null); echo \"svc.{svc}=$a $e\"\n"
+        ));
+    }
+    s.push_str(&format!(
+        "[ -d {}/member ] && echo etcd_data=1\n",
+        transport::quote(&c.etcd.data_dir)
+    ));
+    s.push_str("[ -f /etc/kubernetes/kubelet.conf ] && echo kubeadm_done=1\n");
+    s.push_str("true\n");
+    s
+}
+
+pub fn parse(text: &str, local_mid_ms: i64) -> Facts {
+    let mut f = Facts::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "hostname" => f.hostname = v.into(),
+            "os" => f.os = v.into(),
+            "arch" => f.arch = v.into(),
+            "kernel" => f.kernel = v.into(),
+            "time_ms" => {
+                if let Ok(t) = v.parse::<i64>() {
+                    f.clock_offset_ms = t - local_mid_ms;
+                }
+            }
+            "swap" => f.swap_on = v.parse::<u32>().unwrap_or(0) > 0,
+            "addr" => {
+                if let Some((i, a)) = v.split_once(' ') {
+                    f.addresses
+                        .push((i.split('@').next().unwrap_or(i).to_string(), a.to_string()));
+                }
+            }
+            "etcd_data" => f.etcd_data = true,
+            "kubeadm_done" => f.kubeadm_done = true,
+            _ => {
+                if let Some(b) = k.strip_prefix("bin.") {
+                    f.binaries.insert(b.into(), v.into());
+                } else if let Some(b) = k.strip_prefix("ver.") {
+                    f.versions.insert(b.into(), v.into());
+                } else if let Some(s) = k.strip_prefix("svc.") {
+                    let mut it = v.split_whitespace();
+                    let active = it.next() == Some("active");
+                    let enabled = it.next() == Some("enabled");
+                    f.services.insert(s.into(), (active, enabled));
+                }
+            }
+        }
+    }
+    f
+}
+
+pub async fn gather(t: &dyn Transport, c: &Cluster) -> Result<Facts> {
+    let script = facts_script(c);
+    let t0 = now_ms();
+    let out = transport::run(t, &script, "gather facts", Duration::from_secs(30)).await?;
+    let t1 = now_ms();
+    Ok(parse(&out.stdout_str(), (t0 + t1) / 2))
+}
+
+/// Everything wrong with the hosts, for all hosts at once.
+pub fn check(c: &Cluster, facts: &BTreeMap<String, Facts>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for h in &c.hosts {
+        let Some(f) = facts.get(&h.name) else {
+            continue;
+        };
+        let addr = h.address.to_string();
+        match (f.interface_of(&addr), &h.interface) {
+            (None, _) => problems.push(format!(
+                "{}: address {addr} is not configured on any interface (found: {})\n  help: fix spec.hosts address for {}, or configure the address on the host",
+                h.name,
+                f.addresses.iter().map(|(i, a)| format!("{i} {a}")).collect::<Vec<_>>().join(", "),
+                h.name
+            )),
+            (Some(found), Some(want)) if found != want => problems.push(format!(
+                "{}: address {addr} is on interface {found}, but the spec says {want}\n  help: set interface: {found}, or remove it to use what the host has",
+                h.name
+            )),
+            _ => {}
+        }
+        if f.clock_offset_ms.abs() > 500 {
+            problems.push(format!(
+                "{}: clock is {} ms off this machine's (limit 500 ms); etcd and certificates need synchronised clocks\n  help: enable NTP (systemd-timesyncd or chrony) on every host",
+                h.name, f.clock_offset_ms
+            ));
+        }
+        needs(h, f, &mut problems, c);
+    }
+    problems
+}
+
+fn needs(h: &Host, f: &Facts, problems: &mut Vec<String>, c: &Cluster) {
+    // Load-balancer packages are installed by the prepare phase; these cannot be.
+    let mut missing = Vec::new();
+    if h.roles.control_plane
+        && c.etcd.management == crate::spec::EtcdManagement::Hakube
+        && !f.versions.contains_key("etcd")
+    {
+        problems.push(format!(
+            "{}: no etcd binary at {} (spec.etcd.binary)\n  help: install etcd 3.5 there, or point spec.etcd.binary at it",
+            h.name, c.etcd.binary
+        ));
+    }
+    if !f.binaries.contains_key("systemctl") {
+        missing.push("systemctl");
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{}: missing {}\n  help: apt-get install -y {}",
+            h.name,
+            missing.join(", "),
+            missing
+                .iter()
+                .map(|m| if *m == "systemctl" { "systemd" } else { m })
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+}

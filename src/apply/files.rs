@@ -1,0 +1,252 @@
+//! The files apply wants on each host: everything `render` produces, plus certificates from the
+//! local PKI and, with `bootstrap: lab`, the lab API server.
+
+use crate::pki::{Ca, Usage};
+use crate::render::{self, RenderedFile, Secrets};
+use crate::spec::{Bootstrap, Cluster, EtcdManagement, Host};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+pub const LAB_APISERVER_BIN: &str = "/var/lib/hakube/bin/hakube-lab-apiserver";
+pub const LAB_APISERVER_UNIT: &str = "/etc/systemd/system/hakube-lab-apiserver.service";
+pub const LAB_PKI: &str = "/etc/hakube/lab-apiserver";
+const DAYS: u32 = 365;
+
+/// The cluster's local state folder: `.hakube/<name>` next to the spec (secrets, PKI, lock).
+pub fn state_dir(c: &Cluster) -> PathBuf {
+    c.base_dir.join(".hakube").join(&c.name)
+}
+
+pub struct Pki {
+    pub etcd_ca: Ca,
+    pub cluster_ca: Ca,
+    dir: PathBuf,
+}
+
+impl Pki {
+    pub fn load_or_create(c: &Cluster) -> Result<Pki> {
+        let dir = state_dir(c).join("pki");
+        Ok(Pki {
+            etcd_ca: Ca::load_or_create(&dir.join("etcd"), &format!("{} etcd CA", c.name))?,
+            cluster_ca: Ca::load_or_create(
+                &dir.join("cluster"),
+                &format!("{} cluster CA", c.name),
+            )?,
+            dir,
+        })
+    }
+
+    /// A leaf kept in the state folder, issued again only when missing or its SANs changed,
+    /// so that a re-apply changes nothing.
+    pub fn leaf(
+        &self,
+        ca: &Ca,
+        sub: &str,
+        name: &str,
+        cn: &str,
+        sans: &[String],
+        usage: Usage,
+    ) -> Result<(String, String)> {
+        let dir = self.dir.join(sub);
+        let (crt, key, sidecar) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+            dir.join(format!("{name}.sans")),
+        );
+        let want = sans.join(",");
+        if let (Ok(c), Ok(k), Ok(s)) = (
+            std::fs::read_to_string(&crt),
+            std::fs::read_to_string(&key),
+            std::fs::read_to_string(&sidecar),
+        ) && s == want
+        {
+            return Ok((c, k));
+        }
+        ca.issue_to(&dir, name, cn, sans, usage, DAYS)?;
+        crate::pki::write_public(&sidecar, &want)?;
+        Ok((
+            std::fs::read_to_string(&crt).with_context(|| format!("reading {}", crt.display()))?,
+            std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?,
+        ))
+    }
+
+    /// hakube's own etcd client certificate (status, membership changes).
+    pub fn operator_etcd_tls(&self) -> Result<crate::etcd::Tls> {
+        let (cert_pem, key_pem) = self.leaf(
+            &self.etcd_ca,
+            "etcd",
+            "hakube-operator",
+            "hakube-operator",
+            &[],
+            Usage::Client,
+        )?;
+        Ok(crate::etcd::Tls {
+            ca_pem: self.etcd_ca.cert_pem().to_string(),
+            cert_pem,
+            key_pem,
+        })
+    }
+}
+
+fn secret(h: &Host, path: &str, content: String, services: &[&str]) -> RenderedFile {
+    RenderedFile {
+        host: h.name.clone(),
+        path: path.into(),
+        mode: 0o600,
+        content,
+        secret: true,
+        services: services.iter().map(|s| s.to_string()).collect(),
+        binary: None,
+    }
+}
+
+fn public(h: &Host, path: &str, content: String, services: &[&str]) -> RenderedFile {
+    RenderedFile {
+        mode: 0o644,
+        secret: false,
+        ..secret(h, path, content, services)
+    }
+}
+
+/// Every file for every host. `lab_apiserver` is the stand-in's binary, for `bootstrap: lab`.
+pub fn desired(c: &Cluster, pki: &Pki, lab_apiserver: Option<&Path>) -> Result<Vec<RenderedFile>> {
+    let secrets = Secrets::load_or_create(c)?;
+    let mut files: Vec<RenderedFile> = render::render(c, &secrets)?
+        .into_iter()
+        .filter(|f| f.host != render::CLUSTER_DIR)
+        .collect();
+    for h in c.control_planes() {
+        let name = &h.name;
+        let addr = h.address.to_string();
+        if c.etcd.management == EtcdManagement::Hakube {
+            let ca = pki.etcd_ca.cert_pem().to_string();
+            let server_sans = vec![
+                addr.clone(),
+                name.clone(),
+                "127.0.0.1".into(),
+                "localhost".into(),
+            ];
+            let (sc, sk) = pki.leaf(
+                &pki.etcd_ca,
+                "etcd",
+                &format!("{name}-server"),
+                name,
+                &server_sans,
+                Usage::Server,
+            )?;
+            let (pc, pk) = pki.leaf(
+                &pki.etcd_ca,
+                "etcd",
+                &format!("{name}-peer"),
+                name,
+                &[addr.clone(), name.clone()],
+                Usage::Peer,
+            )?;
+            let (ac, ak) = pki.leaf(
+                &pki.etcd_ca,
+                "etcd",
+                "apiserver-etcd-client",
+                "kube-apiserver-etcd-client",
+                &[],
+                Usage::Client,
+            )?;
+            files.push(public(h, "/etc/etcd/pki/ca.crt", ca, &["etcd"]));
+            files.push(public(h, "/etc/etcd/pki/server.crt", sc, &["etcd"]));
+            files.push(secret(h, "/etc/etcd/pki/server.key", sk, &["etcd"]));
+            files.push(public(h, "/etc/etcd/pki/peer.crt", pc, &["etcd"]));
+            files.push(secret(h, "/etc/etcd/pki/peer.key", pk, &["etcd"]));
+            files.push(public(
+                h,
+                "/etc/etcd/pki/apiserver-etcd-client.crt",
+                ac,
+                &["hakube-lab-apiserver"],
+            ));
+            files.push(secret(
+                h,
+                "/etc/etcd/pki/apiserver-etcd-client.key",
+                ak,
+                &["hakube-lab-apiserver"],
+            ));
+        }
+        if c.kubernetes.bootstrap == Bootstrap::Lab {
+            let mut sans = vec![
+                addr.clone(),
+                name.clone(),
+                c.lb.vip.to_string(),
+                "127.0.0.1".into(),
+                "localhost".into(),
+            ];
+            for s in &c.kubernetes.cert_sans {
+                if !sans.contains(s) {
+                    sans.push(s.clone());
+                }
+            }
+            let (cc, ck) = pki.leaf(
+                &pki.cluster_ca,
+                "cluster",
+                &format!("{name}-apiserver"),
+                "kube-apiserver",
+                &sans,
+                Usage::Server,
+            )?;
+            let svc = ["hakube-lab-apiserver"];
+            files.push(public(
+                h,
+                &format!("{LAB_PKI}/ca.crt"),
+                pki.cluster_ca.cert_pem().to_string(),
+                &svc,
+            ));
+            files.push(public(h, &format!("{LAB_PKI}/apiserver.crt"), cc, &svc));
+            files.push(secret(h, &format!("{LAB_PKI}/apiserver.key"), ck, &svc));
+            files.push(public(
+                h,
+                LAB_APISERVER_UNIT,
+                lab_unit(c, h),
+                &["daemon-reload", "hakube-lab-apiserver"],
+            ));
+            if let Some(bin) = lab_apiserver {
+                // The binary itself; compared by checksum like any file.
+                let bytes =
+                    std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
+                files.push(
+                    RenderedFile {
+                        mode: 0o755,
+                        content: String::new(),
+                        ..public(
+                            h,
+                            LAB_APISERVER_BIN,
+                            String::new(),
+                            &["hakube-lab-apiserver"],
+                        )
+                    }
+                    .with_bytes(bytes),
+                );
+            }
+        }
+    }
+    files.sort_by(|a, b| (&a.host, &a.path).cmp(&(&b.host, &b.path)));
+    Ok(files)
+}
+
+fn lab_unit(c: &Cluster, h: &Host) -> String {
+    let endpoint = format!("https://127.0.0.1:{}", c.etcd.client_port);
+    format!(
+        "# {header}\n\
+         [Unit]\n\
+         Description=hakube lab API server on {name} (a STAND-IN for kube-apiserver, lab only)\n\
+         After=etcd.service\n\n\
+         [Service]\n\
+         ExecStart={bin} --listen 0.0.0.0:{port} --cert {pki}/apiserver.crt --key {pki}/apiserver.key \
+         --etcd-endpoints {endpoint} --etcd-cafile /etc/etcd/pki/ca.crt \
+         --etcd-certfile /etc/etcd/pki/apiserver-etcd-client.crt --etcd-keyfile /etc/etcd/pki/apiserver-etcd-client.key\n\
+         Restart=always\n\
+         RestartSec=1s\n\n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        header = render::HEADER,
+        name = h.name,
+        bin = LAB_APISERVER_BIN,
+        port = c.kubernetes.api_server_port,
+        pki = LAB_PKI,
+    )
+}

@@ -1,0 +1,459 @@
+//! `hakube apply`: converge every host to the spec, in an ordered list of small phases.
+//!
+//! Each phase knows whether it has anything to do (it compares checksums and live state first),
+//! does it, and in `--dry-run` describes the same steps instead: unified diffs of files and the
+//! commands it would run. Dry-run and apply share one code path; only the mutating helpers
+//! ([`Ctx::sync`], [`Ctx::cmd`]) branch.
+
+pub mod facts;
+pub mod files;
+mod phases;
+
+use crate::render::RenderedFile;
+use crate::spec::Cluster;
+use crate::transport::{self, BoxFut, Output, Transport};
+use anyhow::{Context, Result, bail};
+use facts::Facts;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dry_run: bool,
+    pub concurrency: usize,
+    pub force: bool,
+    pub json: bool,
+    /// The lab API server binary to install with `bootstrap: lab`.
+    pub lab_apiserver: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dry_run: false,
+            concurrency: 30,
+            force: false,
+            json: false,
+            lab_apiserver: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A phase of apply.
+pub trait Phase: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// One line on what the phase does, for `--dry-run` and logs.
+    fn describe(&self) -> &'static str;
+    /// Whether the phase concerns this cluster at all (it may still find nothing to change).
+    fn applies(&self, _c: &Cluster) -> bool {
+        true
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>>;
+}
+
+/// The phases, in order.
+pub fn phases() -> Vec<Box<dyn Phase>> {
+    vec![
+        Box::new(phases::Prepare),
+        Box::new(phases::Pki),
+        Box::new(phases::Etcd),
+        Box::new(phases::LoadBalancers),
+        Box::new(phases::ControlPlane),
+        Box::new(phases::Workers),
+        Box::new(phases::Verify),
+    ]
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct HostStats {
+    pub changed: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub ms: u128,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub dry_run: bool,
+    pub changed: usize,
+    pub hosts: BTreeMap<String, HostStats>,
+    pub phases: Vec<(String, u128)>,
+    pub error: Option<String>,
+}
+
+pub struct Ctx {
+    pub c: Cluster,
+    pub opts: Options,
+    pub hosts: BTreeMap<String, Arc<dyn Transport>>,
+    pub facts: BTreeMap<String, Facts>,
+    pub files: Vec<RenderedFile>,
+    pub pki: files::Pki,
+    stats: Mutex<BTreeMap<String, HostStats>>,
+    /// Services whose inputs changed in an earlier phase: host -> services.
+    pending: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    phase: Mutex<&'static str>,
+    out: Mutex<()>,
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    event: &'a str,
+    phase: &'a str,
+    host: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff: Option<&'a str>,
+}
+
+impl Ctx {
+    pub fn host(&self, name: &str) -> Result<&dyn Transport> {
+        self.hosts
+            .get(name)
+            .map(|t| t.as_ref())
+            .with_context(|| format!("no connection to {name}"))
+    }
+
+    pub fn log(&self, kind: &str, host: &str, msg: &str) {
+        self.emit(kind, host, msg, None);
+    }
+
+    fn emit(&self, kind: &str, host: &str, msg: &str, diff: Option<&str>) {
+        let phase = *self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut o = std::io::stdout().lock();
+        if self.opts.json {
+            let e = Event {
+                event: kind,
+                phase,
+                host,
+                message: msg,
+                diff,
+            };
+            let _ = writeln!(o, "{}", serde_json::to_string(&e).unwrap_or_default());
+        } else {
+            let mark = match kind {
+                "change" => "~",
+                "command" => "$",
+                "wait" => "…",
+                "ok" => "✓",
+                "warn" => "!",
+                _ => " ",
+            };
+            let h = if host.is_empty() {
+                String::new()
+            } else {
+                format!("{host}: ")
+            };
+            let _ = writeln!(o, "[{phase:<13}] {mark} {h}{msg}");
+            if let Some(d) = diff {
+                for line in d.lines() {
+                    let _ = writeln!(o, "                    {line}");
+                }
+            }
+        }
+    }
+
+    fn stat(&self, host: &str, f: impl FnOnce(&mut HostStats)) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        f(s.entry(host.to_string()).or_default());
+    }
+
+    /// Mark `svc` on `host` as needing a restart because its inputs changed.
+    pub fn mark(&self, host: &str, svc: &str) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.entry(host.to_string())
+            .or_default()
+            .insert(svc.to_string());
+    }
+
+    /// Whether `svc` on `host` was marked; clears the mark.
+    pub fn take(&self, host: &str, svc: &str) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.get_mut(host).is_some_and(|s| s.remove(svc))
+    }
+
+    /// Bring the files of `host` that match `filter` up to date. Returns the changed ones and
+    /// marks their services. In dry-run, prints unified diffs (secrets only by size) instead.
+    pub async fn sync(
+        &self,
+        host: &str,
+        filter: impl Fn(&RenderedFile) -> bool,
+    ) -> Result<Vec<RenderedFile>> {
+        let want: Vec<&RenderedFile> = self
+            .files
+            .iter()
+            .filter(|f| f.host == host && filter(f))
+            .collect();
+        if want.is_empty() {
+            return Ok(vec![]);
+        }
+        let t = self.host(host)?;
+        let paths: Vec<String> = want.iter().map(|f| f.path.clone()).collect();
+        let have = transport::remote_hashes(t, &paths).await?;
+        let mut changed = Vec::new();
+        for (f, h) in want.iter().zip(have) {
+            if h.as_deref() == Some(f.sha256().as_str()) {
+                self.stat(host, |s| s.unchanged += 1);
+                continue;
+            }
+            let verb = if h.is_none() { "create" } else { "update" };
+            if self.opts.dry_run {
+                let diff = if f.secret || f.binary.is_some() {
+                    format!("({} bytes, contents not shown)", f.data().len())
+                } else {
+                    let old = match h {
+                        Some(_) => transport::read_file(t, &f.path).await?.unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    let old = String::from_utf8_lossy(&old).to_string();
+                    similar::TextDiff::from_lines(&old, &f.content)
+                        .unified_diff()
+                        .context_radius(3)
+                        .header(
+                            &format!("{host}:{} (current)", f.path),
+                            &format!("{host}:{} (wanted)", f.path),
+                        )
+                        .to_string()
+                };
+                self.emit(
+                    "change",
+                    host,
+                    &format!("would {verb} {} ({:04o})", f.path, f.mode),
+                    Some(&diff),
+                );
+            } else {
+                transport::write_file(t, &f.path, f.data(), f.mode).await?;
+                self.log("change", host, &format!("{verb}d {}", f.path));
+            }
+            self.stat(host, |s| s.changed += 1);
+            for svc in &f.services {
+                self.mark(host, svc);
+            }
+            changed.push((*f).clone());
+        }
+        Ok(changed)
+    }
+
+    /// Run a command that changes the host. In dry-run, only say so.
+    pub async fn cmd(&self, host: &str, script: &str, display: &str) -> Result<Option<Output>> {
+        if self.opts.dry_run {
+            self.log("command", host, &format!("would run: {display}"));
+            return Ok(None);
+        }
+        self.log("command", host, display);
+        let t = self.host(host)?;
+        match transport::run(t, script, display, Duration::from_secs(180)).await {
+            Ok(o) => Ok(Some(o)),
+            Err(e) => {
+                self.stat(host, |s| s.failed += 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Run `f` for every host in `names`, at most `concurrency` at a time; collect all errors.
+    pub async fn each<'a, F>(&'a self, names: Vec<String>, f: F) -> Result<()>
+    where
+        F: Fn(String) -> BoxFut<'a, Result<()>>,
+    {
+        use futures::stream::StreamExt;
+        let errors: Vec<String> = futures::stream::iter(names.into_iter().map(|n| {
+            let start = Instant::now();
+            let fut = f(n.clone());
+            async move {
+                let r = fut.await;
+                self.stat(&n, |s| s.ms += start.elapsed().as_millis());
+                r.err().map(|e| format!("{e:#}"))
+            }
+        }))
+        .buffer_unordered(self.opts.concurrency.max(1))
+        .filter_map(|e| async move { e })
+        .collect()
+        .await;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", errors.join("\n"))
+        }
+    }
+}
+
+/// Connect to every host in parallel. All failures are reported together.
+pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc<dyn Transport>>> {
+    use futures::stream::StreamExt;
+    let results: Vec<(String, Result<Arc<dyn Transport>>)> =
+        futures::stream::iter(c.hosts.iter().map(|h| async move {
+            let r = transport::ssh::Ssh::connect(h, &c.base_dir, opts.connect_timeout)
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Transport>);
+            (h.name.clone(), r)
+        }))
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    let mut hosts = BTreeMap::new();
+    let mut errors = Vec::new();
+    for (name, r) in results {
+        match r {
+            Ok(t) => {
+                hosts.insert(name, t);
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort();
+        bail!(
+            "cannot reach {} host(s); nothing was changed:\n{}",
+            errors.len(),
+            errors.join("\n")
+        );
+    }
+    Ok(hosts)
+}
+
+/// A lock that stops two applies on the same cluster state from running at once; released by
+/// the kernel when the process dies, so a killed apply never leaves it behind.
+pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+pub fn lock(c: &Cluster) -> Result<Lock> {
+    let dir = files::state_dir(c);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("apply.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(Lock(l)),
+        Err((_, e)) => bail!(
+            "another hakube apply is running on cluster {} ({}: {e})\n  help: wait for it to finish",
+            c.name,
+            path.display()
+        ),
+    }
+}
+
+/// Run apply (or its dry-run) on connected hosts.
+pub async fn apply(
+    c: Cluster,
+    opts: Options,
+    hosts: BTreeMap<String, Arc<dyn Transport>>,
+) -> Summary {
+    let started = Instant::now();
+    let mut summary = Summary {
+        dry_run: opts.dry_run,
+        changed: 0,
+        hosts: BTreeMap::new(),
+        phases: vec![],
+        error: None,
+    };
+    let ctx = match prepare_ctx(c, opts, hosts).await {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            summary.error = Some(format!("{e:#}"));
+            return summary;
+        }
+    };
+    for p in phases() {
+        if !p.applies(&ctx.c) {
+            continue;
+        }
+        *ctx.phase.lock().unwrap_or_else(|e| e.into_inner()) = p.name();
+        ctx.log("info", "", p.describe());
+        let t = Instant::now();
+        let r = p.run(&ctx).await;
+        let ms = t.elapsed().as_millis();
+        summary.phases.push((p.name().to_string(), ms));
+        ctx.log("info", "", &format!("done in {:.1}s", ms as f64 / 1000.0));
+        if let Err(e) = r {
+            summary.error = Some(format!("phase {}: {e:#}", p.name()));
+            break;
+        }
+    }
+    summary.hosts = ctx.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    summary.changed = summary.hosts.values().map(|s| s.changed).sum();
+    summary
+        .phases
+        .push(("total".into(), started.elapsed().as_millis()));
+    summary
+}
+
+async fn prepare_ctx(
+    c: Cluster,
+    opts: Options,
+    hosts: BTreeMap<String, Arc<dyn Transport>>,
+) -> Result<Ctx> {
+    // Facts from every host in parallel, then every problem at once.
+    let mut facts = BTreeMap::new();
+    let mut errors = Vec::new();
+    let gathered = futures::future::join_all(hosts.iter().map(|(n, t)| {
+        let c = &c;
+        async move { (n.clone(), facts::gather(t.as_ref(), c).await) }
+    }))
+    .await;
+    for (n, r) in gathered {
+        match r {
+            Ok(f) => {
+                facts.insert(n, f);
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    errors.extend(facts::check(&c, &facts));
+    if !errors.is_empty() {
+        bail!(
+            "the hosts do not match the spec; nothing was changed:\n{}",
+            errors.join("\n")
+        );
+    }
+    // The interface that carries each address, as found on the host.
+    let mut c = c;
+    for h in &mut c.hosts {
+        if h.interface.is_none() {
+            h.interface = facts
+                .get(&h.name)
+                .and_then(|f| f.interface_of(&h.address.to_string()))
+                .map(String::from);
+        }
+    }
+    let pki = files::Pki::load_or_create(&c)?;
+    let lab_bin = match (&opts.lab_apiserver, c.kubernetes.bootstrap) {
+        (Some(p), _) => Some(p.clone()),
+        (None, crate::spec::Bootstrap::Lab) => Some(default_lab_apiserver()?),
+        _ => None,
+    };
+    let files = files::desired(&c, &pki, lab_bin.as_deref())?;
+    Ok(Ctx {
+        c,
+        opts,
+        hosts,
+        facts,
+        files,
+        pki,
+        stats: Mutex::new(BTreeMap::new()),
+        pending: Mutex::new(BTreeMap::new()),
+        phase: Mutex::new("facts"),
+        out: Mutex::new(()),
+    })
+}
+
+/// The lab API server binary next to this executable.
+pub fn default_lab_apiserver() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe.with_file_name("hakube-lab-apiserver");
+    if !p.exists() {
+        bail!(
+            "bootstrap: lab needs the hakube-lab-apiserver binary next to hakube ({})\n  help: cargo build --bins",
+            p.display()
+        );
+    }
+    Ok(p)
+}

@@ -1,0 +1,892 @@
+//! The phases of apply, in order: prepare, PKI, etcd, load balancers, control plane, workers,
+//! verify.
+
+use super::files::{LAB_APISERVER_BIN, LAB_APISERVER_UNIT, LAB_PKI};
+use super::{Ctx, Phase};
+use crate::render::check::{haproxy_test_command, keepalived_test_command};
+use crate::render::kubeadm;
+use crate::spec::{Bootstrap, Cluster, EtcdManagement, Host, url};
+use crate::transport::{self, BoxFut, quote};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn names<'a>(it: impl Iterator<Item = &'a Host>) -> Vec<String> {
+    it.map(|h| h.name.clone()).collect()
+}
+
+/// Poll `check` until it succeeds or `limit` passes; the last error explains a timeout.
+async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("{what}: not reached within {}s", limit.as_secs())));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Prepare;
+
+impl Phase for Prepare {
+    fn name(&self) -> &'static str {
+        "prepare"
+    }
+    fn describe(&self) -> &'static str {
+        "packages, sysctl, kernel modules and swap"
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
+        Box::pin(ctx.each(names(ctx.c.hosts.iter()), move |name| {
+            Box::pin(async move {
+                let h = ctx.c.host(&name).context("host")?;
+                let f = ctx.facts.get(&name).context("facts")?;
+                let mut pkgs: Vec<String> = Vec::new();
+                if h.roles.loadbalancer {
+                    for b in ["haproxy", "keepalived", "curl"] {
+                        if !f.binaries.contains_key(b) {
+                            pkgs.push(b.into());
+                        }
+                    }
+                }
+                let kubeadm_host = ctx.c.kubernetes.bootstrap == Bootstrap::Kubeadm
+                    && (h.roles.control_plane || h.roles.worker);
+                if kubeadm_host && !f.binaries.contains_key("kubeadm") {
+                    // Pinned: an unpinned install or `yum update` would pick whatever is newest.
+                    let v = &ctx.c.kubernetes.version;
+                    for p in ["kubelet", "kubeadm", "kubectl"] {
+                        pkgs.push(format!("{p}={}.{}.{}-*", v.major, v.minor, v.patch));
+                    }
+                }
+                if !pkgs.is_empty() {
+                    let list = pkgs.join(" ");
+                    let hold = if kubeadm_host {
+                        " && apt-mark hold kubelet kubeadm kubectl"
+                    } else {
+                        ""
+                    };
+                    ctx.cmd(
+                        &name,
+                        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y {list}{hold}"),
+                        &format!("apt-get install -y {list}{hold}"),
+                    )
+                    .await?;
+                }
+                let changed = ctx
+                    .sync(&name, |f| {
+                        f.path.starts_with("/etc/sysctl.d/")
+                            || f.path.starts_with("/etc/modules-load.d/")
+                    })
+                    .await?;
+                for f in &changed {
+                    if f.path.starts_with("/etc/modules-load.d/") {
+                        let mods: Vec<&str> = f
+                            .content
+                            .lines()
+                            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                            .collect();
+                        ctx.cmd(
+                            &name,
+                            &format!("modprobe -a {}", mods.join(" ")),
+                            &format!("modprobe -a {}", mods.join(" ")),
+                        )
+                        .await?;
+                    }
+                }
+                for f in changed
+                    .iter()
+                    .filter(|f| f.path.starts_with("/etc/sysctl.d/"))
+                {
+                    ctx.cmd(
+                        &name,
+                        &format!("sysctl -q -p {}", quote(&f.path)),
+                        &format!("sysctl -p {}", f.path),
+                    )
+                    .await?;
+                }
+                if kubeadm_host && f.swap_on {
+                    ctx.cmd(
+                        &name,
+                        "swapoff -a && sed -i.hakube-prev '/\\sswap\\s/ s/^[^#]/#&/' /etc/fstab",
+                        "swapoff -a (and comment swap out of /etc/fstab)",
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Pki;
+
+fn is_pki(f: &crate::render::RenderedFile) -> bool {
+    f.path.starts_with("/etc/etcd/pki/") || f.path.starts_with(LAB_PKI)
+}
+
+impl Phase for Pki {
+    fn name(&self) -> &'static str {
+        "pki"
+    }
+    fn describe(&self) -> &'static str {
+        "certificates from the local CAs (kept 0600 in .hakube/<cluster>/pki) to the control planes"
+    }
+    fn applies(&self, c: &Cluster) -> bool {
+        c.etcd.management == EtcdManagement::Hakube || c.kubernetes.bootstrap == Bootstrap::Lab
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
+        Box::pin(ctx.each(names(ctx.c.control_planes()), move |name| {
+            Box::pin(async move {
+                ctx.sync(&name, is_pki).await?;
+                Ok(())
+            })
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Etcd;
+
+const JOIN_ENV: &str = "/etc/etcd/etcd-join.env";
+
+impl Phase for Etcd {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+    fn describe(&self) -> &'static str {
+        "etcd config and unit on every control plane; form the cluster or add members one at a time"
+    }
+    fn applies(&self, c: &Cluster) -> bool {
+        c.etcd.management == EtcdManagement::Hakube
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
+        Box::pin(async move {
+            let cps: Vec<&Host> = ctx.c.control_planes().collect();
+            ctx.each(names(cps.iter().copied()), move |name| {
+                Box::pin(async move {
+                    let changed = ctx
+                        .sync(&name, |f| {
+                            f.path == "/etc/etcd/etcd.env"
+                                || f.path == "/etc/systemd/system/etcd.service"
+                        })
+                        .await?;
+                    if changed.iter().any(|f| f.path.ends_with(".service")) {
+                        ctx.cmd(&name, "systemctl daemon-reload", "systemctl daemon-reload")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await?;
+            let tls = ctx.pki.operator_etcd_tls()?;
+            let timeout = Duration::from_secs(3);
+            let active: Vec<&Host> = cps
+                .iter()
+                .copied()
+                .filter(|h| ctx.facts.get(&h.name).is_some_and(|f| f.active("etcd")))
+                .collect();
+            let endpoints: Vec<String> = active
+                .iter()
+                .map(|h| url("https", h.address, ctx.c.etcd.client_port))
+                .collect();
+            let members = if endpoints.is_empty() {
+                None
+            } else {
+                match crate::etcd::connect(&endpoints, &tls, timeout).await {
+                    Ok(mut cl) => crate::etcd::members(&mut cl).await.ok(),
+                    Err(_) => None,
+                }
+            };
+            let Some(members) = members else {
+                // No running member answers: form the cluster. Every member must start at
+                // once, since each waits for a quorum of its peers.
+                let to_start: Vec<String> = cps
+                    .iter()
+                    .filter(|h| !active.iter().any(|a| a.name == h.name))
+                    .map(|h| h.name.clone())
+                    .collect();
+                if !active.is_empty() {
+                    ctx.log("warn", "", "etcd runs on some control planes but no member answers; starting the rest so a quorum can form");
+                }
+                ctx.each(to_start, move |name| {
+                    Box::pin(async move {
+                        ctx.cmd(
+                            &name,
+                            "systemctl enable etcd >/dev/null 2>&1; systemctl start etcd",
+                            "systemctl enable --now etcd",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .await?;
+                return wait_all_healthy(ctx, &tls).await;
+            };
+            // An existing cluster: reconcile membership one member at a time.
+            let mut members = members;
+            for h in &cps {
+                let peer = url("https", h.address, ctx.c.etcd.peer_port);
+                let is_member = members
+                    .iter()
+                    .any(|m| m.name == h.name || m.peer_urls.contains(&peer));
+                let running = active.iter().any(|a| a.name == h.name);
+                if !is_member {
+                    add_member(ctx, h, &peer, &tls, &mut members).await?;
+                    continue;
+                }
+                if !running {
+                    ctx.cmd(
+                        &h.name,
+                        "systemctl enable etcd >/dev/null 2>&1; systemctl start etcd",
+                        "systemctl enable --now etcd",
+                    )
+                    .await?;
+                    if !ctx.opts.dry_run {
+                        wait_all_healthy(ctx, &tls).await?;
+                    }
+                } else if ctx.take(&h.name, "etcd") {
+                    // Rolling restart: only while every member is healthy, one at a time.
+                    if !ctx.opts.dry_run
+                        && let Err(e) = all_healthy(ctx, &tls).await
+                        && !ctx.opts.force
+                    {
+                        bail!(
+                            "{}: etcd needs a restart for new settings, but the cluster is not fully healthy, so a restart could lose quorum: {e:#}\n  help: fix the unhealthy member first, or pass --force",
+                            h.name
+                        );
+                    }
+                    ctx.cmd(&h.name, "systemctl restart etcd", "systemctl restart etcd")
+                        .await?;
+                    if !ctx.opts.dry_run {
+                        wait_all_healthy(ctx, &tls).await?;
+                    }
+                }
+            }
+            let spec_names: BTreeSet<&str> = cps.iter().map(|h| h.name.as_str()).collect();
+            for m in &members {
+                if !m.name.is_empty() && !spec_names.contains(m.name.as_str()) {
+                    ctx.log("warn", "", &format!("etcd member {} ({:x}) is not in the spec; hakube leaves it alone (see `hakube doctor`)", m.name, m.id));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn add_member(
+    ctx: &Ctx,
+    h: &Host,
+    peer: &str,
+    tls: &crate::etcd::Tls,
+    members: &mut Vec<crate::etcd::Member>,
+) -> Result<()> {
+    if !ctx.opts.dry_run {
+        all_healthy(ctx, tls)
+            .await
+            .context("adding a member needs every current member healthy")?;
+    }
+    let data = ctx.facts.get(&h.name).is_some_and(|f| f.etcd_data);
+    if data {
+        // A data dir from an earlier membership makes etcd exit ("member removed"). Keep it aside.
+        let dd = &ctx.c.etcd.data_dir;
+        ctx.cmd(
+            &h.name,
+            &format!("systemctl stop etcd 2>/dev/null; mv {q} {q}.hakube-stale-$(date +%s) && mkdir -m 700 {q}", q = quote(dd)),
+            &format!("move the stale {dd} aside (kept, not deleted)"),
+        )
+        .await?;
+    }
+    let mut list: Vec<String> = members
+        .iter()
+        .filter(|m| !m.name.is_empty())
+        .map(|m| format!("{}={}", m.name, m.peer_urls.join(",")))
+        .collect();
+    list.push(format!("{}={peer}", h.name));
+    if ctx.opts.dry_run {
+        ctx.log(
+            "command",
+            &h.name,
+            &format!("would run: etcd member add {} --peer-urls={peer}", h.name),
+        );
+    } else {
+        let endpoints = ctx.c.etcd_client_urls();
+        let mut cl = crate::etcd::connect(&endpoints, tls, Duration::from_secs(5)).await?;
+        ctx.log(
+            "command",
+            &h.name,
+            &format!("etcd member add {} --peer-urls={peer}", h.name),
+        );
+        *members = crate::etcd::member_add(&mut cl, peer).await?;
+    }
+    let env = format!(
+        "# Written by hakube when this member joined an existing cluster.\nETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_STATE=existing\n",
+        list.join(",")
+    );
+    if ctx.opts.dry_run {
+        ctx.log(
+            "change",
+            &h.name,
+            &format!("would create {JOIN_ENV}: ETCD_INITIAL_CLUSTER_STATE=existing"),
+        );
+    } else {
+        transport::write_file(ctx.host(&h.name)?, JOIN_ENV, env.as_bytes(), 0o640).await?;
+    }
+    ctx.cmd(
+        &h.name,
+        "systemctl enable etcd >/dev/null 2>&1; systemctl restart etcd",
+        "systemctl enable --now etcd (state existing)",
+    )
+    .await?;
+    if !ctx.opts.dry_run {
+        wait_all_healthy(ctx, tls).await?;
+    }
+    Ok(())
+}
+
+async fn all_healthy(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<()> {
+    let mut bad = Vec::new();
+    for h in ctx.c.control_planes() {
+        let ep = url("https", h.address, ctx.c.etcd.client_port);
+        if let Err(e) = crate::etcd::healthy(&ep, tls, Duration::from_secs(2)).await {
+            bad.push(format!("{}: {e:#}", h.name));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", bad.join("; "))
+    }
+}
+
+async fn wait_all_healthy(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<()> {
+    if ctx.opts.dry_run {
+        ctx.log(
+            "wait",
+            "",
+            "would wait until every etcd member serves a linearizable read",
+        );
+        return Ok(());
+    }
+    ctx.log(
+        "wait",
+        "",
+        "waiting until every etcd member serves a linearizable read",
+    );
+    wait_for("every etcd member healthy", Duration::from_secs(90), || {
+        all_healthy(ctx, tls)
+    })
+    .await?;
+    ctx.log("ok", "", "etcd: all members healthy");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct LoadBalancers;
+
+fn is_lb_file(f: &crate::render::RenderedFile) -> bool {
+    f.path.starts_with("/etc/haproxy/")
+        || f.path.starts_with("/etc/keepalived/")
+        || f.path.starts_with("/etc/systemd/system/haproxy.service.d/")
+}
+
+impl Phase for LoadBalancers {
+    fn name(&self) -> &'static str {
+        "loadbalancers"
+    }
+    fn describe(&self) -> &'static str {
+        "haproxy and keepalived, validated on the host before a reload; then exactly one VIP holder"
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
+        Box::pin(async move {
+            // One LB at a time, so that a bad config can never take both down.
+            for h in ctx.c.load_balancers() {
+                lb_host(ctx, h).await?;
+            }
+            if ctx.opts.dry_run {
+                ctx.log(
+                    "wait",
+                    "",
+                    &format!(
+                        "would wait until exactly one load balancer holds {}",
+                        ctx.c.lb.vip
+                    ),
+                );
+                return Ok(());
+            }
+            let vip = ctx.c.lb.vip.to_string();
+            wait_for(
+                "exactly one VIP holder",
+                Duration::from_secs(20),
+                || async {
+                    let holders = vip_holders(ctx, &vip).await?;
+                    if holders.len() == 1 {
+                        Ok(())
+                    } else {
+                        bail!("the VIP is on {holders:?}")
+                    }
+                },
+            )
+            .await?;
+            let holders = vip_holders(ctx, &vip).await?;
+            ctx.log("ok", "", &format!("VIP {vip} is on {}", holders.join(", ")));
+            Ok(())
+        })
+    }
+}
+
+/// The load balancers whose interfaces carry `vip`.
+pub async fn vip_holders(ctx: &Ctx, vip: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for h in ctx.c.load_balancers() {
+        let o = transport::run(
+            ctx.host(&h.name)?,
+            "ip -o addr show",
+            "ip -o addr show",
+            Duration::from_secs(5),
+        )
+        .await?;
+        if o.stdout_str()
+            .split_whitespace()
+            .any(|w| w.split('/').next() == Some(vip))
+        {
+            out.push(h.name.clone());
+        }
+    }
+    Ok(out)
+}
+
+async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
+    let name = &h.name;
+    let changed = ctx.sync(name, is_lb_file).await?;
+    let f = ctx.facts.get(name).context("facts")?;
+    let touched = |p: &str| changed.iter().any(|c| c.path.starts_with(p));
+    if touched("/etc/systemd/system/haproxy.service.d/") {
+        ctx.cmd(name, "systemctl daemon-reload", "systemctl daemon-reload")
+            .await?;
+    }
+    let hap_changed = touched("/etc/haproxy/") || touched("/etc/systemd/system/haproxy.service.d/");
+    if hap_changed || !f.active("haproxy") {
+        validate(
+            ctx,
+            name,
+            &haproxy_test_command("/etc/haproxy/haproxy.cfg", crate::render::HAPROXY_ENV),
+            "haproxy -c",
+            "/etc/haproxy/haproxy.cfg",
+        )
+        .await?;
+        let (script, display) = if !f.active("haproxy") {
+            (
+                "systemctl enable haproxy >/dev/null 2>&1; systemctl start haproxy",
+                "systemctl enable --now haproxy",
+            )
+        } else if touched(crate::render::HAPROXY_ENV)
+            || touched("/etc/systemd/system/haproxy.service.d/")
+        {
+            // A new environment only reaches a fresh process.
+            ("systemctl restart haproxy", "systemctl restart haproxy")
+        } else {
+            // Seamless: the new workers take over the listeners, old ones finish their sessions.
+            ("systemctl reload haproxy", "systemctl reload haproxy")
+        };
+        ctx.cmd(name, script, display).await?;
+    }
+    let ka_changed = touched("/etc/keepalived/");
+    if ka_changed || !f.active("keepalived") {
+        validate(
+            ctx,
+            name,
+            &keepalived_test_command("/etc/keepalived/keepalived.conf"),
+            "keepalived --config-test",
+            "/etc/keepalived/keepalived.conf",
+        )
+        .await?;
+        let (script, display) = if f.active("keepalived") {
+            ("systemctl reload keepalived", "systemctl reload keepalived")
+        } else {
+            (
+                "systemctl enable keepalived >/dev/null 2>&1; systemctl start keepalived",
+                "systemctl enable --now keepalived",
+            )
+        };
+        ctx.cmd(name, script, display).await?;
+    }
+    Ok(())
+}
+
+/// Validate a config on the host; on failure put the previous version back and stop.
+async fn validate(ctx: &Ctx, host: &str, script: &str, tool: &str, path: &str) -> Result<()> {
+    if ctx.opts.dry_run {
+        ctx.log("command", host, &format!("would run: {tool} {path}"));
+        return Ok(());
+    }
+    let t = ctx.host(host)?;
+    let out = transport::run(t, &format!("{script} 2>&1"), tool, Duration::from_secs(30)).await;
+    let text = out.as_ref().map(|o| o.stdout_str()).unwrap_or_default();
+    let bad = out.is_err()
+        || text.contains("[ALERT]")
+        || (tool == "keepalived --config-test" && !text.trim().is_empty());
+    if bad {
+        let q = quote(path);
+        let _ = transport::run(
+            t,
+            &format!("if [ -f {q}.hakube-prev ]; then mv -f {q}.hakube-prev {q}; fi"),
+            "roll back",
+            Duration::from_secs(10),
+        )
+        .await;
+        let detail = match out {
+            Err(e) => format!("{e:#}"),
+            Ok(_) => transport::tail(&text, 12),
+        };
+        bail!(
+            "{host}: {tool} rejected {path}; the previous version was restored and nothing was reloaded:\n{detail}"
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct ControlPlane;
+
+impl Phase for ControlPlane {
+    fn name(&self) -> &'static str {
+        "control-plane"
+    }
+    fn describe(&self) -> &'static str {
+        "API servers: kubeadm init, upload-certs, then joins one at a time (or the lab API server)"
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
+        Box::pin(async move {
+            match ctx.c.kubernetes.bootstrap {
+                Bootstrap::Lab => lab_control_plane(ctx).await,
+                Bootstrap::Kubeadm => kubeadm_control_plane(ctx).await,
+            }
+        })
+    }
+}
+
+async fn lab_control_plane(ctx: &Ctx) -> Result<()> {
+    ctx.log(
+        "info",
+        "",
+        "bootstrap: lab — deploying hakube-lab-apiserver, a STAND-IN for kube-apiserver",
+    );
+    let ca = crate::probe::client_config(ctx.pki.cluster_ca.cert_pem())?;
+    for h in ctx.c.control_planes() {
+        let name = &h.name;
+        let changed = ctx
+            .sync(name, |f| {
+                f.path == LAB_APISERVER_BIN || f.path == LAB_APISERVER_UNIT
+            })
+            .await?;
+        if changed.iter().any(|f| f.path == LAB_APISERVER_UNIT) {
+            ctx.cmd(name, "systemctl daemon-reload", "systemctl daemon-reload")
+                .await?;
+        }
+        let active = ctx
+            .facts
+            .get(name)
+            .is_some_and(|f| f.active("hakube-lab-apiserver"));
+        let pending = ctx.take(name, "hakube-lab-apiserver");
+        if !active {
+            ctx.cmd(name, "systemctl enable hakube-lab-apiserver >/dev/null 2>&1; systemctl start hakube-lab-apiserver", "systemctl enable --now hakube-lab-apiserver").await?;
+        } else if pending {
+            ctx.cmd(
+                name,
+                "systemctl restart hakube-lab-apiserver",
+                "systemctl restart hakube-lab-apiserver",
+            )
+            .await?;
+        } else {
+            continue;
+        }
+        // Health gate before the next one, so that at most one API server is ever down.
+        readyz_gate(
+            ctx,
+            &ca,
+            name,
+            SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn readyz_gate(
+    ctx: &Ctx,
+    ca: &std::sync::Arc<rustls::ClientConfig>,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<()> {
+    if ctx.opts.dry_run {
+        ctx.log(
+            "wait",
+            name,
+            &format!("would wait for https://{addr}/readyz = 200"),
+        );
+        return Ok(());
+    }
+    wait_for(
+        &format!("{name}: /readyz"),
+        Duration::from_secs(60),
+        || async {
+            let r = crate::probe::get(ca, addr, "/readyz", Duration::from_secs(2)).await?;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                bail!("/readyz answered {}: {}", r.status, r.body.trim())
+            }
+        },
+    )
+    .await?;
+    ctx.log("ok", name, &format!("https://{addr}/readyz is 200"));
+    Ok(())
+}
+
+async fn kubeadm_control_plane(ctx: &Ctx) -> Result<()> {
+    let cps: Vec<&Host> = ctx.c.control_planes().collect();
+    let Some(first) = cps.first() else {
+        return Ok(());
+    };
+    for h in &cps {
+        ctx.sync(&h.name, |f| {
+            f.path.starts_with(kubeadm::DIR) || f.path == kubeadm::AUDIT_POLICY
+        })
+        .await?;
+    }
+    let done = |h: &Host| ctx.facts.get(&h.name).is_some_and(|f| f.kubeadm_done);
+    let dir = kubeadm::DIR;
+    if !done(first) {
+        ctx.cmd(
+            &first.name,
+            &format!("kubeadm init --config {dir}/kubeadm-init.yaml"),
+            &format!("kubeadm init --config {dir}/kubeadm-init.yaml"),
+        )
+        .await?;
+    }
+    let joining: Vec<&&Host> = cps.iter().skip(1).filter(|h| !done(h)).collect();
+    let workers: Vec<&Host> = ctx
+        .c
+        .workers()
+        .filter(|h| !h.roles.control_plane && !done(h))
+        .collect();
+    if joining.is_empty() && workers.is_empty() {
+        return Ok(());
+    }
+    // Fresh secrets for this run: the certificate key expires after 2 h, tokens after their TTL.
+    let secrets = if ctx.opts.dry_run {
+        ctx.log("command", &first.name, "would run: kubeadm init phase upload-certs --upload-certs --certificate-key <fresh key, not shown>");
+        ctx.log(
+            "command",
+            &first.name,
+            "would run: kubeadm token create --ttl 1h (token not shown) and read the CA cert hash",
+        );
+        None
+    } else {
+        let o = ctx
+            .cmd(
+                &first.name,
+                "key=$(kubeadm certs certificate-key) && kubeadm init phase upload-certs --upload-certs --certificate-key \"$key\" >/dev/null && \
+                 tok=$(kubeadm token create --ttl 1h) && \
+                 hash=$(openssl x509 -pubkey -in /etc/kubernetes/pki/ca.crt | openssl rsa -pubin -outform der 2>/dev/null | openssl dgst -sha256 -hex | sed 's/^.* //') && \
+                 printf '%s\\n%s\\n%s\\n' \"$key\" \"$tok\" \"sha256:$hash\"",
+                "kubeadm init phase upload-certs (fresh certificate key) + kubeadm token create --ttl 1h",
+            )
+            .await?
+            .context("no output")?;
+        let text = o.stdout_str();
+        let v: Vec<String> = text.lines().map(String::from).collect();
+        if v.len() != 3 {
+            bail!(
+                "{}: could not read the join secrets from kubeadm",
+                first.name
+            );
+        }
+        Some(v)
+    };
+    // Control planes one at a time, each behind a health gate: a stacked etcd member is added
+    // by each join, and two half-joined members could cost the quorum.
+    for h in joining {
+        kubeadm_join(ctx, h, &secrets).await?;
+        if ctx.opts.dry_run {
+            ctx.log("wait", &h.name, "would wait for its API server /readyz and every etcd member healthy before the next join");
+        } else {
+            let addr = SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port);
+            wait_for(
+                &format!("{}: /readyz", h.name),
+                Duration::from_secs(300),
+                || async {
+                    let o = transport::run(
+                        ctx.host(&h.name)?,
+                        &format!("curl -sfk https://{addr}/readyz"),
+                        "curl /readyz",
+                        Duration::from_secs(5),
+                    )
+                    .await?;
+                    if o.stdout_str().trim() == "ok" {
+                        Ok(())
+                    } else {
+                        bail!("not ready")
+                    }
+                },
+            )
+            .await?;
+        }
+    }
+    // Workers in parallel.
+    let worker_names = names(workers.into_iter());
+    let secrets = &secrets;
+    ctx.each(worker_names, move |n| {
+        Box::pin(async move {
+            let h = ctx.c.host(&n).context("host")?;
+            kubeadm_join(ctx, h, secrets).await
+        })
+    })
+    .await
+}
+
+/// `kubeadm join` with the secrets filled into a 0600 temporary file that is removed after.
+async fn kubeadm_join(ctx: &Ctx, h: &Host, secrets: &Option<Vec<String>>) -> Result<()> {
+    let dir = kubeadm::DIR;
+    let script = match secrets {
+        Some(v) => format!(
+            "set -e; t=$(mktemp); trap 'rm -f \"$t\"' EXIT; chmod 600 \"$t\"; \
+             sed -e 's|${{HAKUBE_CERTIFICATE_KEY}}|{}|' -e 's|${{HAKUBE_BOOTSTRAP_TOKEN}}|{}|' -e 's|${{HAKUBE_CA_CERT_HASH}}|{}|' {dir}/kubeadm-join.yaml > \"$t\"; \
+             kubeadm join --config \"$t\"",
+            v[0], v[1], v[2]
+        ),
+        None => String::new(),
+    };
+    ctx.cmd(
+        &h.name,
+        &script,
+        &format!(
+            "kubeadm join --config {dir}/kubeadm-join.yaml (secrets filled in a 0600 temp file)"
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Workers;
+
+impl Phase for Workers {
+    fn name(&self) -> &'static str {
+        "workers"
+    }
+    fn describe(&self) -> &'static str {
+        "workers (kubeadm joins run in the control-plane phase, in parallel after the control planes)"
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
+        Box::pin(async move {
+            let n = ctx.c.workers().count();
+            if ctx.c.kubernetes.bootstrap == Bootstrap::Lab {
+                ctx.log(
+                    "info",
+                    "",
+                    &format!("{n} worker(s): the lab runs no kubelet; nothing to do"),
+                );
+            }
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub struct Verify;
+
+impl Phase for Verify {
+    fn name(&self) -> &'static str {
+        "verify"
+    }
+    fn describe(&self) -> &'static str {
+        "/readyz through the VIP and on each control plane, every etcd member healthy, one VIP holder"
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
+        Box::pin(async move {
+            if ctx.opts.dry_run {
+                ctx.log("wait", "", "would check /readyz through the VIP and on each control plane, etcd health, and the VIP holder");
+                return Ok(());
+            }
+            let mut problems = Vec::new();
+            if ctx.c.etcd.management == EtcdManagement::Hakube {
+                let tls = ctx.pki.operator_etcd_tls()?;
+                match all_healthy(ctx, &tls).await {
+                    Ok(()) => ctx.log(
+                        "ok",
+                        "",
+                        &format!("etcd: {} members healthy", ctx.c.control_planes().count()),
+                    ),
+                    Err(e) => problems.push(format!("etcd: {e:#}")),
+                }
+            }
+            if ctx.c.kubernetes.bootstrap == Bootstrap::Lab {
+                let ca = crate::probe::client_config(ctx.pki.cluster_ca.cert_pem())?;
+                let mut targets: Vec<(String, SocketAddr)> = vec![(
+                    "VIP".into(),
+                    SocketAddr::new(ctx.c.lb.vip, ctx.c.lb.api_port),
+                )];
+                targets.extend(ctx.c.control_planes().map(|h| {
+                    (
+                        h.name.clone(),
+                        SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port),
+                    )
+                }));
+                for (who, addr) in targets {
+                    let r = wait_for(
+                        &format!("{who} /readyz"),
+                        Duration::from_secs(15),
+                        || async {
+                            let r = crate::probe::get(&ca, addr, "/readyz", Duration::from_secs(2))
+                                .await?;
+                            if r.status == 200 {
+                                Ok(())
+                            } else {
+                                bail!("status {}", r.status)
+                            }
+                        },
+                    )
+                    .await;
+                    match r {
+                        Ok(()) => {
+                            ctx.log("ok", "", &format!("https://{addr}/readyz ({who}) is 200"))
+                        }
+                        Err(e) => problems.push(format!("{who}: {e:#}")),
+                    }
+                }
+            }
+            let vip = ctx.c.lb.vip.to_string();
+            let holders = vip_holders(ctx, &vip).await?;
+            if holders.len() == 1 {
+                ctx.log("ok", "", &format!("VIP {vip} on {}", holders[0]));
+            } else {
+                problems.push(format!(
+                    "the VIP {vip} is on {} load balancers: {holders:?}",
+                    holders.len()
+                ));
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                bail!("{}", problems.join("\n"))
+            }
+        })
+    }
+}

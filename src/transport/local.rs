@@ -1,0 +1,50 @@
+//! Runs scripts on this machine. For tests, and for running hakube on a host itself.
+
+use super::{BoxFut, Output, Transport};
+use anyhow::{Context, Result};
+use std::process::Stdio;
+use tokio::io::AsyncWriteExt;
+
+pub struct Local {
+    name: String,
+}
+
+impl Local {
+    pub fn new(name: impl Into<String>) -> Local {
+        Local { name: name.into() }
+    }
+}
+
+impl Transport for Local {
+    fn host(&self) -> &str {
+        &self.name
+    }
+
+    fn exec<'a>(&'a self, script: &'a str, stdin: Option<&'a [u8]>) -> BoxFut<'a, Result<Output>> {
+        Box::pin(async move {
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(if stdin.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start sh")?;
+            if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+                pipe.write_all(data).await?;
+                drop(pipe);
+            }
+            let out = child.wait_with_output().await?;
+            Ok(Output {
+                status: out.status.code().unwrap_or(-1),
+                stdout: out.stdout,
+                stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+            })
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! Hosts behind one transport trait. Production and the lab use SSH; tests can use the local
+//! implementation. Everything hakube does on a host is a shell script run as root through
+//! [`Transport::exec`], so the same code path serves every kind of host.
+
+pub mod local;
+pub mod ssh;
+
+use anyhow::{Context, Result, bail};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).to_string()
+    }
+}
+
+pub trait Transport: Send + Sync {
+    /// The host name, for messages.
+    fn host(&self) -> &str;
+    /// Run `script` with `sh -c` as root on the host, feeding `stdin`.
+    fn exec<'a>(&'a self, script: &'a str, stdin: Option<&'a [u8]>) -> BoxFut<'a, Result<Output>>;
+}
+
+/// Default per-command timeout.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The last `n` lines of `s`, for error messages.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Run `script`; fail with the host, the command and the end of stderr if it exits non-zero.
+pub async fn run(
+    t: &dyn Transport,
+    script: &str,
+    display: &str,
+    timeout: Duration,
+) -> Result<Output> {
+    let out = tokio::time::timeout(timeout, t.exec(script, None))
+        .await
+        .with_context(|| {
+            format!(
+                "{}: `{display}` timed out after {}s",
+                t.host(),
+                timeout.as_secs()
+            )
+        })??;
+    if out.status != 0 {
+        bail!(
+            "{}: `{display}` exited with {}\n{}",
+            t.host(),
+            out.status,
+            indent(&tail(&out.stderr, 8))
+        );
+    }
+    Ok(out)
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Single-quote `s` for a POSIX shell.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// sha256 of each path on the host (`None` where the file does not exist), in one round trip.
+pub async fn remote_hashes(t: &dyn Transport, paths: &[String]) -> Result<Vec<Option<String>>> {
+    if paths.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut script = String::new();
+    for p in paths {
+        script.push_str(&format!(
+            "if [ -f {q} ]; then sha256sum < {q} | cut -d' ' -f1; else echo -; fi\n",
+            q = quote(p)
+        ));
+    }
+    let out = run(t, &script, "sha256sum (compare files)", TIMEOUT).await?;
+    let text = out.stdout_str();
+    let v: Vec<Option<String>> = text
+        .lines()
+        .map(|l| {
+            if l.trim() == "-" {
+                None
+            } else {
+                Some(l.trim().to_string())
+            }
+        })
+        .collect();
+    if v.len() != paths.len() {
+        bail!(
+            "{}: expected {} checksums, got {}",
+            t.host(),
+            paths.len(),
+            v.len()
+        );
+    }
+    Ok(v)
+}
+
+/// Read a file from the host; `None` if it does not exist.
+pub async fn read_file(t: &dyn Transport, path: &str) -> Result<Option<Vec<u8>>> {
+    let q = quote(path);
+    let out = run(
+        t,
+        &format!("if [ -f {q} ]; then cat {q}; else exit 3; fi"),
+        &format!("cat {path}"),
+        TIMEOUT,
+    )
+    .await;
+    match out {
+        Ok(o) => Ok(Some(o.stdout)),
+        Err(e) if e.to_string().contains("exited with 3") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write `content` to `path` atomically: a temporary file in the same directory with the final
+/// mode, then a rename. The previous version is kept as `path.hakube-prev` for rollback.
+pub async fn write_file(t: &dyn Transport, path: &str, content: &[u8], mode: u32) -> Result<()> {
+    let q = quote(path);
+    let script = format!(
+        "set -e; umask 077; d=$(dirname {q}); mkdir -p \"$d\"; tmp=$(mktemp \"$d/.hakube.XXXXXX\"); \
+         cat > \"$tmp\"; chmod {mode:o} \"$tmp\"; chown root:root \"$tmp\" 2>/dev/null || true; \
+         if [ -f {q} ]; then cp -p {q} {q}.hakube-prev; fi; mv -f \"$tmp\" {q}"
+    );
+    let out = tokio::time::timeout(TIMEOUT, t.exec(&script, Some(content)))
+        .await
+        .with_context(|| format!("{}: writing {path} timed out", t.host()))??;
+    if out.status != 0 {
+        bail!(
+            "{}: cannot write {path}\n{}",
+            t.host(),
+            indent(&tail(&out.stderr, 8))
+        );
+    }
+    Ok(())
+}
