@@ -1,4 +1,14 @@
 //! The lab: a real multi-host HA cluster on one Linux machine (network, mount and UTS
-//! namespaces as hosts, each with its own sshd). See `hakube lab --help`.
+//! namespaces as hosts, each with its own sshd). See `hakube lab --help` and docs/lab.md.
 
+pub mod apiserver;
 pub mod cli;
+mod files;
+mod host;
+mod lifecycle;
+mod net;
+mod prereq;
+pub mod proc;
+pub mod state;
+pub mod systemctl;
+pub mod unit;

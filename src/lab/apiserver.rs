@@ -1,0 +1,462 @@
+//! `hakube-lab-apiserver`: the lab's stand-in for kube-apiserver. It is NOT kube-apiserver: it
+//! serves just enough over HTTPS for the HA layers to be exercised for real: `/livez`,
+//! `/readyz` (200 only when the local etcd member serves a linearizable read), `/version`, and
+//! a small key/value API stored in etcd, so drills can write through the VIP and later prove
+//! that nothing acknowledged was lost.
+
+use anyhow::{Context, Result};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// What /version reports as the platform, so nobody mistakes this for Kubernetes.
+pub const PLATFORM: &str = "hakube-lab-apiserver (stand-in, not kube-apiserver)";
+/// Largest accepted request body (etcd's default request limit is 1.5 MiB).
+const MAX_BODY: usize = 1 << 20;
+const KV_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "hakube-lab-apiserver",
+    version,
+    about = "The hakube lab's stand-in for kube-apiserver (it is NOT kube-apiserver)",
+    long_about = "hakube-lab-apiserver is the only API server of a `hakube lab` cluster \
+(spec.kubernetes.bootstrap: lab). It is a stand-in for kube-apiserver, not kube-apiserver: it \
+serves, over HTTPS, /livez, /readyz (200 only when its local etcd member can serve a \
+linearizable read within --readyz-timeout), /version, and a key/value API backed by etcd:\n\n  \
+PUT /kv/KEY (body = value; returns after etcd acknowledged the write)\n  GET /kv/KEY\n  \
+DELETE /kv/KEY\n  GET /kv?prefix=P (JSON list)\n\nIt lets load balancer health checks, \
+failover and etcd quorum be tested for real without a Kubernetes control plane."
+)]
+pub struct Args {
+    /// Address and port to serve HTTPS on.
+    #[arg(long, default_value = "0.0.0.0:6443", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Server certificate (PEM; SANs should include the host address and the VIP).
+    #[arg(long, value_name = "FILE")]
+    pub cert: PathBuf,
+    /// Server key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// etcd client URLs, comma-separated. The first one is the local member: /readyz asks it only.
+    #[arg(long, value_delimiter = ',', required = true, value_name = "URL,...")]
+    pub etcd_endpoints: Vec<String>,
+    /// CA that signed etcd's server certificates.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// How long /readyz waits for the linearizable read.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub readyz_timeout: Duration,
+    /// etcd key prefix of the key/value API.
+    #[arg(long, default_value = "/hakube-lab/kv/", value_name = "PREFIX")]
+    pub kv_prefix: String,
+}
+
+/// Run the server until SIGTERM or SIGINT. Returns the process exit code.
+pub fn run(args: Args) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hakube-lab-apiserver: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(serve(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("hakube-lab-apiserver: error: {e:#}");
+            1
+        }
+    }
+}
+
+struct App {
+    kv: Client,
+    local: Client,
+    readyz_timeout: Duration,
+    prefix: String,
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+}
+
+/// TLS server config with the ring provider passed explicitly (no process-wide default).
+pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig> {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read(cert, "server certificate")?)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{} is not a PEM certificate", cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", cert.display());
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key, "server key")?)
+        .with_context(|| format!("{} is not a PEM private key", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .with_context(|| {
+            format!(
+                "{} and {} do not form a usable key pair",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+fn etcd_options(a: &Args) -> Result<ConnectOptions> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    if a.etcd_endpoints.iter().any(|e| e.starts_with("https://")) {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &a.etcd_cafile {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca, "etcd CA")?));
+        }
+        if let (Some(c), Some(k)) = (&a.etcd_certfile, &a.etcd_keyfile) {
+            tls = tls.identity(Identity::from_pem(
+                read(c, "etcd client certificate")?,
+                read(k, "etcd client key")?,
+            ));
+        }
+        opts = opts.with_tls(tls);
+    }
+    Ok(opts)
+}
+
+async fn serve(a: Args) -> Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(&a.cert, &a.key)?));
+    let opts = etcd_options(&a)?;
+    // Connecting is lazy: the server starts (not ready) even while etcd is down.
+    let kv = Client::connect(&a.etcd_endpoints, Some(opts.clone()))
+        .await
+        .with_context(|| format!("cannot set up the etcd client for {:?}", a.etcd_endpoints))?;
+    let local = Client::connect(&a.etcd_endpoints[..1], Some(opts))
+        .await
+        .context("cannot set up the etcd client")?;
+    let app = Arc::new(App {
+        kv,
+        local,
+        readyz_timeout: a.readyz_timeout,
+        prefix: a.kv_prefix.clone(),
+    });
+    let listener = TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    eprintln!(
+        "hakube-lab-apiserver {} (a stand-in for kube-apiserver, not kube-apiserver) serving https://{} with etcd {}",
+        env!("CARGO_PKG_VERSION"),
+        a.listen,
+        a.etcd_endpoints.join(",")
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            acc = listener.accept() => {
+                let (tcp, _) = match acc {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("hakube-lab-apiserver: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| handle(app.clone(), req));
+                    let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(tls), svc).await;
+                });
+            }
+        }
+    }
+    eprintln!("hakube-lab-apiserver: shutting down");
+    Ok(())
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn respond(code: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = code;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn text(code: StatusCode, body: impl Into<String>) -> Resp {
+    respond(code, "text/plain; charset=utf-8", body.into())
+}
+
+fn json(code: StatusCode, v: serde_json::Value) -> Resp {
+    respond(code, "application/json", v.to_string())
+}
+
+fn err(code: StatusCode, msg: impl std::fmt::Display) -> Resp {
+    json(code, serde_json::json!({ "error": msg.to_string() }))
+}
+
+/// The /version document.
+pub fn version() -> serde_json::Value {
+    serde_json::json!({
+        "major": "0",
+        "minor": "1",
+        "gitVersion": format!("v{}-hakube-lab", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": PLATFORM,
+    })
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let resp = match (&method, path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/livez" | "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(&app).await,
+        (&Method::GET, "/version") => json(StatusCode::OK, version()),
+        (&Method::GET, "/") => json(
+            StatusCode::OK,
+            serde_json::json!({
+                "server": PLATFORM,
+                "paths": ["/livez", "/readyz", "/version", "/kv/KEY", "/kv?prefix=P"],
+            }),
+        ),
+        (&Method::GET, "/kv" | "/kv/") => list(&app, &query).await,
+        (m, p) if p.starts_with("/kv/") => {
+            let key = percent_decode(&p["/kv/".len()..]);
+            match *m {
+                Method::PUT | Method::POST => put(&app, &key, req).await,
+                Method::GET => get(&app, &key).await,
+                Method::DELETE => delete(&app, &key).await,
+                _ => err(StatusCode::METHOD_NOT_ALLOWED, "use GET, PUT or DELETE"),
+            }
+        }
+        (_, "/livez" | "/healthz" | "/readyz" | "/version" | "/kv") => {
+            err(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => err(
+            StatusCode::NOT_FOUND,
+            format!("no such path {path}; this is {PLATFORM}"),
+        ),
+    };
+    Ok(resp)
+}
+
+async fn readyz(app: &App) -> Resp {
+    let mut c = app.local.clone();
+    // A linearizable read (the default) needs the member to reach the leader and a quorum.
+    match tokio::time::timeout(app.readyz_timeout, c.get("/hakube-lab/readyz", None)).await {
+        Ok(Ok(_)) => text(StatusCode::OK, "ok"),
+        Ok(Err(e)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("[-]etcd failed: {e}\nreadyz check failed\n"),
+        ),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "[-]etcd failed: no linearizable read within {:?} (no quorum, or the member is unreachable)\nreadyz check failed\n",
+                app.readyz_timeout
+            ),
+        ),
+    }
+}
+
+fn check_key(key: &str) -> Option<Resp> {
+    if key.is_empty() || key.len() > 1024 {
+        return Some(err(
+            StatusCode::BAD_REQUEST,
+            "the key must be 1 to 1024 bytes",
+        ));
+    }
+    None
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Resp {
+    err(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}"))
+}
+
+async fn put(app: &App, key: &str, req: Request<Incoming>) -> Resp {
+    if let Some(r) = check_key(key) {
+        return r;
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+            );
+        }
+    };
+    let mut c = app.kv.clone();
+    let full = format!("{}{key}", app.prefix);
+    match tokio::time::timeout(KV_TIMEOUT, c.put(full, body.to_vec(), None)).await {
+        Ok(Ok(r)) => {
+            let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "key": key, "revision": rev }),
+            )
+        }
+        Ok(Err(e)) => unavailable(e),
+        Err(_) => unavailable(format!(
+            "the write was not acknowledged within {KV_TIMEOUT:?}"
+        )),
+    }
+}
+
+async fn get(app: &App, key: &str) -> Resp {
+    if let Some(r) = check_key(key) {
+        return r;
+    }
+    let mut c = app.kv.clone();
+    match tokio::time::timeout(KV_TIMEOUT, c.get(format!("{}{key}", app.prefix), None)).await {
+        Ok(Ok(r)) => match r.kvs().first() {
+            Some(kv) => respond(
+                StatusCode::OK,
+                "application/octet-stream",
+                kv.value().to_vec(),
+            ),
+            None => err(StatusCode::NOT_FOUND, format!("no key {key}")),
+        },
+        Ok(Err(e)) => unavailable(e),
+        Err(_) => unavailable(format!("no answer within {KV_TIMEOUT:?}")),
+    }
+}
+
+async fn delete(app: &App, key: &str) -> Resp {
+    if let Some(r) = check_key(key) {
+        return r;
+    }
+    let mut c = app.kv.clone();
+    match tokio::time::timeout(KV_TIMEOUT, c.delete(format!("{}{key}", app.prefix), None)).await {
+        Ok(Ok(r)) => json(
+            StatusCode::OK,
+            serde_json::json!({ "deleted": r.deleted() }),
+        ),
+        Ok(Err(e)) => unavailable(e),
+        Err(_) => unavailable(format!("no answer within {KV_TIMEOUT:?}")),
+    }
+}
+
+async fn list(app: &App, query: &str) -> Resp {
+    let prefix = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "prefix")
+        .map(|(_, v)| percent_decode(&v.replace('+', " ")))
+        .unwrap_or_default();
+    let mut c = app.kv.clone();
+    let full = format!("{}{prefix}", app.prefix);
+    match tokio::time::timeout(
+        KV_TIMEOUT,
+        c.get(full, Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    {
+        Ok(Ok(r)) => {
+            let items: Vec<serde_json::Value> = r
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    let k = String::from_utf8_lossy(kv.key());
+                    serde_json::json!({
+                        "key": k.strip_prefix(app.prefix.as_str()).unwrap_or(&k),
+                        "value": String::from_utf8_lossy(kv.value()),
+                        "modRevision": kv.mod_revision(),
+                    })
+                })
+                .collect();
+            let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+            json(
+                StatusCode::OK,
+                serde_json::json!({ "revision": rev, "count": items.len(), "items": items }),
+            )
+        }
+        Ok(Err(e)) => unavailable(e),
+        Err(_) => unavailable(format!("no answer within {KV_TIMEOUT:?}")),
+    }
+}
+
+/// Decode `%XX` escapes; invalid escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoding() {
+        assert_eq!(percent_decode("a%2Fb+c"), "a/b+c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn version_names_the_stand_in() {
+        let v = version();
+        assert_eq!(v["platform"], PLATFORM);
+        assert!(v["gitVersion"].as_str().unwrap().contains("hakube-lab"));
+    }
+}

@@ -1,0 +1,210 @@
+//! The lab's `systemctl` shim on its own, below a temporary root (HAKUBE_SYSTEMCTL_ROOT):
+//! no namespaces and no root needed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Shim {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    bin: PathBuf,
+}
+
+impl Shim {
+    fn new() -> Shim {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc/systemd/system")).expect("unit dir");
+        let bin = dir.path().join("systemctl");
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hakube"), &bin).expect("link");
+        Shim {
+            _dir: dir,
+            root,
+            bin,
+        }
+    }
+
+    fn unit(&self, name: &str, text: &str) {
+        std::fs::write(self.root.join("etc/systemd/system").join(name), text).expect("write unit");
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .env("HAKUBE_SYSTEMCTL_ROOT", &self.root)
+            .output()
+            .expect("run systemctl")
+    }
+
+    fn main_pid(&self, unit: &str) -> i32 {
+        String::from_utf8_lossy(&self.run(&["show", "-p", "MainPID", "--value", unit]).stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        // Stop whatever a failed test left running.
+        if let Ok(rd) = std::fs::read_dir(self.root.join("run/hakube-systemd")) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if let Some(u) = n.strip_suffix(".json") {
+                    self.run(&["stop", u]);
+                }
+            }
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn gone(pid: i32) -> bool {
+    hakube::lab::proc::start_time(pid).is_none()
+}
+
+#[test]
+fn restart_always_brings_a_killed_service_back_and_stop_ends_it() {
+    let s = Shim::new();
+    s.unit(
+        "sleeper.service",
+        "[Unit]\nDescription=sleeps\n[Service]\nEnvironment=\"SECS=1000\"\nExecStart=/bin/sleep $SECS\nRestart=always\nRestartSec=50ms\n[Install]\nWantedBy=multi-user.target\n",
+    );
+    assert_eq!(s.run(&["is-active", "sleeper"]).status.code(), Some(3));
+    assert!(s.run(&["start", "sleeper"]).status.success());
+    assert_eq!(s.run(&["is-active", "sleeper"]).status.code(), Some(0));
+    let first = s.main_pid("sleeper");
+    assert!(first > 0);
+    let cmdline = std::fs::read(format!("/proc/{first}/cmdline")).expect("cmdline");
+    assert_eq!(
+        cmdline, b"/bin/sleep\x001000\x00",
+        "Environment= expanded into argv"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_until("a new main process", Duration::from_secs(5), || {
+        let p = s.main_pid("sleeper");
+        p != 0 && p != first
+    });
+    let second = s.main_pid("sleeper");
+    let out = s.run(&["status", "sleeper"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Restarts: 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    assert!(s.run(&["stop", "sleeper"]).status.success());
+    let out = s.run(&["is-active", "sleeper"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inactive");
+    wait_until(
+        "the stopped process is gone",
+        Duration::from_secs(2),
+        || gone(second),
+    );
+    // The supervisor does not bring it back.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.main_pid("sleeper"), 0);
+
+    assert!(s.run(&["enable", "sleeper"]).status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&s.run(&["is-enabled", "sleeper"]).stdout).trim(),
+        "enabled"
+    );
+    // The link points at the unit as the host sees it.
+    let link = std::fs::read_link(
+        s.root
+            .join("etc/systemd/system/multi-user.target.wants/sleeper.service"),
+    );
+    assert_eq!(
+        link.expect("wants link"),
+        Path::new("/etc/systemd/system/sleeper.service")
+    );
+    assert!(s.run(&["disable", "sleeper"]).status.success());
+    assert_eq!(s.run(&["is-enabled", "sleeper"]).status.code(), Some(1));
+}
+
+#[test]
+fn failing_start_pre_fails_the_start_and_on_failure_gives_up_after_the_limit() {
+    let s = Shim::new();
+    s.unit(
+        "pre.service",
+        "[Service]\nExecStartPre=/bin/false\nExecStart=/bin/sleep 100\n",
+    );
+    let out = s.run(&["start", "pre"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&s.run(&["is-active", "pre"]).stdout).trim(),
+        "failed"
+    );
+    assert_eq!(s.run(&["is-failed", "pre"]).status.code(), Some(0));
+
+    // Ignored failure ('-') and a drop-in that replaces ExecStart.
+    s.unit(
+        "pre.service",
+        "[Service]\nExecStartPre=-/bin/false\nExecStart=/bin/false\n",
+    );
+    std::fs::create_dir_all(s.root.join("etc/systemd/system/pre.service.d")).expect("dropin dir");
+    std::fs::write(
+        s.root
+            .join("etc/systemd/system/pre.service.d/override.conf"),
+        "[Service]\nExecStart=\nExecStart=/bin/sleep 100\n",
+    )
+    .expect("dropin");
+    assert!(s.run(&["start", "pre"]).status.success());
+    assert_eq!(s.run(&["is-active", "pre"]).status.code(), Some(0));
+    assert!(s.run(&["stop", "pre"]).status.success());
+
+    s.unit(
+        "crash.service",
+        "[Service]\nExecStart=/bin/sh -c 'exit 3'\nRestart=on-failure\nRestartSec=10ms\n",
+    );
+    s.run(&["start", "crash"]);
+    wait_until("start limit hit", Duration::from_secs(10), || {
+        String::from_utf8_lossy(&s.run(&["show", "-p", "Result", "--value", "crash"]).stdout).trim()
+            == "start-limit-hit"
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&s.run(&["is-active", "crash"]).stdout).trim(),
+        "failed"
+    );
+}
+
+#[test]
+fn unknown_units_and_oneshot() {
+    let s = Shim::new();
+    assert_eq!(s.run(&["start", "nope"]).status.code(), Some(5));
+    assert_eq!(s.run(&["status", "nope"]).status.code(), Some(4));
+    assert_eq!(s.run(&["is-active", "nope"]).status.code(), Some(3));
+    let marker = s.root.join("ran");
+    s.unit(
+        "once.service",
+        &format!(
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/touch {}\n",
+            marker.display()
+        ),
+    );
+    assert!(s.run(&["start", "once"]).status.success());
+    assert!(Path::new(&marker).exists());
+    assert_eq!(s.run(&["is-active", "once"]).status.code(), Some(0));
+    assert!(s.run(&["daemon-reload"]).status.success());
+}
