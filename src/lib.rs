@@ -12,4 +12,5 @@ pub mod plan;
 pub mod probe;
 pub mod render;
 pub mod spec;
+pub mod status;
 pub mod transport;

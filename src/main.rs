@@ -1,7 +1,7 @@
 //! The `hakube` command line: a thin layer over the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hakube::{apply, lab, plan, render, spec};
+use hakube::{apply, lab, plan, render, spec, status};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,6 +85,31 @@ enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Every HA layer, live: VIP holder, HAProxy backends, API servers (/readyz, /livez), etcd
+    /// (members, leader, raft, DB size, alarms) and certificate expiry, with a verdict each.
+    ///
+    /// Exit status: 0 healthy, 1 degraded, 2 down.
+    Status {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Redraw every --interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        interval: std::time::Duration,
+        /// Print the facts as Prometheus metrics (text format), for the rendered alert rules.
+        #[arg(long, conflicts_with = "output")]
+        prometheus: bool,
+    },
+    /// Diagnose: the status probes plus SSH checks, through rules (split brain, VIP, keepalived
+    /// FAULT, backends, etcd quorum/alarms/lag/membership, clock skew, certificates, config
+    /// drift). Each finding has evidence, the likely cause and the fix.
+    ///
+    /// Exit status: 0 no findings, 1 warnings, 2 critical.
+    Doctor {
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
     /// A local lab: real haproxy, keepalived, etcd and sshd in Linux namespaces (needs root).
     Lab(lab::cli::LabArgs),
 }
@@ -120,6 +145,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             force,
             yes: _,
         } => cmd_apply(&spec, dry_run, concurrency, force),
+        Command::Status {
+            spec,
+            watch,
+            interval,
+            prometheus,
+        } => cmd_status(&spec, watch, interval, prometheus),
+        Command::Doctor { spec } => cmd_doctor(&spec),
         Command::Lab(a) => lab::cli::run(a),
     }
 }
@@ -344,4 +376,61 @@ fn cmd_apply(a: &SpecArgs, dry_run: bool, concurrency: usize, force: bool) -> an
         }
     }
     Ok(if summary.error.is_some() { 2 } else { 0 })
+}
+
+fn cmd_status(
+    a: &SpecArgs,
+    watch: bool,
+    interval: std::time::Duration,
+    prometheus: bool,
+) -> anyhow::Result<i32> {
+    let loaded = load(a)?;
+    let Some(cluster) = loaded.cluster else {
+        print_diagnostics(&loaded.diagnostics);
+        return Ok(2);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    loop {
+        let s = rt.block_on(status::gather(&cluster))?;
+        if prometheus {
+            print!("{}", status::render_prometheus(&s));
+        } else if a.output == Output::Json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", status::render_text(&s));
+        }
+        if !watch {
+            return Ok(s.overall.exit_code());
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn cmd_doctor(a: &SpecArgs) -> anyhow::Result<i32> {
+    let loaded = load(a)?;
+    let Some(cluster) = loaded.cluster else {
+        print_diagnostics(&loaded.diagnostics);
+        return Ok(2);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let evidence = rt.block_on(status::doctor::gather(&cluster))?;
+    let findings = status::doctor::diagnose(&cluster, &evidence);
+    if a.output == Output::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"findings": findings, "status": evidence.status})
+            )?
+        );
+    } else {
+        print!("{}", status::doctor::render_text(&findings));
+    }
+    Ok(status::doctor::exit_code(&findings))
 }

@@ -96,7 +96,7 @@ fn secret(h: &Host, path: &str, content: String, services: &[&str]) -> RenderedF
         content,
         secret: true,
         services: services.iter().map(|s| s.to_string()).collect(),
-        binary: None,
+        ..Default::default()
     }
 }
 

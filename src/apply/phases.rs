@@ -479,6 +479,24 @@ async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
     }
     let hap_changed = touched("/etc/haproxy/") || touched("/etc/systemd/system/haproxy.service.d/");
     if hap_changed || !f.active("haproxy") {
+        // The runtime API socket's folder; Debian makes it with tmpfiles.d at boot.
+        let t = ctx.host(name)?;
+        if transport::run(
+            t,
+            "test -d /run/haproxy",
+            "test -d /run/haproxy",
+            Duration::from_secs(10),
+        )
+        .await
+        .is_err()
+        {
+            ctx.cmd(
+                name,
+                "install -d -m 2775 -o haproxy -g haproxy /run/haproxy",
+                "install -d /run/haproxy",
+            )
+            .await?;
+        }
         validate(
             ctx,
             name,

@@ -131,7 +131,7 @@ fn f(h: &Host, name: &str, mode: u32, content: String) -> RenderedFile {
         content,
         secret: false,
         services: vec![],
-        binary: None,
+        ..Default::default()
     }
 }
 

@@ -42,6 +42,9 @@ pub struct RenderedFile {
     /// Binary content (a program); when set, it replaces `content`.
     #[serde(skip)]
     pub binary: Option<std::sync::Arc<Vec<u8>>>,
+    /// The checksum, computed once: apply compares it with every host's copy.
+    #[serde(skip)]
+    pub hash: std::sync::OnceLock<String>,
 }
 
 impl RenderedFile {
@@ -52,10 +55,13 @@ impl RenderedFile {
         }
     }
     pub fn sha256(&self) -> String {
-        hex::encode(sha2::Sha256::digest(self.data()))
+        self.hash
+            .get_or_init(|| hex::encode(sha2::Sha256::digest(self.data())))
+            .clone()
     }
     pub fn with_bytes(mut self, bytes: Vec<u8>) -> Self {
         self.binary = Some(std::sync::Arc::new(bytes));
+        self.hash = std::sync::OnceLock::new();
         self
     }
 }
@@ -246,7 +252,7 @@ fn file(h: &Host, path: &str, mode: u32, mut content: String, services: &[&str])
         content,
         secret: false,
         services: services.iter().map(|s| s.to_string()).collect(),
-        binary: None,
+        ..Default::default()
     }
 }
 
@@ -309,7 +315,7 @@ fn load_balancer(
         ),
         secret: true,
         services: vec!["haproxy".into()],
-        binary: None,
+        ..Default::default()
     });
     out.push(file(
         h,

@@ -93,7 +93,7 @@ fn f(name: &str, content: String) -> RenderedFile {
         content,
         secret: false,
         services: vec![],
-        binary: None,
+        ..Default::default()
     }
 }
 

@@ -62,10 +62,13 @@ impl Ssh {
         } else {
             h.address.to_string()
         };
-        let session = b
-            .connect_mux(&dest)
-            .await
-            .map_err(|e| explain(&h.name, &dest, e))?;
+        let session = match b.connect_mux(&dest).await {
+            Ok(s) => s,
+            Err(e) => {
+                let why = diagnose(h, &dest, base_dir, timeout).await;
+                return Err(explain(&h.name, &dest, e, why));
+            }
+        };
         Ok(Ssh {
             name: h.name.clone(),
             session,
@@ -74,9 +77,48 @@ impl Ssh {
     }
 }
 
+/// The crate reports only that the master connection failed; one plain `ssh` run with the same
+/// settings tells why (host key, authentication, network).
+async fn diagnose(h: &Host, dest: &str, base_dir: &Path, timeout: Duration) -> String {
+    let s = &h.ssh;
+    let mut cmd = tokio::process::Command::new("ssh");
+    cmd.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("ConnectTimeout={}", timeout.as_secs().max(1)))
+        .args(["-p", &s.port.to_string(), "-l", &s.user]);
+    if let Some(c) = &s.config_file {
+        cmd.arg("-F").arg(expand(c, base_dir));
+    }
+    if let Some(k) = &s.identity_file {
+        cmd.arg("-i").arg(expand(k, base_dir));
+    }
+    if let Some(k) = &s.known_hosts_file {
+        cmd.arg("-o").arg(format!(
+            "UserKnownHostsFile={}",
+            expand(k, base_dir).display()
+        ));
+    }
+    if let Some(j) = &s.proxy_jump {
+        cmd.args(["-J", j]);
+    }
+    cmd.arg(dest)
+        .arg("true")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(timeout + Duration::from_secs(2), cmd.output()).await {
+        Ok(Ok(o)) => super::tail(&String::from_utf8_lossy(&o.stderr), 3),
+        Ok(Err(e)) => format!("cannot run ssh: {e}"),
+        Err(_) => "ssh: connection timed out".into(),
+    }
+}
+
 /// Turn ssh failures into what the operator should do.
-fn explain(host: &str, dest: &str, e: openssh::Error) -> anyhow::Error {
-    let text = format!("{e:#}");
+fn explain(host: &str, dest: &str, e: openssh::Error, why: String) -> anyhow::Error {
+    let text = if why.trim().is_empty() {
+        format!("{e:#}")
+    } else {
+        why
+    };
     let low = text.to_lowercase();
     let hint = if low.contains("host key verification failed")
         || low.contains("remote host identification has changed")

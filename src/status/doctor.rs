@@ -1,0 +1,532 @@
+//! `hakube doctor`: the status probes plus checks over SSH, run through a table of rules. Each
+//! finding has a severity, the evidence, the likely cause and the exact fix.
+
+use super::{Status, probes};
+use crate::spec::{Cluster, url};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub evidence: String,
+    pub cause: String,
+    pub fix: String,
+}
+
+/// Everything the rules look at.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    pub status: Option<Status>,
+    /// keepalived's state per LB (MASTER, BACKUP, FAULT), from its data dump.
+    pub keepalived: BTreeMap<String, String>,
+    /// Clock offset per host against this machine, in ms.
+    pub clocks: BTreeMap<String, i64>,
+    /// Live etcd membership (names), when it could be read.
+    pub members: Option<Vec<String>>,
+    /// Files on LBs that differ from what `render` produces: (host, path).
+    pub drift: Vec<(String, String)>,
+    /// Hosts that could not be asked over SSH.
+    pub unreachable: Vec<String>,
+}
+
+type Rule = fn(&Cluster, &Evidence) -> Vec<Finding>;
+
+/// The rules, in the order they are reported.
+pub const RULES: &[(&str, Rule)] = &[
+    ("split-brain", split_brain),
+    ("vip-missing", vip_missing),
+    ("keepalived-fault", keepalived_fault),
+    ("haproxy-backends", haproxy_backends),
+    ("etcd-member-unreachable", etcd_unreachable),
+    ("etcd-quorum-at-risk", etcd_quorum_at_risk),
+    ("etcd-alarm", etcd_alarm),
+    ("etcd-db-size", etcd_db_size),
+    ("etcd-raft-lag", etcd_raft_lag),
+    ("clock-skew", clock_skew),
+    ("certificate-expiry", cert_expiry),
+    ("etcd-membership", membership),
+    ("lb-config-drift", drift),
+];
+
+fn f(
+    rule: &'static str,
+    severity: Severity,
+    evidence: String,
+    cause: &str,
+    fix: String,
+) -> Finding {
+    Finding {
+        rule,
+        severity,
+        evidence,
+        cause: cause.into(),
+        fix,
+    }
+}
+
+fn split_brain(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    let mut out = Vec::new();
+    if s.vip_holders.len() > 1 {
+        out.push(f(
+            "split-brain",
+            Severity::Critical,
+            format!("the VIP {} is configured on {}", s.vip, s.vip_holders.join(" and ")),
+            "the load balancers do not hear each other's VRRP adverts (firewalled protocol 112, a partition, or mismatched virtual_router_id/unicast peers)",
+            format!(
+                "check VRRP between the LBs (tcpdump -ni any proto 112 on {}); once they hear each other the lower priority gives the VIP up. Restart keepalived on the one that should be BACKUP if it persists",
+                s.vip_holders.join(", ")
+            ),
+        ));
+    }
+    let up: Vec<&probes::EtcdMember> = s.etcd.iter().filter(|m| m.error.is_none()).collect();
+    let leaders: std::collections::BTreeSet<u64> =
+        up.iter().map(|m| m.leader).filter(|l| *l != 0).collect();
+    let clusters: std::collections::BTreeSet<u64> = up.iter().map(|m| m.cluster_id).collect();
+    if clusters.len() > 1 {
+        out.push(f(
+            "split-brain",
+            Severity::Critical,
+            format!("etcd members report different cluster ids: {}", up.iter().map(|m| format!("{}={:x}", m.name, m.cluster_id)).collect::<Vec<_>>().join(", ")),
+            "a member was bootstrapped as a new cluster (initial-cluster-state=new on a replacement, or a restored snapshot on one member only)",
+            "stop the odd member, remove it (etcdctl member remove), clear its data dir and add it back with initial-cluster-state=existing (`hakube apply` does this)".into(),
+        ));
+    } else if leaders.len() > 1 {
+        out.push(f(
+            "split-brain",
+            Severity::Critical,
+            format!("etcd members see different leaders: {}", up.iter().map(|m| format!("{}→{:x}", m.name, m.leader)).collect::<Vec<_>>().join(", ")),
+            "a network partition between members, or a member stuck on an old term",
+            "check connectivity between the control planes on the peer port; a stuck member recovers after a restart".into(),
+        ));
+    }
+    out
+}
+
+fn vip_missing(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    if !s.vip_holders.is_empty() {
+        return vec![];
+    }
+    let evidence = if s.vip_unknown.is_empty() {
+        format!("no load balancer has {} on an interface", s.vip)
+    } else {
+        format!(
+            "no reachable load balancer has {}; unreachable: {}",
+            s.vip,
+            s.vip_unknown.join(", ")
+        )
+    };
+    vec![f(
+        "vip-missing",
+        Severity::Critical,
+        evidence,
+        "keepalived is stopped or in FAULT on every load balancer, or every LB's track script fails (no API server ready)",
+        "systemctl status keepalived on the LBs; journalctl -u keepalived; check that /readyz answers on the control planes".into(),
+    )]
+}
+
+fn keepalived_fault(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    e.keepalived
+        .iter()
+        .filter(|(_, st)| st.contains("FAULT") || st.contains("not running"))
+        .map(|(h, st)| {
+            f(
+                "keepalived-fault",
+                Severity::Warning,
+                format!("keepalived on {h}: {st}"),
+                "the VRRP interface is down, the config is invalid, or keepalived is not running: this LB cannot take over the VIP",
+                format!("on {h}: keepalived --config-test; ip link; systemctl restart keepalived"),
+            )
+        })
+        .collect()
+}
+
+fn haproxy_backends(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    let mut out = Vec::new();
+    for l in &s.lbs {
+        if let Some(err) = &l.error {
+            out.push(f(
+                "haproxy-backends",
+                Severity::Warning,
+                format!(
+                    "HAProxy on {} does not answer its stats page: {err}",
+                    l.host
+                ),
+                "haproxy is stopped or crashed on this load balancer",
+                format!(
+                    "on {}: systemctl status haproxy; haproxy -c -f /etc/haproxy/haproxy.cfg",
+                    l.host
+                ),
+            ));
+            continue;
+        }
+        for sv in &l.servers {
+            if !sv.status.starts_with("UP") {
+                out.push(f(
+                    "haproxy-backends",
+                    Severity::Warning,
+                    format!("{} marks API server {} {} (check: {}) for {}s", l.host, sv.server, sv.status, sv.check, sv.last_change_s),
+                    "the API server fails GET /readyz: stopped, not ready (its etcd unavailable), or unreachable",
+                    format!("on {}: systemctl status kube-apiserver (or hakube-lab-apiserver); curl -k https://<its address>:6443/readyz?verbose", sv.server),
+                ));
+            } else if sv.last_change_s < 30 {
+                out.push(f(
+                    "haproxy-backends",
+                    Severity::Warning,
+                    format!("{} saw API server {} change state {}s ago", l.host, sv.server, sv.last_change_s),
+                    "the server is flapping or just recovered",
+                    format!("watch `hakube status --watch`; if {} keeps flapping, check its load and its etcd", sv.server),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn etcd_unreachable(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    s.etcd
+        .iter()
+        .filter_map(|m| {
+            m.error.as_ref().map(|err| {
+                f(
+                    "etcd-member-unreachable",
+                    Severity::Warning,
+                    format!(
+                        "etcd member {} at {} does not answer: {err}",
+                        m.name, m.endpoint
+                    ),
+                    "etcd is stopped on that control plane, or the host is partitioned",
+                    format!(
+                        "on {}: systemctl status etcd; journalctl -u etcd; check the network to it",
+                        m.name
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+fn etcd_quorum_at_risk(c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    let n = c.control_planes().count();
+    let up = s.etcd.iter().filter(|m| m.error.is_none()).count();
+    let quorum = n / 2 + 1;
+    if up < quorum {
+        vec![f(
+            "etcd-quorum-at-risk",
+            Severity::Critical,
+            format!("{up} of {n} etcd members answer; quorum needs {quorum}: the cluster cannot write"),
+            "too many members are down or partitioned",
+            "bring members back first (systemctl start etcd); only if they are lost for good, restore from a snapshot".into(),
+        )]
+    } else if up == quorum && up < n {
+        vec![f(
+            "etcd-quorum-at-risk",
+            Severity::Critical,
+            format!("{up} of {n} etcd members answer: one more loss breaks quorum"),
+            "a member is down",
+            "restore the down member before any maintenance; do not drain or restart another control plane".into(),
+        )]
+    } else {
+        vec![]
+    }
+}
+
+fn etcd_alarm(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    s.etcd_alarms
+        .iter()
+        .map(|a| {
+            let nospace = a.to_lowercase().contains("nospace");
+            f(
+                "etcd-alarm",
+                Severity::Critical,
+                format!("etcd alarm {a}"),
+                if nospace { "the database reached its quota: etcd now allows only reads and deletes" } else { "etcd raised an alarm" },
+                if nospace {
+                    "compact (etcdctl compact $(etcdctl endpoint status -w json | jq .[0].Status.header.revision)), defragment one member at a time (etcdctl defrag --endpoints=<one>), then etcdctl alarm disarm; raise spec.etcd.quotaBackendBytes if the data is legitimate".into()
+                } else {
+                    "etcdctl alarm list; fix the cause, then etcdctl alarm disarm".into()
+                },
+            )
+        })
+        .collect()
+}
+
+fn etcd_db_size(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    if s.etcd_quota_bytes == 0 {
+        return vec![];
+    }
+    s.etcd
+        .iter()
+        .filter(|m| m.error.is_none() && m.db_size * 100 / s.etcd_quota_bytes >= 80)
+        .map(|m| {
+            f(
+                "etcd-db-size",
+                Severity::Warning,
+                format!("etcd on {} uses {} of {} bytes ({}%)", m.name, m.db_size, s.etcd_quota_bytes, m.db_size * 100 / s.etcd_quota_bytes),
+                "history not compacted, or fragmentation after large deletes",
+                "compact, then defragment one member at a time; or raise spec.etcd.quotaBackendBytes (at most 8GiB)".into(),
+            )
+        })
+        .collect()
+}
+
+/// Raft entries a member may trail the best one by before it is reported.
+pub const RAFT_LAG_LIMIT: u64 = 1000;
+
+fn etcd_raft_lag(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    let best = s
+        .etcd
+        .iter()
+        .filter(|m| m.error.is_none())
+        .map(|m| m.raft_index)
+        .max()
+        .unwrap_or(0);
+    s.etcd
+        .iter()
+        .filter(|m| m.error.is_none() && best.saturating_sub(m.raft_index) > RAFT_LAG_LIMIT)
+        .map(|m| {
+            f(
+                "etcd-raft-lag",
+                Severity::Warning,
+                format!("etcd on {} is {} raft entries behind ({} vs {best})", m.name, best - m.raft_index, m.raft_index),
+                "a slow disk or network on that member, or it is catching up after a restart",
+                format!("check disk latency on {} (etcd_disk_wal_fsync_duration_seconds) and the network to the leader", m.name),
+            )
+        })
+        .collect()
+}
+
+fn clock_skew(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let (Some(min), Some(max)) = (e.clocks.values().min(), e.clocks.values().max()) else {
+        return vec![];
+    };
+    if max - min <= 500 {
+        return vec![];
+    }
+    let list = e
+        .clocks
+        .iter()
+        .map(|(h, o)| format!("{h} {o:+} ms"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![f(
+        "clock-skew",
+        Severity::Warning,
+        format!("clocks differ by {} ms between hosts: {list}", max - min),
+        "NTP is not running or not synchronised on some hosts",
+        "enable systemd-timesyncd or chrony on every host and check `timedatectl`".into(),
+    )]
+}
+
+fn cert_expiry(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    s.certs
+        .iter()
+        .filter(|c| c.days_left < 30)
+        .map(|c| {
+            let expired = c.seconds_left < 0;
+            f(
+                "certificate-expiry",
+                if expired || c.days_left < 7 { Severity::Critical } else { Severity::Warning },
+                format!(
+                    "the {} certificate on {} {} ({})",
+                    c.name,
+                    c.host,
+                    if expired { "has EXPIRED".to_string() } else { format!("expires in {} days", c.days_left) },
+                    c.not_after
+                ),
+                "certificates were not renewed (kubeadm leaves last one year)",
+                if c.name == "etcd-server" {
+                    "remove the expired files from .hakube/<cluster>/pki/etcd and run `hakube apply` to issue and roll new ones one member at a time".into()
+                } else {
+                    format!("on {}: kubeadm certs renew all, then restart the control-plane static pods", c.host)
+                },
+            )
+        })
+        .collect()
+}
+
+fn membership(c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(members) = &e.members else {
+        return vec![];
+    };
+    let mut out = Vec::new();
+    for h in c.control_planes() {
+        if !members.iter().any(|m| m == &h.name) {
+            out.push(f(
+                "etcd-membership",
+                Severity::Warning,
+                format!(
+                    "control plane {} is in the spec but not an etcd member",
+                    h.name
+                ),
+                "it was removed, or never joined",
+                "run `hakube apply`: it adds the member with initial-cluster-state=existing".into(),
+            ));
+        }
+    }
+    for m in members {
+        if !c.control_planes().any(|h| &h.name == m) {
+            out.push(f(
+                "etcd-membership",
+                Severity::Critical,
+                format!("etcd member {m:?} is not in the spec (orphaned)"),
+                "a control plane was replaced or removed without `etcdctl member remove`; it counts toward quorum while it cannot vote",
+                format!("if {m} is gone for good: etcdctl member remove <its id> (find it with etcdctl member list)"),
+            ));
+        }
+    }
+    out
+}
+
+fn drift(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    e.drift
+        .iter()
+        .map(|(h, p)| {
+            f(
+                "lb-config-drift",
+                Severity::Warning,
+                format!("{p} on {h} differs from what `hakube render` produces"),
+                "edited by hand, or the spec changed since the last apply",
+                "hakube apply --dry-run to see the difference; hakube apply to converge".into(),
+            )
+        })
+        .collect()
+}
+
+/// Run every rule.
+pub fn diagnose(c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let mut out: Vec<Finding> = RULES.iter().flat_map(|(_, r)| r(c, e)).collect();
+    for h in &e.unreachable {
+        out.push(f(
+            "host-unreachable",
+            Severity::Warning,
+            format!("{h} does not answer over SSH"),
+            "the host is down or partitioned",
+            format!("check {h}'s power and network"),
+        ));
+    }
+    out.sort_by_key(|x| std::cmp::Reverse(x.severity));
+    out
+}
+
+/// Gather the evidence: the status probes plus SSH checks on every host.
+pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
+    let status = super::gather(c).await?;
+    let names: Vec<String> = c.hosts.iter().map(|h| h.name.clone()).collect();
+    let script = "if [ -f /run/keepalived.pid ] && kill -USR1 \"$(cat /run/keepalived.pid)\" 2>/dev/null; then sleep 0.3; \
+        grep -m1 'State = ' /tmp/keepalived.data 2>/dev/null || echo 'State = unknown'; else echo 'State = not running'; fi; \
+        for p in /etc/haproxy/haproxy.cfg /etc/keepalived/keepalived.conf /etc/keepalived/check_apiserver.sh; do \
+        [ -f $p ] && echo \"sum $p $(sha256sum < $p | cut -d' ' -f1)\"; done; true";
+    let results = probes::on_hosts(c, &names, script).await;
+    let mut e = Evidence {
+        status: Some(status),
+        ..Default::default()
+    };
+    let wanted: BTreeMap<(String, String), String> = match crate::render::Secrets::load_or_create(c)
+        .and_then(|s| crate::render::render(c, &s))
+    {
+        Ok(files) => files
+            .into_iter()
+            .map(|f| ((f.host.clone(), f.path.clone()), f.sha256()))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    for (host, r) in results {
+        let Ok((text, offset)) = r else {
+            e.unreachable.push(host);
+            continue;
+        };
+        e.clocks.insert(host.clone(), offset);
+        let lines = text.lines();
+        let is_lb = c.host(&host).is_some_and(|h| h.roles.loadbalancer);
+        for l in lines {
+            if let Some(st) = l.trim().strip_prefix("State = ") {
+                if is_lb {
+                    e.keepalived.insert(host.clone(), st.to_string());
+                }
+            } else if let Some(rest) = l.strip_prefix("sum ")
+                && let Some((path, sum)) = rest.split_once(' ')
+                && let Some(want) = wanted.get(&(host.clone(), path.to_string()))
+                && want != sum.trim()
+            {
+                e.drift.push((host.clone(), path.to_string()));
+            }
+        }
+        // The interface name is filled in by apply from facts; render assumes eth0, so compare
+        // keepalived.conf only when the spec names the interface.
+        if c.host(&host).is_some_and(|h| h.interface.is_none()) {
+            e.drift
+                .retain(|(h, p)| !(h == &host && p == "/etc/keepalived/keepalived.conf"));
+        }
+    }
+    // Live membership.
+    let tls = crate::apply::files::Pki::load_or_create(c)?.operator_etcd_tls()?;
+    let endpoints: Vec<String> = c
+        .control_planes()
+        .map(|h| url("https", h.address, c.etcd.client_port))
+        .collect();
+    if let Ok(Ok(mut cl)) = tokio::time::timeout(
+        super::PROBE_TIMEOUT,
+        crate::etcd::connect(&endpoints, &tls, super::PROBE_TIMEOUT),
+    )
+    .await
+        && let Ok(Ok(ms)) =
+            tokio::time::timeout(super::PROBE_TIMEOUT, crate::etcd::members(&mut cl)).await
+    {
+        e.members = Some(
+            ms.into_iter()
+                .map(|m| {
+                    if m.name.is_empty() {
+                        format!("(unstarted {:x})", m.id)
+                    } else {
+                        m.name
+                    }
+                })
+                .collect(),
+        );
+    }
+    Ok(e)
+}
+
+pub fn render_text(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return "✓ no findings: every rule passed\n".into();
+    }
+    let mut o = String::new();
+    for x in findings {
+        let m = match x.severity {
+            Severity::Critical => "✗ critical",
+            Severity::Warning => "! warning",
+        };
+        o.push_str(&format!(
+            "{m} [{}] {}\n    likely cause: {}\n    fix: {}\n\n",
+            x.rule, x.evidence, x.cause, x.fix
+        ));
+    }
+    o
+}
+
+pub fn exit_code(findings: &[Finding]) -> i32 {
+    match findings.iter().map(|x| x.severity).max() {
+        None => 0,
+        Some(Severity::Warning) => 1,
+        Some(Severity::Critical) => 2,
+    }
+}

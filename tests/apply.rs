@@ -1,0 +1,400 @@
+//! `hakube apply` end to end on a real lab (root only): real sshd, etcd, haproxy, keepalived and
+//! the lab API server, checked with the real etcdctl and curl.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const HAKUBE: &str = env!("CARGO_BIN_EXE_hakube");
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A lab that is taken down when the test ends, however it ends.
+struct Lab {
+    name: String,
+}
+
+impl Lab {
+    fn up(name: &str, subnet: &str) -> Lab {
+        let _ = Command::new(HAKUBE)
+            .args(["lab", "down", "--name", name])
+            .output();
+        let out = Command::new(HAKUBE)
+            .args(["lab", "up", "--name", name, "--subnet", subnet])
+            .output()
+            .expect("run lab up");
+        assert!(out.status.success(), "lab up failed: {}", text(&out));
+        Lab { name: name.into() }
+    }
+    fn dir(&self) -> PathBuf {
+        PathBuf::from("/var/lib/hakube-lab").join(&self.name)
+    }
+    fn spec(&self) -> PathBuf {
+        self.dir().join("cluster.yaml")
+    }
+    fn exec(&self, host: &str, cmd: &str) -> Output {
+        Command::new(HAKUBE)
+            .args([
+                "lab", "exec", "--name", &self.name, host, "--", "sh", "-c", cmd,
+            ])
+            .output()
+            .expect("lab exec")
+    }
+    fn etcd_pki(&self) -> PathBuf {
+        self.dir().join(".hakube").join(&self.name).join("pki/etcd")
+    }
+    fn cluster_ca(&self) -> PathBuf {
+        self.dir()
+            .join(".hakube")
+            .join(&self.name)
+            .join("pki/cluster/ca.crt")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(HAKUBE)
+            .args(["lab", "down", "--name", &self.name])
+            .output();
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn apply(spec: &std::path::Path, extra: &[&str]) -> (Output, serde_json::Value) {
+    let out = Command::new(HAKUBE)
+        .arg("apply")
+        .arg("-f")
+        .arg(spec)
+        .args(["-o", "json"])
+        .args(extra)
+        .output()
+        .expect("run apply");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let summary = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .map(|v| v["summary"].clone())
+        .unwrap_or(serde_json::Value::Null);
+    (out, summary)
+}
+
+fn changed_per_host(s: &serde_json::Value) -> Vec<(String, u64)> {
+    s["hosts"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(h, v)| (h.clone(), v["changed"].as_u64().unwrap_or(0)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn etcdctl_health(lab: &Lab) -> Output {
+    let p = lab.etcd_pki();
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            "https://10.92.0.101:2379,https://10.92.0.102:2379,https://10.92.0.103:2379",
+        ])
+        .arg("--cacert")
+        .arg(p.join("ca.crt"))
+        .arg("--cert")
+        .arg(p.join("hakube-operator.crt"))
+        .arg("--key")
+        .arg(p.join("hakube-operator.key"))
+        .args(["endpoint", "health", "--cluster"])
+        .output()
+        .expect("etcdctl runs")
+}
+
+fn vip_holders(lab: &Lab, vip: &str) -> Vec<String> {
+    ["lb1", "lb2"]
+        .iter()
+        .filter(|h| {
+            String::from_utf8_lossy(&lab.exec(h, "ip -o addr show").stdout)
+                .contains(&format!(" {vip}/"))
+        })
+        .map(|h| h.to_string())
+        .collect()
+}
+
+fn file_hash(lab: &Lab, host: &str, path: &str) -> String {
+    String::from_utf8_lossy(&lab.exec(host, &format!("sha256sum {path}")).stdout).to_string()
+}
+
+#[test]
+fn apply_converges_is_idempotent_and_dry_run_changes_nothing() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::up("tapply", "10.92.0.0/24");
+    let spec = lab.spec();
+
+    // Cold apply.
+    let (out, s) = apply(&spec, &[]);
+    assert!(out.status.success(), "apply failed:\n{}", text(&out));
+    assert!(s["error"].is_null(), "{s}");
+    assert!(
+        s["changed"].as_u64().unwrap_or(0) > 20,
+        "a cold apply writes many files: {s}"
+    );
+
+    // The API answers through the VIP, over TLS verified against the cluster CA.
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(lab.cluster_ca())
+        .arg("https://10.92.0.100:6443/readyz")
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout).trim(),
+        "ok",
+        "{}",
+        text(&curl)
+    );
+    // Three healthy members, according to the real etcdctl.
+    let h = etcdctl_health(&lab);
+    let ht = text(&h);
+    assert!(h.status.success(), "{ht}");
+    assert_eq!(ht.matches("is healthy").count(), 3, "{ht}");
+    // Exactly one LB holds the VIP.
+    assert_eq!(vip_holders(&lab, "10.92.0.100").len(), 1);
+
+    // A second apply changes nothing.
+    let (out, s) = apply(&spec, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        s["changed"],
+        0,
+        "second apply changed something: {:?}",
+        changed_per_host(&s)
+    );
+
+    // A one-field change touches only what it should: haproxy.cfg on both LBs.
+    let original = std::fs::read_to_string(&spec).expect("spec");
+    assert!(original.contains("      type: https\n"));
+    let edited = original.replace(
+        "      type: https\n",
+        "      type: https\n      interval: 2s\n",
+    );
+    std::fs::write(&spec, &edited).expect("write spec");
+
+    // Dry-run first: reports the two changes, changes nothing.
+    let before = file_hash(&lab, "lb1", "/etc/haproxy/haproxy.cfg");
+    let (out, s) = apply(&spec, &["--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(s["dry_run"], true);
+    assert_eq!(
+        changed_per_host(&s),
+        vec![("lb1".into(), 1), ("lb2".into(), 1)]
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("+    default-server check verify none inter 2s"),
+        "dry-run shows the diff"
+    );
+    assert_eq!(
+        file_hash(&lab, "lb1", "/etc/haproxy/haproxy.cfg"),
+        before,
+        "dry-run must not change files"
+    );
+
+    let (out, s) = apply(&spec, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        changed_per_host(&s),
+        vec![("lb1".into(), 1), ("lb2".into(), 1)]
+    );
+    assert_ne!(file_hash(&lab, "lb1", "/etc/haproxy/haproxy.cfg"), before);
+    let cfg = String::from_utf8_lossy(&lab.exec("lb2", "cat /etc/haproxy/haproxy.cfg").stdout)
+        .to_string();
+    assert!(cfg.contains("inter 2s"));
+    // The reload kept the API up through the VIP.
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(lab.cluster_ca())
+        .arg("https://10.92.0.100:6443/readyz")
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&curl.stdout).trim(), "ok");
+
+    // The kubeadm path, reviewed by dry-run on the same hosts: the full sequence, in order.
+    let kspec = lab.dir().join("kubeadm.yaml");
+    std::fs::write(
+        &kspec,
+        edited.replace("bootstrap: lab", "bootstrap: kubeadm"),
+    )
+    .expect("write");
+    let out = Command::new(HAKUBE)
+        .arg("apply")
+        .arg("-f")
+        .arg(&kspec)
+        .arg("--dry-run")
+        .output()
+        .expect("apply");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let pos = |needle: &str| {
+        t.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing from:\n{t}"))
+    };
+    let a = pos("apt-get install -y kubelet=1.37.0-* kubeadm=1.37.0-* kubectl=1.37.0-*");
+    let b = pos("master1: would run: kubeadm init --config");
+    let c = pos("master1: would run: kubeadm init phase upload-certs");
+    let d = pos("master2: would run: kubeadm join");
+    let e = pos("master2: would wait for its API server /readyz");
+    let f = pos("master3: would run: kubeadm join");
+    let g = pos("worker1: would run: kubeadm join");
+    assert!(
+        a < b && b < c && c < d && d < e && e < f && f < g,
+        "out of order:\n{t}"
+    );
+    assert!(
+        !t.contains("HAKUBE_BOOTSTRAP_TOKEN}|"),
+        "no secret substitution is shown"
+    );
+    assert_eq!(
+        file_hash(&lab, "lb1", "/etc/haproxy/haproxy.cfg"),
+        file_hash(&lab, "lb1", "/etc/haproxy/haproxy.cfg")
+    );
+    let ls = lab.exec("master1", "ls /etc/kubernetes/hakube 2>/dev/null | wc -l");
+    assert_eq!(
+        String::from_utf8_lossy(&ls.stdout).trim(),
+        "0",
+        "dry-run wrote kubeadm files"
+    );
+}
+
+#[test]
+fn apply_recovers_after_kill_9() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::up("tkill", "10.93.0.0/24");
+    let spec = lab.spec();
+    let mut child = Command::new(HAKUBE)
+        .arg("apply")
+        .arg("-f")
+        .arg(&spec)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("apply");
+    // Kill it once it has started changing hosts (when etcd is being formed).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = lab
+            .exec("master1", "test -f /etc/etcd/etcd.env")
+            .status
+            .success();
+        if started || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+    // No manual cleanup: the next apply completes.
+    let (out, s) = apply(&spec, &[]);
+    assert!(
+        out.status.success(),
+        "apply after kill -9 failed:\n{}",
+        text(&out)
+    );
+    assert!(s["error"].is_null(), "{s}");
+    let h = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            "https://10.93.0.101:2379,https://10.93.0.102:2379,https://10.93.0.103:2379",
+        ])
+        .arg("--cacert")
+        .arg(lab.etcd_pki().join("ca.crt"))
+        .arg("--cert")
+        .arg(lab.etcd_pki().join("hakube-operator.crt"))
+        .arg("--key")
+        .arg(lab.etcd_pki().join("hakube-operator.key"))
+        .args(["endpoint", "health"])
+        .output()
+        .expect("etcdctl");
+    assert_eq!(text(&h).matches("is healthy").count(), 3, "{}", text(&h));
+    let (_, s) = apply(&spec, &[]);
+    assert_eq!(s["changed"], 0, "{:?}", changed_per_host(&s));
+}
+
+#[test]
+fn unreachable_host_and_wrong_host_key_are_reported_before_any_change() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::up("tbadhost", "10.94.0.0/24");
+    let spec = lab.spec();
+    // A changed host key: replace worker2's known_hosts entry with another host's key.
+    let kh = lab.dir().join("ssh/known_hosts");
+    let known = std::fs::read_to_string(&kh).expect("known_hosts");
+    let lb1_key = known
+        .lines()
+        .find(|l| l.contains("10.94.0.11"))
+        .expect("lb1 key")
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tampered: Vec<String> = known
+        .lines()
+        .map(|l| {
+            if l.contains("10.94.0.202") {
+                format!(
+                    "{} {lb1_key}",
+                    l.split_whitespace().next().unwrap_or_default()
+                )
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&kh, tampered.join("\n") + "\n").expect("write known_hosts");
+    // And an unreachable host.
+    let out = Command::new(HAKUBE)
+        .args(["lab", "fault", "partition", "--name", "tbadhost", "worker1"])
+        .output()
+        .expect("fault");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = Command::new(HAKUBE)
+        .arg("apply")
+        .arg("-f")
+        .arg(&spec)
+        .output()
+        .expect("apply");
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("cannot reach 2 host(s); nothing was changed"),
+        "{t}"
+    );
+    assert!(t.contains("worker2") && t.contains("host key"), "{t}");
+    assert!(t.contains("worker1") && t.contains("unreachable"), "{t}");
+    assert!(
+        !lab.exec("master1", "test -f /etc/etcd/etcd.env")
+            .status
+            .success(),
+        "nothing may change"
+    );
+}
