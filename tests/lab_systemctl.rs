@@ -107,7 +107,14 @@ fn restart_always_brings_a_killed_service_back_and_stop_ends_it() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // SIGTERM must reach the service: stop is quick, not TimeoutStopSec= (10 s) and SIGKILL.
+    let t = Instant::now();
     assert!(s.run(&["stop", "sleeper"]).status.success());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        t.elapsed()
+    );
     let out = s.run(&["is-active", "sleeper"]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inactive");

@@ -934,6 +934,15 @@ fn service_command(
         .stderr(log)
         .process_group(0)
         .current_dir(unit.working_directory.as_deref().unwrap_or("/"));
+    // The supervisor blocks SIGTERM and SIGCHLD (it takes them with sigwait); a signal mask is
+    // inherited across exec, so give the service an empty one or it would ignore `stop`.
+    // SAFETY: pthread_sigmask(3) only.
+    unsafe {
+        cmd.pre_exec(|| {
+            SigSet::empty().thread_set_mask()?;
+            Ok(())
+        });
+    }
     if let Some(u) = &unit.user {
         let pw = nix::unistd::User::from_name(u)
             .ok()
@@ -1002,7 +1011,7 @@ fn supervise(ctx: &Ctx, u: &str) -> i32 {
     };
     // Orphans of the service (daemonized children) are re-parented to us, so we can reap them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    // Signals are taken synchronously by one thread; services get a clean mask from Command.
+    // Signals are taken synchronously by one thread; services get an empty mask again.
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGTERM,
