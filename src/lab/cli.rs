@@ -98,22 +98,41 @@ pub struct UpArgs {
     pub keep_on_failure: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct HostService {
+    /// Host name, for example master1.
+    pub host: String,
+    /// Service name, for example etcd or haproxy.service.
+    pub service: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum FaultCommand {
     /// SIGKILL the service's main process; its Restart= policy decides what happens next.
-    Kill { host: String, service: String },
+    Kill(HostService),
     /// `systemctl stop SERVICE` on the host.
-    Stop { host: String, service: String },
+    Stop(HostService),
     /// `systemctl start SERVICE` on the host.
-    Start { host: String, service: String },
+    Start(HostService),
     /// Drop all of the host's traffic (nftables inside its namespace; loopback still works).
     /// The link stays up, so established TCP connections stall instead of resetting.
-    Partition { host: String },
+    Partition {
+        /// Host name, for example master1.
+        host: String,
+    },
     /// Undo `partition` and `delay` on the host.
-    Heal { host: String },
+    Heal {
+        /// Host name, for example master1.
+        host: String,
+    },
     /// Delay every packet the host sends by MS milliseconds (0 removes it). Needs the kernel's
     /// netem queueing discipline (sch_netem).
-    Delay { host: String, ms: u32 },
+    Delay {
+        /// Host name, for example master1.
+        host: String,
+        /// Milliseconds.
+        ms: u32,
+    },
 }
 
 pub fn run(args: LabArgs) -> anyhow::Result<i32> {
@@ -191,7 +210,7 @@ fn systemctl_on(paths: &LabPaths, h: &HostState, verb: &str, service: &str) -> R
 fn fault(name: &str, f: FaultCommand) -> Result<i32> {
     let (paths, st) = open(name)?;
     match f {
-        FaultCommand::Kill { host, service } => {
+        FaultCommand::Kill(HostService { host, service }) => {
             let h = st.host(&host)?;
             let u = unit::normalize(&service)?;
             let main = systemctl::main_process(&paths.host_fs(&h.name), &u)
@@ -203,10 +222,10 @@ fn fault(name: &str, f: FaultCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        FaultCommand::Stop { host, service } => {
+        FaultCommand::Stop(HostService { host, service }) => {
             systemctl_on(&paths, st.host(&host)?, "stop", &service)
         }
-        FaultCommand::Start { host, service } => {
+        FaultCommand::Start(HostService { host, service }) => {
             systemctl_on(&paths, st.host(&host)?, "start", &service)
         }
         FaultCommand::Partition { host } => {
