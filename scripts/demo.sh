@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: plan and render the runbook's cluster, check every file with the
-# real tools, then bring up a live lab, show it, and take it down again.
+# The demo behind `make demo`: plan and render the runbook's cluster with real-tool checks, then
+# a live lab: apply, status, a failure (haproxy stopped on the VIP holder), doctor, recovery.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 H=target/debug/hakube
 LAB=${LAB:-demo}
+SPEC=/var/lib/hakube-lab/$LAB/cluster.yaml
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -23,11 +24,32 @@ trap '$H lab down --name "$LAB" >/dev/null 2>&1 || true' EXIT
 step "hakube lab up --name $LAB"
 $H lab up --name "$LAB"
 
-step "hakube lab status --name $LAB"
-$H lab status --name "$LAB"
+step "hakube apply -f $SPEC"
+$H apply -f "$SPEC"
 
-step "hakube lab exec --name $LAB master1 -- hostname"
-$H lab exec --name "$LAB" master1 -- hostname
+step "hakube apply again: nothing to change"
+$H apply -f "$SPEC" | tail -1
+
+step "hakube status"
+$H status -f "$SPEC"
+
+holder=$($H status -f "$SPEC" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vip_holders"][0])')
+step "failure: stop haproxy on the VIP holder ($holder)"
+$H lab fault stop --name "$LAB" "$holder" haproxy
+for _ in $(seq 1 20); do
+  now=$($H status -f "$SPEC" -o json | python3 -c 'import json,sys; print(",".join(json.load(sys.stdin)["vip_holders"]))')
+  [ "$now" != "$holder" ] && [ -n "$now" ] && break
+  sleep 0.5
+done
+$H status -f "$SPEC" || true
+
+step "hakube doctor"
+$H doctor -f "$SPEC" || true
+
+step "recovery: start haproxy again"
+$H lab fault start --name "$LAB" "$holder" haproxy
+for _ in $(seq 1 40); do $H status -f "$SPEC" >/dev/null 2>&1 && break; sleep 0.5; done
+$H status -f "$SPEC" | head -3
 
 step "hakube lab down --name $LAB"
 $H lab down --name "$LAB"

@@ -5,7 +5,7 @@ set -euo pipefail
 
 need_apt=()
 for pair in haproxy:haproxy keepalived:keepalived promtool:prometheus protoc:protobuf-compiler \
-            sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 iptables:iptables \
+            sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 iptables:iptables nft:nftables \
             curl:curl ping:iputils-ping nsenter:util-linux; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then need_apt+=("$pkg"); fi

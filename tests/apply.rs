@@ -1,73 +1,10 @@
 //! `hakube apply` end to end on a real lab (root only): real sshd, etcd, haproxy, keepalived and
 //! the lab API server, checked with the real etcdctl and curl.
 
-use std::path::PathBuf;
+mod common;
+use common::*;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const HAKUBE: &str = env!("CARGO_BIN_EXE_hakube");
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-/// A lab that is taken down when the test ends, however it ends.
-struct Lab {
-    name: String,
-}
-
-impl Lab {
-    fn up(name: &str, subnet: &str) -> Lab {
-        let _ = Command::new(HAKUBE)
-            .args(["lab", "down", "--name", name])
-            .output();
-        let out = Command::new(HAKUBE)
-            .args(["lab", "up", "--name", name, "--subnet", subnet])
-            .output()
-            .expect("run lab up");
-        assert!(out.status.success(), "lab up failed: {}", text(&out));
-        Lab { name: name.into() }
-    }
-    fn dir(&self) -> PathBuf {
-        PathBuf::from("/var/lib/hakube-lab").join(&self.name)
-    }
-    fn spec(&self) -> PathBuf {
-        self.dir().join("cluster.yaml")
-    }
-    fn exec(&self, host: &str, cmd: &str) -> Output {
-        Command::new(HAKUBE)
-            .args([
-                "lab", "exec", "--name", &self.name, host, "--", "sh", "-c", cmd,
-            ])
-            .output()
-            .expect("lab exec")
-    }
-    fn etcd_pki(&self) -> PathBuf {
-        self.dir().join(".hakube").join(&self.name).join("pki/etcd")
-    }
-    fn cluster_ca(&self) -> PathBuf {
-        self.dir()
-            .join(".hakube")
-            .join(&self.name)
-            .join("pki/cluster/ca.crt")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(HAKUBE)
-            .args(["lab", "down", "--name", &self.name])
-            .output();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn apply(spec: &std::path::Path, extra: &[&str]) -> (Output, serde_json::Value) {
     let out = Command::new(HAKUBE)
@@ -101,22 +38,7 @@ fn changed_per_host(s: &serde_json::Value) -> Vec<(String, u64)> {
 }
 
 fn etcdctl_health(lab: &Lab) -> Output {
-    let p = lab.etcd_pki();
-    Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            "https://10.92.0.101:2379,https://10.92.0.102:2379,https://10.92.0.103:2379",
-        ])
-        .arg("--cacert")
-        .arg(p.join("ca.crt"))
-        .arg("--cert")
-        .arg(p.join("hakube-operator.crt"))
-        .arg("--key")
-        .arg(p.join("hakube-operator.key"))
-        .args(["endpoint", "health", "--cluster"])
-        .output()
-        .expect("etcdctl runs")
+    lab.etcdctl(&["endpoint", "health", "--cluster"])
 }
 
 fn vip_holders(lab: &Lab, vip: &str) -> Vec<String> {
@@ -140,7 +62,7 @@ fn apply_converges_is_idempotent_and_dry_run_changes_nothing() {
         eprintln!("skipped: needs root (CI runs as root)");
         return;
     }
-    let lab = Lab::up("tapply", "10.92.0.0/24");
+    let lab = Lab::up("tapply", "10.92.0");
     let spec = lab.spec();
 
     // Cold apply.
@@ -284,7 +206,7 @@ fn apply_recovers_after_kill_9() {
         eprintln!("skipped: needs root (CI runs as root)");
         return;
     }
-    let lab = Lab::up("tkill", "10.93.0.0/24");
+    let lab = Lab::up("tkill", "10.93.0");
     let spec = lab.spec();
     let mut child = Command::new(HAKUBE)
         .arg("apply")
@@ -318,21 +240,7 @@ fn apply_recovers_after_kill_9() {
         text(&out)
     );
     assert!(s["error"].is_null(), "{s}");
-    let h = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            "https://10.93.0.101:2379,https://10.93.0.102:2379,https://10.93.0.103:2379",
-        ])
-        .arg("--cacert")
-        .arg(lab.etcd_pki().join("ca.crt"))
-        .arg("--cert")
-        .arg(lab.etcd_pki().join("hakube-operator.crt"))
-        .arg("--key")
-        .arg(lab.etcd_pki().join("hakube-operator.key"))
-        .args(["endpoint", "health"])
-        .output()
-        .expect("etcdctl");
+    let h = lab.etcdctl(&["endpoint", "health"]);
     assert_eq!(text(&h).matches("is healthy").count(), 3, "{}", text(&h));
     let (_, s) = apply(&spec, &[]);
     assert_eq!(s["changed"], 0, "{:?}", changed_per_host(&s));
@@ -344,7 +252,7 @@ fn unreachable_host_and_wrong_host_key_are_reported_before_any_change() {
         eprintln!("skipped: needs root (CI runs as root)");
         return;
     }
-    let lab = Lab::up("tbadhost", "10.94.0.0/24");
+    let lab = Lab::up("tbadhost", "10.94.0");
     let spec = lab.spec();
     // A changed host key: replace worker2's known_hosts entry with another host's key.
     let kh = lab.dir().join("ssh/known_hosts");
@@ -372,11 +280,7 @@ fn unreachable_host_and_wrong_host_key_are_reported_before_any_change() {
         .collect();
     std::fs::write(&kh, tampered.join("\n") + "\n").expect("write known_hosts");
     // And an unreachable host.
-    let out = Command::new(HAKUBE)
-        .args(["lab", "fault", "partition", "--name", "tbadhost", "worker1"])
-        .output()
-        .expect("fault");
-    assert!(out.status.success(), "{}", text(&out));
+    lab.fault(&["partition", "worker1"]);
     let out = Command::new(HAKUBE)
         .arg("apply")
         .arg("-f")

@@ -1403,15 +1403,17 @@ impl Sup {
         match self.unit.kind {
             ServiceType::Notify => {
                 self.set("activating", "start");
-                // keepalived sends READY=1 only when its parent is PID 1 systemd, which the lab
-                // cannot be: a service still running after a grace period counts as started.
-                let grace = (Instant::now() + Duration::from_secs(3)).min(deadline);
-                match self.wait(Some(main.pid), Some(grace), true) {
+                match self.wait(Some(main.pid), Some(deadline), true) {
                     Outcome::Ready => {}
                     Outcome::Exited(ws) => return Ok(Some(ws)),
                     Outcome::Stop => return Ok(self.stop_main(main)),
                     Outcome::Timeout => {
-                        self.log("no READY=1 after 3s but still running: taken as started (lab)");
+                        self.kill_group(main.pid, Duration::from_secs(1));
+                        self.st.result = "timeout".into();
+                        bail!(
+                            "no READY=1 within TimeoutStartSec={:?}",
+                            self.unit.timeout_start
+                        );
                     }
                 }
             }

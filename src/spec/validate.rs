@@ -957,7 +957,7 @@ fn kubernetes(
             format!("added to the API server certificate SANs: {} (the VIP and every control-plane address)", added.join(", ")),
         );
     }
-    for (key, _) in &k.api_server_extra_args {
+    for key in k.api_server_extra_args.keys() {
         let path = format!("spec.kubernetes.apiServerExtraArgs.{key}");
         match key.as_str() {
             "advertise-address" => d.error(

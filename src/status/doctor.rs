@@ -534,12 +534,14 @@ pub fn exit_code(findings: &[Finding]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ApiProbe, Cert, EtcdMember, Health, HaproxyServer, LbProbe};
+    use crate::status::{ApiProbe, Cert, EtcdMember, HaproxyServer, Health, LbProbe};
 
     const SEED: &str = include_str!("../../examples/seed.yaml");
 
     fn cluster() -> Cluster {
-        crate::spec::load_str(SEED, "seed.yaml", std::path::Path::new("/nonexistent")).cluster.expect("seed is valid")
+        crate::spec::load_str(SEED, "seed.yaml", std::path::Path::new("/nonexistent"))
+            .cluster
+            .expect("seed is valid")
     }
 
     fn member(name: &str, id: u64, leader: u64, index: u64) -> EtcdMember {
@@ -563,7 +565,12 @@ mod tests {
         let servers = |lag: u64| {
             ["master1", "master2", "master3"]
                 .iter()
-                .map(|s| HaproxyServer { server: s.to_string(), status: "UP".into(), check: "L7OK".into(), last_change_s: lag })
+                .map(|s| HaproxyServer {
+                    server: s.to_string(),
+                    status: "UP".into(),
+                    check: "L7OK".into(),
+                    last_change_s: lag,
+                })
                 .collect::<Vec<_>>()
         };
         let status = Status {
@@ -573,21 +580,50 @@ mod tests {
             vip_unknown: vec![],
             vip_answers: true,
             lbs: vec![
-                LbProbe { host: "lb1".into(), servers: servers(600), error: None },
-                LbProbe { host: "lb2".into(), servers: servers(600), error: None },
+                LbProbe {
+                    host: "lb1".into(),
+                    servers: servers(600),
+                    error: None,
+                },
+                LbProbe {
+                    host: "lb2".into(),
+                    servers: servers(600),
+                    error: None,
+                },
             ],
-            api: vec![ApiProbe { target: "VIP".into(), address: "10.1.1.100:6443".into(), readyz: Some(200), livez: Some(200), latency_ms: Some(1.0), error: None }],
-            etcd: vec![member("master1", 1, 1, 100), member("master2", 2, 1, 100), member("master3", 3, 1, 99)],
+            api: vec![ApiProbe {
+                target: "VIP".into(),
+                address: "10.1.1.100:6443".into(),
+                readyz: Some(200),
+                livez: Some(200),
+                latency_ms: Some(1.0),
+                error: None,
+            }],
+            etcd: vec![
+                member("master1", 1, 1, 100),
+                member("master2", 2, 1, 100),
+                member("master3", 3, 1, 99),
+            ],
             etcd_quota_bytes: 2 << 30,
             etcd_alarms: vec![],
-            certs: vec![Cert { name: "etcd-server".into(), host: "master1".into(), not_after: "x".into(), seconds_left: 300 * 86400, days_left: 300 }],
+            certs: vec![Cert {
+                name: "etcd-server".into(),
+                host: "master1".into(),
+                not_after: "x".into(),
+                seconds_left: 300 * 86400,
+                days_left: 300,
+            }],
             verdicts: vec![],
             overall: Health::Healthy,
             took_ms: 1,
         };
         Evidence {
             status: Some(status),
-            keepalived: [("lb1".to_string(), "MASTER".to_string()), ("lb2".to_string(), "BACKUP".to_string())].into(),
+            keepalived: [
+                ("lb1".to_string(), "MASTER".to_string()),
+                ("lb2".to_string(), "BACKUP".to_string()),
+            ]
+            .into(),
             clocks: [("lb1".to_string(), 3), ("master1".to_string(), -20)].into(),
             members: Some(vec!["master1".into(), "master2".into(), "master3".into()]),
             drift: vec![],
@@ -603,38 +639,149 @@ mod tests {
 
     /// (what breaks, the rule that must fire, its severity)
     const CASES: &[(&str, Break, &str, Severity)] = &[
-        ("VIP on both LBs", |e| st(e).vip_holders.push("lb2".into()), "split-brain", Severity::Critical),
-        ("etcd leaders differ", |e| st(e).etcd[2].leader = 3, "split-brain", Severity::Critical),
-        ("etcd cluster ids differ", |e| st(e).etcd[1].cluster_id = 9, "split-brain", Severity::Critical),
-        ("VIP on no LB", |e| st(e).vip_holders.clear(), "vip-missing", Severity::Critical),
-        ("keepalived FAULT", |e| {
-            e.keepalived.insert("lb2".into(), "FAULT".into());
-        }, "keepalived-fault", Severity::Warning),
-        ("backend down", |e| st(e).lbs[0].servers[1].status = "DOWN".into(), "haproxy-backends", Severity::Warning),
-        ("backend flapping", |e| st(e).lbs[1].servers[0].last_change_s = 4, "haproxy-backends", Severity::Warning),
-        ("haproxy dead", |e| st(e).lbs[1].error = Some("connection refused".into()), "haproxy-backends", Severity::Warning),
-        ("member down", |e| st(e).etcd[2].error = Some("timed out".into()), "etcd-member-unreachable", Severity::Warning),
-        ("one more loss breaks quorum", |e| st(e).etcd[2].error = Some("timed out".into()), "etcd-quorum-at-risk", Severity::Critical),
-        ("quorum lost", |e| {
-            st(e).etcd[1].error = Some("x".into());
-            st(e).etcd[2].error = Some("x".into());
-        }, "etcd-quorum-at-risk", Severity::Critical),
-        ("NOSPACE", |e| st(e).etcd_alarms.push("Nospace on master1".into()), "etcd-alarm", Severity::Critical),
-        ("DB over 80%", |e| st(e).etcd[0].db_size = (2u64 << 30) * 85 / 100, "etcd-db-size", Severity::Warning),
-        ("raft lag", |e| st(e).etcd[0].raft_index = 5000, "etcd-raft-lag", Severity::Warning),
-        ("clock skew", |e| {
-            e.clocks.insert("worker1".into(), 900);
-        }, "clock-skew", Severity::Warning),
-        ("cert soon", |e| st(e).certs[0].days_left = 20, "certificate-expiry", Severity::Warning),
-        ("cert expired", |e| {
-            st(e).certs[0].days_left = -2;
-            st(e).certs[0].seconds_left = -100000;
-        }, "certificate-expiry", Severity::Critical),
-        ("orphaned member", |e| e.members.as_mut().expect("members").push("old-master".into()), "etcd-membership", Severity::Critical),
-        ("spec host not a member", |e| {
-            e.members.as_mut().expect("members").retain(|m| m != "master3");
-        }, "etcd-membership", Severity::Warning),
-        ("drift", |e| e.drift.push(("lb1".into(), "/etc/haproxy/haproxy.cfg".into())), "lb-config-drift", Severity::Warning),
+        (
+            "VIP on both LBs",
+            |e| st(e).vip_holders.push("lb2".into()),
+            "split-brain",
+            Severity::Critical,
+        ),
+        (
+            "etcd leaders differ",
+            |e| st(e).etcd[2].leader = 3,
+            "split-brain",
+            Severity::Critical,
+        ),
+        (
+            "etcd cluster ids differ",
+            |e| st(e).etcd[1].cluster_id = 9,
+            "split-brain",
+            Severity::Critical,
+        ),
+        (
+            "VIP on no LB",
+            |e| st(e).vip_holders.clear(),
+            "vip-missing",
+            Severity::Critical,
+        ),
+        (
+            "keepalived FAULT",
+            |e| {
+                e.keepalived.insert("lb2".into(), "FAULT".into());
+            },
+            "keepalived-fault",
+            Severity::Warning,
+        ),
+        (
+            "backend down",
+            |e| st(e).lbs[0].servers[1].status = "DOWN".into(),
+            "haproxy-backends",
+            Severity::Warning,
+        ),
+        (
+            "backend flapping",
+            |e| st(e).lbs[1].servers[0].last_change_s = 4,
+            "haproxy-backends",
+            Severity::Warning,
+        ),
+        (
+            "haproxy dead",
+            |e| st(e).lbs[1].error = Some("connection refused".into()),
+            "haproxy-backends",
+            Severity::Warning,
+        ),
+        (
+            "member down",
+            |e| st(e).etcd[2].error = Some("timed out".into()),
+            "etcd-member-unreachable",
+            Severity::Warning,
+        ),
+        (
+            "one more loss breaks quorum",
+            |e| st(e).etcd[2].error = Some("timed out".into()),
+            "etcd-quorum-at-risk",
+            Severity::Critical,
+        ),
+        (
+            "quorum lost",
+            |e| {
+                st(e).etcd[1].error = Some("x".into());
+                st(e).etcd[2].error = Some("x".into());
+            },
+            "etcd-quorum-at-risk",
+            Severity::Critical,
+        ),
+        (
+            "NOSPACE",
+            |e| st(e).etcd_alarms.push("Nospace on master1".into()),
+            "etcd-alarm",
+            Severity::Critical,
+        ),
+        (
+            "DB over 80%",
+            |e| st(e).etcd[0].db_size = (2u64 << 30) * 85 / 100,
+            "etcd-db-size",
+            Severity::Warning,
+        ),
+        (
+            "raft lag",
+            |e| st(e).etcd[0].raft_index = 5000,
+            "etcd-raft-lag",
+            Severity::Warning,
+        ),
+        (
+            "clock skew",
+            |e| {
+                e.clocks.insert("worker1".into(), 900);
+            },
+            "clock-skew",
+            Severity::Warning,
+        ),
+        (
+            "cert soon",
+            |e| st(e).certs[0].days_left = 20,
+            "certificate-expiry",
+            Severity::Warning,
+        ),
+        (
+            "cert expired",
+            |e| {
+                st(e).certs[0].days_left = -2;
+                st(e).certs[0].seconds_left = -100000;
+            },
+            "certificate-expiry",
+            Severity::Critical,
+        ),
+        (
+            "orphaned member",
+            |e| {
+                e.members
+                    .as_mut()
+                    .expect("members")
+                    .push("old-master".into())
+            },
+            "etcd-membership",
+            Severity::Critical,
+        ),
+        (
+            "spec host not a member",
+            |e| {
+                e.members
+                    .as_mut()
+                    .expect("members")
+                    .retain(|m| m != "master3");
+            },
+            "etcd-membership",
+            Severity::Warning,
+        ),
+        (
+            "drift",
+            |e| {
+                e.drift
+                    .push(("lb1".into(), "/etc/haproxy/haproxy.cfg".into()))
+            },
+            "lb-config-drift",
+            Severity::Warning,
+        ),
     ];
 
     #[test]
@@ -651,9 +798,15 @@ mod tests {
             let mut e = healthy();
             brk(&mut e);
             let found = diagnose(&c, &e);
-            let hit = found.iter().find(|f| f.rule == *rule).unwrap_or_else(|| panic!("{what}: rule {rule} did not fire; got {found:#?}"));
+            let hit = found
+                .iter()
+                .find(|f| f.rule == *rule)
+                .unwrap_or_else(|| panic!("{what}: rule {rule} did not fire; got {found:#?}"));
             assert_eq!(hit.severity, *sev, "{what}");
-            assert!(!hit.evidence.is_empty() && !hit.cause.is_empty() && !hit.fix.is_empty(), "{what}: incomplete finding");
+            assert!(
+                !hit.evidence.is_empty() && !hit.cause.is_empty() && !hit.fix.is_empty(),
+                "{what}: incomplete finding"
+            );
             assert!(exit_code(&found) >= 1, "{what}");
         }
     }
@@ -661,7 +814,10 @@ mod tests {
     #[test]
     fn every_rule_has_a_case() {
         for (name, _) in RULES {
-            assert!(CASES.iter().any(|(_, _, r, _)| r == name), "rule {name} has no test case");
+            assert!(
+                CASES.iter().any(|(_, _, r, _)| r == name),
+                "rule {name} has no test case"
+            );
         }
     }
 }

@@ -428,14 +428,9 @@ pub fn render_text(s: &Status) -> String {
             "error",
         ]);
         for m in &s.etcd {
-            let db = if s.etcd_quota_bytes > 0 {
-                format!(
-                    "{} KiB / {}%",
-                    m.db_size / 1024,
-                    m.db_size * 100 / s.etcd_quota_bytes
-                )
-            } else {
-                format!("{} KiB", m.db_size / 1024)
+            let db = match (m.db_size * 100).checked_div(s.etcd_quota_bytes) {
+                Some(pct) => format!("{} KiB / {pct}%", m.db_size / 1024),
+                None => format!("{} KiB", m.db_size / 1024),
             };
             let leader = if m.error.is_some() {
                 "-".into()
