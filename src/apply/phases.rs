@@ -696,6 +696,15 @@ async fn kubeadm_control_plane(ctx: &Ctx) -> Result<()> {
         )
         .await?;
     }
+    if !ctx.opts.dry_run {
+        // Keep the cluster CA next to the spec, so that `status` can verify the API servers.
+        if let Some(ca) =
+            transport::read_file(ctx.host(&first.name)?, "/etc/kubernetes/pki/ca.crt").await?
+        {
+            let p = super::files::state_dir(&ctx.c).join("pki/kubernetes-ca.crt");
+            crate::pki::write_public(&p, &String::from_utf8_lossy(&ca))?;
+        }
+    }
     let joining: Vec<&&Host> = cps.iter().skip(1).filter(|h| !done(h)).collect();
     let workers: Vec<&Host> = ctx
         .c

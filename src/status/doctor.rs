@@ -433,30 +433,48 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
     let script = "if [ -f /run/keepalived.pid ] && kill -USR1 \"$(cat /run/keepalived.pid)\" 2>/dev/null; then sleep 0.3; \
         grep -m1 'State = ' /tmp/keepalived.data 2>/dev/null || echo 'State = unknown'; else echo 'State = not running'; fi; \
         for p in /etc/haproxy/haproxy.cfg /etc/keepalived/keepalived.conf /etc/keepalived/check_apiserver.sh; do \
-        [ -f $p ] && echo \"sum $p $(sha256sum < $p | cut -d' ' -f1)\"; done; true";
+        [ -f $p ] && echo \"sum $p $(sha256sum < $p | cut -d' ' -f1)\"; done; \
+        ip -o addr show | awk '{split($4, a, \"/\"); print \"addr \" $2 \" \" a[1]}'; true";
     let results = probes::on_hosts(c, &names, script).await;
     let mut e = Evidence {
         status: Some(status),
         ..Default::default()
     };
-    let wanted: BTreeMap<(String, String), String> = match crate::render::Secrets::load_or_create(c)
-        .and_then(|s| crate::render::render(c, &s))
-    {
-        Ok(files) => files
-            .into_iter()
-            .map(|f| ((f.host.clone(), f.path.clone()), f.sha256()))
-            .collect(),
-        Err(_) => BTreeMap::new(),
-    };
+    let mut answers = Vec::new();
+    // Render with the interfaces the hosts really use, as apply does.
+    let mut wanted_cluster = c.clone();
     for (host, r) in results {
         let Ok((text, offset)) = r else {
             e.unreachable.push(host);
             continue;
         };
         e.clocks.insert(host.clone(), offset);
-        let lines = text.lines();
+        if let Some(h) = wanted_cluster.hosts.iter_mut().find(|h| h.name == host)
+            && h.interface.is_none()
+        {
+            let want = h.address.to_string();
+            h.interface = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("addr "))
+                .filter_map(|l| l.split_once(' '))
+                .find(|(_, a)| *a == want)
+                .map(|(i, _)| i.split('@').next().unwrap_or(i).to_string());
+        }
+        answers.push((host, text));
+    }
+    let wanted: BTreeMap<(String, String), String> =
+        match crate::render::Secrets::load_or_create(&wanted_cluster)
+            .and_then(|s| crate::render::render(&wanted_cluster, &s))
+        {
+            Ok(files) => files
+                .into_iter()
+                .map(|f| ((f.host.clone(), f.path.clone()), f.sha256()))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+    for (host, text) in answers {
         let is_lb = c.host(&host).is_some_and(|h| h.roles.loadbalancer);
-        for l in lines {
+        for l in text.lines() {
             if let Some(st) = l.trim().strip_prefix("State = ") {
                 if is_lb {
                     e.keepalived.insert(host.clone(), st.to_string());
@@ -468,12 +486,6 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
             {
                 e.drift.push((host.clone(), path.to_string()));
             }
-        }
-        // The interface name is filled in by apply from facts; render assumes eth0, so compare
-        // keepalived.conf only when the spec names the interface.
-        if c.host(&host).is_some_and(|h| h.interface.is_none()) {
-            e.drift
-                .retain(|(h, p)| !(h == &host && p == "/etc/keepalived/keepalived.conf"));
         }
     }
     // Live membership.
