@@ -475,12 +475,17 @@ fn apiserver_readyz_follows_its_etcd() {
              ExecStart={etcd}\nRestart=on-failure\n[Install]\nWantedBy=multi-user.target\n"
         ),
     );
+    // Hosts have a private /tmp, and the build may live there (CI clones anywhere): run the
+    // binary from the lab's own folder, which every host sees.
+    let apiserver = lab.dir.join("hakube-lab-apiserver");
+    std::fs::copy(APISERVER, &apiserver).expect("copy the lab API server into the lab folder");
+    let apiserver = apiserver.display();
     lab.put_file(
         "master1",
         "/etc/systemd/system/hakube-lab-apiserver.service",
         &format!(
             "[Unit]\nDescription=hakube lab API server\n[Service]\n\
-             ExecStart={APISERVER} --listen {addr}:6443 --cert /etc/kubernetes/pki/apiserver.crt \
+             ExecStart={apiserver} --listen {addr}:6443 --cert /etc/kubernetes/pki/apiserver.crt \
              --key /etc/kubernetes/pki/apiserver.key --etcd-endpoints https://{addr}:2379 \
              --etcd-cafile /etc/etcd/pki/ca.crt --etcd-certfile /etc/kubernetes/pki/etcd-client.crt \
              --etcd-keyfile /etc/kubernetes/pki/etcd-client.key\nRestart=always\n"
