@@ -94,6 +94,12 @@ fn parse_error(e: &serde_saphyr::Error, map: &SourceMap) -> Diagnostic {
             None if candidates.is_empty() => "remove it".into(),
             None => format!("remove it; fields here: {}", candidates.join(", ")),
         });
+    } else if msg.contains("expected sequence") {
+        d.help = Some("this field takes a list, for example `roles: [control-plane]` or one `- item` per line".into());
+    } else if msg.contains("expected mapping") || msg.contains("expected struct") {
+        d.help = Some(
+            "this field takes a block of fields (`key: value` lines indented under it)".into(),
+        );
     } else if msg.starts_with("missing field") {
         d.help = Some(
             "add the field; see the spec reference in the README or examples/seed.yaml".into(),

@@ -862,10 +862,17 @@ fn kubernetes_version(
     let v = match semver::Version::parse(raw.trim().trim_start_matches('v')) {
         Ok(v) if v.pre.is_empty() && v.build.is_empty() => v,
         _ => {
+            let t = raw.trim().trim_start_matches('v');
+            let help = match t.split('.').collect::<Vec<_>>()[..] {
+                [a, b] if a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok() => {
+                    format!("give the patch release too, for example v{a}.{b}.0")
+                }
+                _ => format!("write it like {DEFAULT_K8S_VERSION}"),
+            };
             d.error(
                 "spec.kubernetes.version",
                 format!("{raw:?} is not a Kubernetes release version"),
-                format!("write it like {DEFAULT_K8S_VERSION}"),
+                help,
             );
             return None;
         }
