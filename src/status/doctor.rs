@@ -625,6 +625,7 @@ mod tests {
                 seconds_left: 300 * 86400,
                 days_left: 300,
             }],
+            nodes: None,
             verdicts: vec![],
             overall: Health::Healthy,
             took_ms: 1,

@@ -64,6 +64,8 @@ pub struct Status {
     pub etcd_quota_bytes: u64,
     pub etcd_alarms: Vec<String>,
     pub certs: Vec<Cert>,
+    /// Kubernetes nodes and whether they are Ready (kubeadm clusters, when they can be read).
+    pub nodes: Option<Vec<(String, bool)>>,
     pub verdicts: Vec<Verdict>,
     pub overall: Health,
     pub took_ms: u128,
@@ -81,12 +83,13 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Status> {
         }
     };
     let stats_pw = crate::render::read_or_create_secret(&c.lb.stats.password_file).ok();
-    let (vip, lbs, api, etcd, certs) = tokio::join!(
+    let (vip, lbs, api, etcd, certs, nodes) = tokio::join!(
         probes::vip(c),
         probes::haproxy(c, stats_pw.as_deref()),
         probes::api(c, api_ca.as_deref()),
         probes::etcd(c, &etcd_tls),
         probes::certs(c, api_ca.as_deref(), &etcd_tls),
+        probes::nodes(c),
     );
     let (vip_holders, vip_unknown, vip_answers) = vip;
     let (etcd, etcd_alarms) = etcd;
@@ -102,6 +105,7 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Status> {
         etcd_quota_bytes: c.etcd.quota_backend_bytes,
         etcd_alarms,
         certs,
+        nodes,
         verdicts: vec![],
         overall: Health::Healthy,
         took_ms: 0,
@@ -298,6 +302,27 @@ pub fn verdicts(c: &Cluster, s: &Status) -> Vec<Verdict> {
             v("etcd", Health::Healthy, format!("{n} members, one leader"))
         });
     }
+    // Nodes (kubeadm only)
+    if let Some(nodes) = &s.nodes {
+        let not_ready: Vec<&str> = nodes
+            .iter()
+            .filter(|(_, r)| !r)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        out.push(if not_ready.is_empty() {
+            v(
+                "nodes",
+                Health::Healthy,
+                format!("{} nodes Ready", nodes.len()),
+            )
+        } else {
+            v(
+                "nodes",
+                Health::Degraded,
+                format!("not Ready: {}", not_ready.join(", ")),
+            )
+        });
+    }
     // Certificates
     let expired: Vec<String> = s
         .certs
@@ -456,6 +481,16 @@ pub fn render_text(s: &Status) -> String {
         o.push('\n');
     }
 
+    if let Some(nodes) = &s.nodes {
+        o.push_str(&format!("Nodes: {}\n", verdict("nodes")));
+        for (n, r) in nodes {
+            o.push_str(&format!(
+                "  {n:<20} {}\n",
+                if *r { "Ready" } else { "NotReady" }
+            ));
+        }
+        o.push('\n');
+    }
     o.push_str(&format!("Certificates: {}\n", verdict("certificates")));
     let mut t = table(vec!["certificate", "host", "days left", "not after"]);
     for c in &s.certs {

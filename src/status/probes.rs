@@ -479,6 +479,33 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Node readiness with kubeadm, read with kubectl on the first control plane that answers.
+/// `None` for the lab (no kubelet) or when no control plane can tell.
+pub async fn nodes(c: &Cluster) -> Option<Vec<(String, bool)>> {
+    if c.kubernetes.bootstrap != crate::spec::Bootstrap::Kubeadm {
+        return None;
+    }
+    let names: Vec<String> = c.control_planes().map(|h| h.name.clone()).take(1).collect();
+    let script =
+        "kubectl --kubeconfig=/etc/kubernetes/admin.conf get nodes --no-headers 2>/dev/null";
+    let (_, r) = on_hosts(c, &names, script).await.into_iter().next()?;
+    let (text, _) = r.ok()?;
+    let nodes = parse_nodes(&text);
+    if nodes.is_empty() { None } else { Some(nodes) }
+}
+
+/// `kubectl get nodes --no-headers`: NAME STATUS ROLES AGE VERSION.
+pub fn parse_nodes(text: &str) -> Vec<(String, bool)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let name = it.next()?;
+            let status = it.next()?;
+            Some((name.to_string(), status.split(',').any(|s| s == "Ready")))
+        })
+        .collect()
+}
+
 /// gRPC errors are long; keep what an operator needs.
 pub fn short_error(e: &anyhow::Error) -> String {
     let t = format!("{e:#}");
@@ -496,6 +523,19 @@ pub fn short_error(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubectl_nodes_are_parsed() {
+        let out = "master1   Ready                      control-plane   3d    v1.37.0\nworker1   NotReady                   <none>          3d    v1.37.0\nworker2   Ready,SchedulingDisabled   <none>          3d    v1.37.0\n";
+        assert_eq!(
+            parse_nodes(out),
+            vec![
+                ("master1".into(), true),
+                ("worker1".into(), false),
+                ("worker2".into(), true)
+            ]
+        );
+    }
 
     #[test]
     fn chunked_stats_csv_is_parsed() {
