@@ -112,6 +112,7 @@ enum Command {
     },
     /// A local lab: real haproxy, keepalived, etcd and sshd in Linux namespaces (needs root).
     Lab(lab::cli::LabArgs),
+    Drill(hakube::drill::cli::DrillArgs),
 }
 
 fn main() -> ExitCode {
@@ -153,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => cmd_status(&spec, watch, interval, prometheus),
         Command::Doctor { spec } => cmd_doctor(&spec),
         Command::Lab(a) => lab::cli::run(a),
+        Command::Drill(a) => hakube::drill::cli::run(a),
     }
 }
 

@@ -1,0 +1,879 @@
+//! `hakube drill`: break one thing on purpose, measure exactly what clients experienced,
+//! restore it, and prove that nothing was lost.
+//!
+//! A drill checks that the cluster is healthy and that the fault cannot break quorum, starts a
+//! client probe through the VIP and a watcher of the HA layers, injects the fault (the lab's
+//! fault primitives, or SSH on real hosts), holds it, restores it on every exit path, waits for
+//! `status` to be healthy again, and reads every acknowledged write back from etcd.
+
+pub mod cli;
+pub mod fault;
+pub mod metrics;
+mod prober;
+pub mod report;
+pub mod scenario;
+mod svg;
+pub mod watch;
+
+use crate::apply::files::{Pki, state_dir};
+use crate::lab::state::{LAB_ROOT, LabPaths, LabState};
+use crate::spec::{Bootstrap, Cluster, EtcdManagement};
+use crate::status::{self, Health};
+use anyhow::{Context, Result, bail};
+use fault::{Action, Guard, Injector, LabInjector, SshInjector, Via};
+use metrics::{Metrics, Sample};
+use prober::{Mode, Prober};
+use scenario::{NoPlan, Scenario};
+use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use watch::{Change, Watcher, What};
+
+/// The lab API server's etcd prefix for its key/value API (its `--kv-prefix` default, which
+/// the lab unit does not change).
+pub const LAB_KV_PREFIX: &str = "/hakube-lab/kv/";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub duration: Duration,
+    pub host: Option<String>,
+    pub force: bool,
+    pub yes: bool,
+    pub via: Via,
+    /// How long after the restore the cluster may take to be healthy again.
+    pub recovery_timeout: Duration,
+    /// A probe request that takes longer has failed.
+    pub request_timeout: Duration,
+    /// Time between two requests of one probe stream.
+    pub interval: Duration,
+    /// Probing before the fault, to prove the probe works and show the baseline.
+    pub baseline: Duration,
+    /// Probing after recovery, to catch late effects (a VIP moving back, for example).
+    pub tail: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            duration: Duration::from_secs(5),
+            host: None,
+            force: false,
+            yes: false,
+            via: Via::Auto,
+            recovery_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(5),
+            interval: Duration::from_millis(50),
+            baseline: Duration::from_secs(1),
+            tail: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Recovered, nothing lost.
+    Passed,
+    /// Not applicable to this cluster.
+    Skipped,
+    /// Not started: unsafe, unhealthy, or (on real hosts) no --yes. Nothing was touched.
+    Refused,
+    /// Ran, but the cluster did not recover in time, writes were lost, or the restore failed.
+    Failed,
+    /// Stopped by Ctrl-C (what was broken was restored).
+    Interrupted,
+    /// The drill itself could not run.
+    Error,
+}
+
+/// The fate of the probe's writes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriteCheck {
+    /// `etcd` (read straight from etcd), `api` (listed through the VIP) or `none`.
+    pub method: String,
+    pub acknowledged: usize,
+    pub verified: usize,
+    /// Acknowledged writes that are missing or hold another value.
+    pub lost: Vec<String>,
+    /// Writes the client saw fail (or time out) that were stored anyway.
+    pub failed_but_stored: usize,
+    pub failed: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One scenario's result. Times are in ms relative to the injection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: Scenario,
+    pub cluster: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub warnings: Vec<String>,
+    pub via: String,
+    pub target: Option<String>,
+    pub chosen_as: Option<String>,
+    pub faults: Vec<Action>,
+    pub hold_ms: u64,
+    /// Wall-clock time of the injection (UTC).
+    pub injected_at: Option<String>,
+    pub injected_after_ms: Option<f64>,
+    /// When the cluster reacted: the VIP moved, etcd elected a leader, or HAProxy marked an API
+    /// server DOWN (the earliest).
+    pub detected_after_ms: Option<f64>,
+    pub detected_by: Option<String>,
+    pub restored_after_ms: Option<f64>,
+    /// `status` healthy again (and the VIP back on its first holder).
+    pub recovered_after_ms: Option<f64>,
+    pub vip_moved_after_ms: Option<f64>,
+    pub initial_vip: Option<String>,
+    pub initial_leader: Option<String>,
+    pub metrics: Option<Metrics>,
+    pub changes: Vec<Change>,
+    pub writes: Option<WriteCheck>,
+    pub probe_start_ms: f64,
+    pub probe_end_ms: f64,
+    pub files: Vec<String>,
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+impl ScenarioReport {
+    fn new(sc: Scenario, cluster: &str, via: &str) -> ScenarioReport {
+        ScenarioReport {
+            scenario: sc,
+            cluster: cluster.to_string(),
+            outcome: Outcome::Error,
+            message: None,
+            warnings: vec![],
+            via: via.to_string(),
+            target: None,
+            chosen_as: None,
+            faults: vec![],
+            hold_ms: 0,
+            injected_at: None,
+            injected_after_ms: None,
+            detected_after_ms: None,
+            detected_by: None,
+            restored_after_ms: None,
+            recovered_after_ms: None,
+            vip_moved_after_ms: None,
+            initial_vip: None,
+            initial_leader: None,
+            metrics: None,
+            changes: vec![],
+            writes: None,
+            probe_start_ms: 0.0,
+            probe_end_ms: 0.0,
+            files: vec![],
+            samples: vec![],
+        }
+    }
+
+    fn end(mut self, o: Outcome, msg: impl Into<String>) -> ScenarioReport {
+        self.outcome = o;
+        self.message = Some(msg.into());
+        self
+    }
+
+    /// What was broken, in words.
+    pub fn fault_text(&self) -> String {
+        describe(&self.faults)
+    }
+
+    pub fn lost_writes(&self) -> usize {
+        self.writes.as_ref().map(|w| w.lost.len()).unwrap_or(0)
+    }
+}
+
+/// The lab a spec belongs to: it lives in `/var/lib/hakube-lab/<lab>/`, the lab's state
+/// exists, its hosts are the spec's, and `bootstrap: lab`.
+pub fn lab_of(spec: &Path, c: &Cluster) -> Option<String> {
+    let p = spec.canonicalize().ok()?;
+    let dir = p.parent()?;
+    if dir.parent()? != Path::new(LAB_ROOT) || c.kubernetes.bootstrap != Bootstrap::Lab {
+        return None;
+    }
+    let name = dir.file_name()?.to_str()?.to_string();
+    let st = LabState::load(&LabPaths::new(&name)).ok()??;
+    let same = c.hosts.iter().all(|h| {
+        st.hosts
+            .iter()
+            .any(|l| l.name == h.name && IpAddr::V4(l.address) == h.address)
+    });
+    same.then_some(name)
+}
+
+/// A drill session on one cluster; runs scenarios one after another.
+pub struct Drill {
+    c: Cluster,
+    opts: Options,
+    injector: Arc<dyn Injector>,
+    pub lab: Option<String>,
+    api_tls: Option<Arc<rustls::ClientConfig>>,
+    api_error: Option<String>,
+    etcd_tls: Option<crate::etcd::Tls>,
+    stats_password: Option<String>,
+    run_id: String,
+    interrupts: tokio::sync::watch::Receiver<u32>,
+    log: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+fn ms_since(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1000.0
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm UTC`.
+pub fn utc(t: SystemTime) -> String {
+    let d = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03} UTC",
+        d.year(),
+        d.month() as u8,
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second(),
+        d.millisecond()
+    )
+}
+
+/// `YYYYMMDDTHHMMSSZ`, for folder names.
+pub fn stamp(t: SystemTime) -> String {
+    let d = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        d.year(),
+        d.month() as u8,
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    )
+}
+
+impl Drill {
+    pub fn new(
+        c: Cluster,
+        spec: &Path,
+        opts: Options,
+        interrupts: tokio::sync::watch::Receiver<u32>,
+        log: Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<Drill> {
+        let lab = lab_of(spec, &c);
+        let injector: Arc<dyn Injector> = match (opts.via, &lab) {
+            (Via::Lab, None) => bail!(
+                "--via lab: {} does not belong to a lab (a lab's spec is {LAB_ROOT}/<lab>/cluster.yaml, with bootstrap: lab)",
+                spec.display()
+            ),
+            (Via::Auto | Via::Lab, Some(name)) => {
+                if !nix::unistd::Uid::effective().is_root() {
+                    bail!(
+                        "drills on a lab use its fault primitives, which need root\n  help: run it with sudo"
+                    );
+                }
+                Arc::new(LabInjector {
+                    lab: name.clone(),
+                    exe: std::env::current_exe().context("cannot find the hakube binary")?,
+                })
+            }
+            _ => Arc::new(SshInjector::new(&c)),
+        };
+        let pki = Pki::load_or_create(&c)?;
+        let (api_tls, api_error) = {
+            let ca = match c.kubernetes.bootstrap {
+                Bootstrap::Lab => Some(pki.cluster_ca.cert_pem().to_string()),
+                Bootstrap::Kubeadm => {
+                    std::fs::read_to_string(state_dir(&c).join("pki/kubernetes-ca.crt")).ok()
+                }
+            };
+            match ca.map(|ca| crate::probe::client_config(&ca)) {
+                Some(Ok(cfg)) => (Some(cfg), None),
+                Some(Err(e)) => (None, Some(format!("the cluster CA is not usable: {e:#}"))),
+                None => (
+                    None,
+                    Some(format!(
+                        "no cluster CA to verify the API against (expected {})",
+                        state_dir(&c).join("pki/kubernetes-ca.crt").display()
+                    )),
+                ),
+            }
+        };
+        let etcd_tls = if c.etcd.management == EtcdManagement::Hakube {
+            Some(pki.operator_etcd_tls()?)
+        } else {
+            None
+        };
+        let stats_password = crate::render::read_or_create_secret(&c.lb.stats.password_file).ok();
+        let now = SystemTime::now();
+        let run_id = format!("{}-{:04x}", stamp(now), rand::random::<u16>());
+        Ok(Drill {
+            c,
+            opts,
+            injector,
+            lab,
+            api_tls,
+            api_error,
+            etcd_tls,
+            stats_password,
+            run_id,
+            interrupts,
+            log,
+        })
+    }
+
+    pub fn via(&self) -> &'static str {
+        self.injector.name()
+    }
+
+    fn interrupts(&self) -> u32 {
+        *self.interrupts.borrow()
+    }
+
+    /// Resolves once `n` interrupts have arrived in total.
+    async fn interrupted(&self, n: u32) {
+        let mut rx = self.interrupts.clone();
+        if rx.wait_for(|c| *c >= n).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn say(&self, sc: Scenario, msg: &str) {
+        (self.log)(&format!("[{}] {msg}", sc.name()));
+    }
+
+    fn mode(&self) -> Mode {
+        match self.c.kubernetes.bootstrap {
+            Bootstrap::Lab => Mode::Kv,
+            Bootstrap::Kubeadm => Mode::ReadOnly,
+        }
+    }
+
+    /// Run one scenario, from the precondition to the write check.
+    pub async fn run(&self, sc: Scenario) -> ScenarioReport {
+        let mut rep = ScenarioReport::new(sc, &self.c.name, self.injector.name());
+        let base = self.interrupts();
+        if base > 0 {
+            return rep.end(Outcome::Interrupted, "not started: interrupted");
+        }
+        let Some(tls) = self.api_tls.clone() else {
+            let why = self.api_error.clone().unwrap_or_default();
+            return rep.end(Outcome::Error, why);
+        };
+        // 1. Where things stand, and what to break.
+        self.say(sc, "checking the cluster");
+        let s = match status::gather(&self.c).await {
+            Ok(s) => s,
+            Err(e) => return rep.end(Outcome::Error, format!("status: {e:#}")),
+        };
+        let plan = match scenario::plan(&self.c, &s, sc, self.opts.host.as_deref()) {
+            Ok(p) => p,
+            Err(NoPlan::Skip(m)) => return rep.end(Outcome::Skipped, m),
+            Err(NoPlan::Invalid(m)) => return rep.end(Outcome::Refused, m),
+        };
+        rep.target = Some(plan.target.clone());
+        rep.chosen_as = Some(plan.chosen_as.clone());
+        rep.faults = plan.actions.clone();
+        rep.hold_ms = self.opts.duration.as_millis() as u64;
+        let what = plan
+            .actions
+            .iter()
+            .map(Action::describe)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // 2. Real hosts need --yes, and are named.
+        if self.injector.name() == "ssh" && !self.opts.yes {
+            let mut hosts: Vec<&str> = plan.actions.iter().map(Action::host).collect();
+            hosts.dedup();
+            return rep.end(
+                Outcome::Refused,
+                format!(
+                    "{} acts on real hosts over SSH (the spec is not a lab's, or --via ssh): it would {what}, touching {}. Nothing was done.\n  help: pass --yes to go ahead",
+                    sc.name(),
+                    hosts.join(", ")
+                ),
+            );
+        }
+        // 3. Safety.
+        let reasons = scenario::refusals(&self.c, &s, &plan);
+        if !reasons.is_empty() {
+            if !self.opts.force {
+                return rep.end(
+                    Outcome::Refused,
+                    format!(
+                        "refusing {} ({what}): {}. Nothing was done.\n  help: fix the cluster first, or pass --force to go ahead anyway",
+                        sc.name(),
+                        reasons.join("; ")
+                    ),
+                );
+            }
+            for r in reasons {
+                let w = format!("--force: going ahead although {r}");
+                self.say(sc, &format!("warning: {w}"));
+                rep.warnings.push(w);
+            }
+        }
+        let holder = s.vip_holders.first().cloned();
+        self.drive(rep, sc, plan.actions, tls, holder, base).await
+    }
+
+    /// Probe, break, hold, restore, recover, check.
+    async fn drive(
+        &self,
+        mut rep: ScenarioReport,
+        sc: Scenario,
+        actions: Vec<Action>,
+        tls: Arc<rustls::ClientConfig>,
+        holder: Option<String>,
+        base: u32,
+    ) -> ScenarioReport {
+        let t0 = Instant::now();
+        let wall0 = SystemTime::now();
+        let prefix = format!("drill/{}/{}/", self.run_id, sc.name());
+        let target = prober::Target {
+            addr: SocketAddr::new(self.c.lb.vip, self.c.lb.api_port),
+            tls: tls.clone(),
+            mode: self.mode(),
+            prefix: prefix.clone(),
+            interval: self.opts.interval,
+            timeout: self.opts.request_timeout,
+        };
+        let watcher = Watcher::start(
+            &self.c,
+            t0,
+            self.etcd_tls.clone(),
+            self.stats_password.clone(),
+        );
+        let prober = Prober::start(target.clone(), t0);
+        rep.probe_start_ms = 0.0;
+        self.say(
+            sc,
+            &format!(
+                "probing https://{} every {} ms on two streams",
+                self.c.control_plane_endpoint(),
+                self.opts.interval.as_millis()
+            ),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.opts.baseline) => {}
+            _ = self.interrupted(base + 1) => {}
+        }
+        if self.interrupts() > base || prober.successes() == 0 {
+            let why = prober.last_error().unwrap_or_else(|| "no answer".into());
+            let _ = prober.stop().await;
+            let _ = watcher.stop().await;
+            return if self.interrupts() > base {
+                rep.end(
+                    Outcome::Interrupted,
+                    "interrupted before the fault; nothing was touched",
+                )
+            } else {
+                rep.end(
+                    Outcome::Error,
+                    format!("the probe got no answer through the VIP ({why}); nothing was touched"),
+                )
+            };
+        }
+
+        // Inject; from here on the guard restores on every path.
+        let mut guard = Guard::new(self.injector.clone());
+        let inject_ms = ms_since(t0);
+        let inject_wall = wall0 + Duration::from_secs_f64(inject_ms / 1000.0);
+        rep.injected_at = Some(utc(inject_wall));
+        self.say(sc, &format!("injecting: {}", describe(&actions)));
+        let injected = guard.inject(&actions, self.opts.duration).await;
+        rep.injected_after_ms = Some(ms_since(t0) - inject_ms);
+        let mut failure: Option<String> = None;
+        let mut interrupted = false;
+        match injected {
+            Ok(()) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.opts.duration) => {}
+                    _ = self.interrupted(base + 1) => {
+                        interrupted = true;
+                        self.say(sc, "interrupted: restoring now (the restore is not interruptible)");
+                    }
+                }
+            }
+            Err(e) => failure = Some(format!("injecting failed: {e:#}")),
+        }
+        self.say(
+            sc,
+            &format!(
+                "restoring: {}",
+                actions
+                    .iter()
+                    .map(Action::undo)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        rep.hold_ms = (ms_since(t0) - inject_ms).max(0.0) as u64;
+        let restored = guard.restore().await;
+        rep.restored_after_ms = Some(ms_since(t0) - inject_ms);
+        let restore_failed = restored.as_ref().err().map(|e| format!("{e:#}"));
+        if let Some(e) = &restore_failed {
+            self.say(sc, &format!("RESTORE FAILED: {e}"));
+        }
+
+        // Recovery: status healthy, and the VIP back where keepalived's priorities put it.
+        let back_to = holder.filter(|h| self.top_priority_lb() == Some(h.as_str()));
+        if interrupted {
+            self.say(
+                sc,
+                "waiting for the cluster to recover (Ctrl-C again to stop waiting)",
+            );
+        }
+        let restored_ms = ms_since(t0);
+        let (recovered, last) = self
+            .wait_recovered(t0, &prober, restored_ms, back_to.as_deref(), base + 2)
+            .await;
+        match recovered {
+            Some(t) => {
+                rep.recovered_after_ms = Some(t - inject_ms);
+                self.say(
+                    sc,
+                    &format!("recovered after {:.2} s", (t - inject_ms) / 1000.0),
+                );
+            }
+            None => self.say(sc, &format!("not recovered: {last}")),
+        }
+        if recovered.is_some() && self.interrupts() < base + 2 {
+            tokio::select! {
+                _ = tokio::time::sleep(self.opts.tail) => {}
+                _ = self.interrupted(base + 2) => {}
+            }
+        }
+        // Requests still in flight are waited for (up to the request timeout), but the probe
+        // ends here.
+        let end_ms = ms_since(t0);
+        let recorded = prober.stop().await;
+        let watched = watcher.stop().await;
+
+        // Every acknowledged write must be there.
+        let writes = self.check_writes(&recorded.writes, &prefix, &tls).await;
+
+        // Relative to the injection from here on.
+        let rel = |t: f64| t - inject_ms;
+        rep.probe_start_ms = rel(0.0);
+        rep.probe_end_ms = rel(end_ms);
+        rep.initial_vip = watched.initial_vip.clone();
+        rep.initial_leader = watched.initial_leader.clone();
+        rep.changes = watched
+            .changes
+            .into_iter()
+            .map(|mut c| {
+                c.t_ms = rel(c.t_ms);
+                c
+            })
+            .collect();
+        let (detected, by) = detection(&rep.changes);
+        rep.detected_after_ms = detected;
+        rep.detected_by = by;
+        if sc.moves_vip() {
+            let first = rep.initial_vip.clone().unwrap_or_default();
+            rep.vip_moved_after_ms = rep
+                .changes
+                .iter()
+                .find(|c| {
+                    c.what == What::Vip
+                        && c.t_ms >= 0.0
+                        && c.to
+                            .split('+')
+                            .any(|h| !h.ends_with('?') && h != first && h != "none")
+                })
+                .map(|c| c.t_ms);
+        }
+        rep.metrics = Some(metrics::compute(&recorded.samples, inject_ms, end_ms));
+        rep.samples = recorded
+            .samples
+            .into_iter()
+            .map(|mut s| {
+                s.start_ms = rel(s.start_ms);
+                s
+            })
+            .collect();
+        rep.writes = Some(writes);
+
+        // The verdict.
+        let mut problems: Vec<String> = Vec::new();
+        problems.extend(failure);
+        problems.extend(restore_failed);
+        if rep.recovered_after_ms.is_none() {
+            problems.push(format!(
+                "not recovered within {} s of the restore: {last}",
+                self.opts.recovery_timeout.as_secs()
+            ));
+        }
+        if rep.lost_writes() > 0 {
+            problems.push(format!(
+                "{} acknowledged write(s) lost: {}",
+                rep.lost_writes(),
+                rep.writes
+                    .as_ref()
+                    .map(|w| w
+                        .lost
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(e) = rep.writes.as_ref().and_then(|w| w.error.clone()) {
+            problems.push(format!("the writes could not be checked: {e}"));
+        }
+        if interrupted {
+            let msg = if problems.is_empty() {
+                "interrupted; the fault was restored and the cluster recovered".to_string()
+            } else {
+                format!(
+                    "interrupted; the fault was restored; {}",
+                    problems.join("; ")
+                )
+            };
+            return rep.end(Outcome::Interrupted, msg);
+        }
+        if problems.is_empty() {
+            rep.outcome = Outcome::Passed;
+            rep
+        } else {
+            rep.end(Outcome::Failed, problems.join("; "))
+        }
+    }
+
+    /// The LB keepalived puts the VIP on when every LB is healthy (the highest priority).
+    fn top_priority_lb(&self) -> Option<&str> {
+        self.c
+            .lb
+            .vrrp
+            .priorities
+            .iter()
+            .max_by_key(|(_, p)| **p)
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Poll `status` until healthy, the VIP on `holder` (if given), and every probe request of
+    /// the last second answered (started after the restore; the ones of the last 300 ms may
+    /// still be in flight). Returns when, in ms on the drill's clock, and the last reason it was
+    /// not.
+    async fn wait_recovered(
+        &self,
+        t0: Instant,
+        prober: &Prober,
+        restored_ms: f64,
+        holder: Option<&str>,
+        give_up_at: u32,
+    ) -> (Option<f64>, String) {
+        let deadline = Instant::now() + self.opts.recovery_timeout;
+        let mut last = String::from("not checked");
+        let mut said = String::new();
+        while Instant::now() < deadline {
+            if self.interrupts() >= give_up_at {
+                return (None, "interrupted while waiting for recovery".into());
+            }
+            match tokio::time::timeout(Duration::from_secs(10), status::gather(&self.c)).await {
+                Ok(Ok(s)) => {
+                    let on_holder = holder.is_none_or(|h| s.vip_holders == [h]);
+                    let now = ms_since(t0);
+                    let clients = prober.clients_ok((now - 1000.0).max(restored_ms), now - 300.0);
+                    if s.overall == Health::Healthy && on_holder && clients {
+                        return (Some(now), String::new());
+                    }
+                    last = if s.overall != Health::Healthy {
+                        s.verdicts
+                            .iter()
+                            .filter(|v| v.health != Health::Healthy)
+                            .map(|v| format!("{}: {}", v.layer, v.reason))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    } else if !on_holder {
+                        format!(
+                            "the VIP is on {} (waiting for {})",
+                            s.vip_holders.join("+"),
+                            holder.unwrap_or("-")
+                        )
+                    } else {
+                        format!(
+                            "status is healthy, but clients still fail through the VIP ({})",
+                            prober
+                                .last_error()
+                                .unwrap_or_else(|| "no answer yet".into())
+                        )
+                    };
+                }
+                Ok(Err(e)) => last = format!("status: {e:#}"),
+                Err(_) => last = "status timed out".into(),
+            }
+            if last != said {
+                (self.log)(&format!("  waiting: {last}"));
+                said = last.clone();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = self.interrupted(give_up_at) => {}
+            }
+        }
+        (None, last)
+    }
+
+    /// Read the drill's keys back, straight from etcd when hakube manages it, else through the
+    /// API; then delete them.
+    async fn check_writes(
+        &self,
+        writes: &[prober::Write],
+        prefix: &str,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> WriteCheck {
+        let mut w = WriteCheck {
+            acknowledged: writes.iter().filter(|w| w.acknowledged).count(),
+            failed: writes.iter().filter(|w| !w.acknowledged).count(),
+            ..Default::default()
+        };
+        if self.mode() == Mode::ReadOnly {
+            w.method = "none (read-only probe)".into();
+            return w;
+        }
+        let stored = match self.read_etcd(prefix).await {
+            Ok(m) => {
+                w.method = "etcd".into();
+                Ok(m)
+            }
+            Err(e) => {
+                w.method = "api".into();
+                self.read_api(prefix, tls)
+                    .await
+                    .map_err(|e2| format!("etcd: {e:#}; API: {e2:#}"))
+            }
+        };
+        let stored = match stored {
+            Ok(m) => m,
+            Err(e) => {
+                w.error = Some(e);
+                return w;
+            }
+        };
+        for x in writes {
+            let there = stored.get(&x.key) == Some(&x.value);
+            match (x.acknowledged, there) {
+                (true, true) => w.verified += 1,
+                (true, false) => w.lost.push(x.key.clone()),
+                (false, true) => w.failed_but_stored += 1,
+                (false, false) => {}
+            }
+        }
+        if w.method == "etcd" {
+            let _ = self.delete_etcd(prefix).await;
+        }
+        w
+    }
+
+    async fn etcd_client(&self) -> Result<etcd_client::Client> {
+        let tls = self
+            .etcd_tls
+            .as_ref()
+            .context("etcd is not managed by hakube")?;
+        crate::etcd::connect(&self.c.etcd_client_urls(), tls, Duration::from_secs(3)).await
+    }
+
+    async fn read_etcd(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut cl = self.etcd_client().await?;
+        let full = format!("{LAB_KV_PREFIX}{prefix}");
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            cl.get(full, Some(etcd_client::GetOptions::new().with_prefix())),
+        )
+        .await
+        .context("etcd read timed out")??;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                let k = String::from_utf8_lossy(kv.key());
+                (
+                    k.strip_prefix(LAB_KV_PREFIX).unwrap_or(&k).to_string(),
+                    String::from_utf8_lossy(kv.value()).to_string(),
+                )
+            })
+            .collect())
+    }
+
+    async fn delete_etcd(&self, prefix: &str) -> Result<()> {
+        let mut cl = self.etcd_client().await?;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            cl.delete(
+                format!("{LAB_KV_PREFIX}{prefix}"),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ),
+        )
+        .await
+        .context("etcd delete timed out")??;
+        Ok(())
+    }
+
+    async fn read_api(
+        &self,
+        prefix: &str,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let addr = SocketAddr::new(self.c.lb.vip, self.c.lb.api_port);
+        let target = prober::Target {
+            addr,
+            tls: tls.clone(),
+            mode: Mode::Kv,
+            prefix: prefix.to_string(),
+            interval: self.opts.interval,
+            timeout: Duration::from_secs(10),
+        };
+        let (code, body) = prober::get(&target, &format!("/kv?prefix={prefix}"))
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        if code != 200 {
+            bail!("listing through the VIP answered {code}");
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        Ok(v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i["key"].as_str().unwrap_or("").to_string(),
+                    i["value"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect())
+    }
+}
+
+fn describe(actions: &[Action]) -> String {
+    actions
+        .iter()
+        .map(Action::describe)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// When the cluster first reacted: a VIP move, a leader change, or an API server marked DOWN.
+pub fn detection(changes: &[Change]) -> (Option<f64>, Option<String>) {
+    changes
+        .iter()
+        .filter(|c| c.t_ms >= 0.0)
+        .find(|c| match c.what {
+            What::Vip | What::Leader => true,
+            What::Backend => c.to.starts_with("DOWN") || c.to.starts_with("MAINT"),
+        })
+        .map(|c| {
+            let by = match c.what {
+                What::Vip => format!("VIP {} → {}", c.from, c.to),
+                What::Leader => format!("etcd leader {} → {}", c.from, c.to),
+                What::Backend => format!("HAProxy marked {} {}", c.subject, c.to),
+            };
+            (Some(c.t_ms), Some(by))
+        })
+        .unwrap_or((None, None))
+}
