@@ -900,14 +900,27 @@ impl Phase for Verify {
                 }
             }
             let vip = ctx.c.lb.vip.to_string();
-            let holders = vip_holders(ctx, &vip).await?;
-            if holders.len() == 1 {
-                ctx.log("ok", "", &format!("VIP {vip} on {}", holders[0]));
-            } else {
-                problems.push(format!(
-                    "the VIP {vip} is on {} load balancers: {holders:?}",
-                    holders.len()
-                ));
+            // VRRP may be mid-transition (a preempting master takes over as API servers come
+            // up), so wait for a settled single holder rather than trusting one sample.
+            let settled = wait_for(
+                "exactly one VIP holder",
+                Duration::from_secs(15),
+                || async {
+                    let h = vip_holders(ctx, &vip).await?;
+                    if h.len() == 1 {
+                        Ok(())
+                    } else {
+                        bail!("the VIP {vip} is on {} load balancers: {h:?}", h.len())
+                    }
+                },
+            )
+            .await;
+            match settled {
+                Ok(()) => {
+                    let holders = vip_holders(ctx, &vip).await?;
+                    ctx.log("ok", "", &format!("VIP {vip} on {}", holders.join(", ")));
+                }
+                Err(e) => problems.push(format!("{e:#}")),
             }
             if problems.is_empty() {
                 Ok(())
