@@ -7,7 +7,6 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub const SERVICES: [&str; 4] = ["haproxy", "keepalived", "etcd", "hakube-lab-apiserver"];
 const BINARIES: [&str; 9] = [
     "haproxy",
     "keepalived",
@@ -62,7 +61,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn facts_script(c: &Cluster) -> String {
+/// What to ask one host: only the versions and services its roles need, since every
+/// `systemctl` and `--version` is a process on a host that may be busy.
+pub fn facts_script(c: &Cluster, h: &Host) -> String {
     let mut s = String::from(
         "echo \"hostname=$(hostname)\"\n\
          echo \"os=$(. /etc/os-release 2>/dev/null; echo \"$ID $VERSION_ID\")\"\n\
@@ -76,13 +77,20 @@ pub fn facts_script(c: &Cluster) -> String {
             "p=$(command -v {b} 2>/dev/null) && echo \"bin.{b}=$p\"\n"
         ));
     }
-    s.push_str("haproxy -v 2>/dev/null | head -1 | sed 's/^/ver.haproxy=/'\n");
-    s.push_str("keepalived --version 2>&1 | head -1 | sed 's/^/ver.keepalived=/'\n");
-    s.push_str(&format!(
-        "{} --version 2>/dev/null | head -1 | sed 's/^/ver.etcd=/'\n",
-        transport::quote(&c.etcd.binary)
-    ));
-    for svc in SERVICES {
+    let mut services: Vec<&str> = Vec::new();
+    if h.roles.loadbalancer {
+        s.push_str("haproxy -v 2>/dev/null | head -1 | sed 's/^/ver.haproxy=/'\n");
+        s.push_str("keepalived --version 2>&1 | head -1 | sed 's/^/ver.keepalived=/'\n");
+        services.extend(["haproxy", "keepalived"]);
+    }
+    if h.roles.control_plane {
+        s.push_str(&format!(
+            "{} --version 2>/dev/null | head -1 | sed 's/^/ver.etcd=/'\n",
+            transport::quote(&c.etcd.binary)
+        ));
+        services.extend(["etcd", "hakube-lab-apiserver"]);
+    }
+    for svc in services {
         s.push_str(&format!(
             "a=$(systemctl is-active {svc} 2>/dev/null); e=$(systemctl is-enabled {svc} 2>/dev/null); echo \"svc.{svc}=$a $e\"\n"
         ));
@@ -135,7 +143,8 @@ pub fn parse(text: &str, _unused: i64) -> Facts {
 }
 
 pub async fn gather(t: &dyn Transport, c: &Cluster) -> Result<Facts> {
-    let out = transport::run(t, &facts_script(c), "gather facts", Duration::from_secs(30)).await?;
+    let h = c.host(t.host()).ok_or_else(|| anyhow::anyhow!("{} is not in the spec", t.host()))?;
+    let out = transport::run(t, &facts_script(c, h), "gather facts", Duration::from_secs(60)).await?;
     let mut f = parse(&out.stdout_str(), 0);
     f.clock_offset_ms = clock_offset(t).await?;
     Ok(f)
@@ -147,7 +156,7 @@ async fn clock_offset(t: &dyn Transport) -> Result<i64> {
     let mut best: Option<(i64, i64)> = None;
     for _ in 0..3 {
         let t0 = now_ms();
-        let out = transport::run(t, "date +%s%3N", "date", Duration::from_secs(10)).await?;
+        let out = transport::run(t, "date +%s%3N", "date", Duration::from_secs(30)).await?;
         let t1 = now_ms();
         let Ok(remote) = out.stdout_str().trim().parse::<i64>() else {
             continue;

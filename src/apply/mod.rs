@@ -394,10 +394,14 @@ async fn prepare_ctx(
     // Facts from every host in parallel, then every problem at once.
     let mut facts = BTreeMap::new();
     let mut errors = Vec::new();
-    let gathered = futures::future::join_all(hosts.iter().map(|(n, t)| {
+    use futures::stream::StreamExt;
+    let limit = opts.concurrency.max(1);
+    let gathered: Vec<(String, Result<Facts>)> = futures::stream::iter(hosts.iter().map(|(n, t)| {
         let c = &c;
         async move { (n.clone(), facts::gather(t.as_ref(), c).await) }
     }))
+    .buffer_unordered(limit)
+    .collect()
     .await;
     for (n, r) in gathered {
         match r {
