@@ -48,8 +48,8 @@ pub struct Sample {
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Sent again on a new connection after the kept-alive one closed before any answer (what
-    /// Go's net/http, and so kubectl and client-go, do).
+    /// A GET sent again on a new connection after the kept-alive one closed before any answer
+    /// (what Go's net/http, and so kubectl and client-go, do; writes are not sent again).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub retried: bool,
     /// The request opened a new connection (always for the fresh stream).

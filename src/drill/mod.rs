@@ -217,6 +217,8 @@ pub struct Drill {
     api_error: Option<String>,
     etcd_tls: Option<crate::etcd::Tls>,
     stats_password: Option<String>,
+    /// Lab host -> its network namespace, when faults go through the lab.
+    netns: Option<std::collections::BTreeMap<String, String>>,
     run_id: String,
     interrupts: tokio::sync::watch::Receiver<u32>,
     log: Arc<dyn Fn(&str) + Send + Sync>,
@@ -264,6 +266,7 @@ impl Drill {
         log: Arc<dyn Fn(&str) + Send + Sync>,
     ) -> Result<Drill> {
         let lab = lab_of(spec, &c);
+        let mut netns = None;
         let injector: Arc<dyn Injector> = match (opts.via, &lab) {
             (Via::Lab, None) => bail!(
                 "--via lab: {} does not belong to a lab (a lab's spec is {LAB_ROOT}/<lab>/cluster.yaml, with bootstrap: lab)",
@@ -275,6 +278,13 @@ impl Drill {
                         "drills on a lab use its fault primitives, which need root\n  help: run it with sudo"
                     );
                 }
+                let st = LabState::require(&LabPaths::new(name))?;
+                netns = Some(
+                    st.hosts
+                        .iter()
+                        .map(|h| (h.name.clone(), h.netns.clone()))
+                        .collect(),
+                );
                 Arc::new(LabInjector {
                     lab: name.clone(),
                     exe: std::env::current_exe().context("cannot find the hakube binary")?,
@@ -319,6 +329,7 @@ impl Drill {
             api_error,
             etcd_tls,
             stats_password,
+            netns,
             run_id,
             interrupts,
             log,
@@ -416,8 +427,39 @@ impl Drill {
                 rep.warnings.push(w);
             }
         }
-        let holder = s.vip_holders.first().cloned();
-        self.drive(rep, sc, plan.actions, tls, holder, base).await
+        self.drive(rep, sc, plan, &s, tls, base).await
+    }
+
+    /// On a lab, and unless --host says otherwise, the control-plane scenarios break the
+    /// control plane that serves the probe's kept-alive connection, when it qualifies: the worst
+    /// case for long-lived clients (watches), instead of a coin toss. On real hosts the target
+    /// named before the drill stands.
+    fn retarget(
+        &self,
+        plan: &scenario::Plan,
+        s: &status::Status,
+        busy: Option<String>,
+    ) -> Option<scenario::Plan> {
+        let sc = plan.scenario;
+        let fits = matches!(
+            sc,
+            Scenario::ApiserverDown | Scenario::ControlPlanePartition | Scenario::EtcdMemberDown
+        );
+        let busy = busy?;
+        if !fits || self.opts.host.is_some() || self.injector.name() != "lab" || busy == plan.target
+        {
+            return None;
+        }
+        let leader = s.etcd.iter().any(|m| m.name == busy && m.is_leader);
+        if leader && sc != Scenario::ApiserverDown {
+            return None;
+        }
+        let mut p = scenario::plan(&self.c, s, sc, Some(&busy)).ok()?;
+        if !scenario::refusals(&self.c, s, &p).is_empty() {
+            return None;
+        }
+        p.chosen_as = "it serves the probe's kept-alive connection".into();
+        Some(p)
     }
 
     /// Probe, break, hold, restore, recover, check.
@@ -425,11 +467,12 @@ impl Drill {
         &self,
         mut rep: ScenarioReport,
         sc: Scenario,
-        actions: Vec<Action>,
+        plan: scenario::Plan,
+        s: &status::Status,
         tls: Arc<rustls::ClientConfig>,
-        holder: Option<String>,
         base: u32,
     ) -> ScenarioReport {
+        let holder = s.vip_holders.first().cloned();
         let t0 = Instant::now();
         let wall0 = SystemTime::now();
         let prefix = format!("drill/{}/{}/", self.run_id, sc.name());
@@ -446,6 +489,7 @@ impl Drill {
             t0,
             self.etcd_tls.clone(),
             self.stats_password.clone(),
+            self.netns.as_ref(),
         );
         let prober = Prober::start(target.clone(), t0);
         rep.probe_start_ms = 0.0;
@@ -477,6 +521,18 @@ impl Drill {
                 )
             };
         }
+
+        let plan = match self.retarget(&plan, s, watcher.busiest_backend()) {
+            Some(p) => {
+                self.say(sc, &format!("target: {} ({})", p.target, p.chosen_as));
+                rep.target = Some(p.target.clone());
+                rep.chosen_as = Some(p.chosen_as.clone());
+                rep.faults = p.actions.clone();
+                p
+            }
+            None => plan,
+        };
+        let actions = plan.actions;
 
         // Inject; from here on the guard restores on every path.
         let mut guard = Guard::new(self.injector.clone());
@@ -858,13 +914,24 @@ fn describe(actions: &[Action]) -> String {
         .join(", ")
 }
 
+/// The LBs named in a VIP label ("lb1?+lb2" -> lb1, lb2).
+fn holders(label: &str) -> std::collections::BTreeSet<&str> {
+    label
+        .split('+')
+        .map(|h| h.trim_end_matches('?'))
+        .filter(|h| *h != "none")
+        .collect()
+}
+
 /// When the cluster first reacted: a VIP move, a leader change, or an API server marked DOWN.
 pub fn detection(changes: &[Change]) -> (Option<f64>, Option<String>) {
     changes
         .iter()
         .filter(|c| c.t_ms >= 0.0)
         .find(|c| match c.what {
-            What::Vip | What::Leader => true,
+            // Not a move: only whether an LB could be asked changed ("lb1" -> "lb1?").
+            What::Vip => holders(&c.from) != holders(&c.to),
+            What::Leader => true,
             What::Backend => c.to.starts_with("DOWN") || c.to.starts_with("MAINT"),
         })
         .map(|c| {
@@ -876,4 +943,48 @@ pub fn detection(changes: &[Change]) -> (Option<f64>, Option<String>) {
             (Some(c.t_ms), Some(by))
         })
         .unwrap_or((None, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(t: f64, from: &str, to: &str) -> Change {
+        Change {
+            t_ms: t,
+            what: What::Vip,
+            subject: "vip".into(),
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+
+    #[test]
+    fn detection_ignores_changes_before_the_fault_and_mere_reachability() {
+        let changes = vec![
+            vip(-10.0, "lb2", "lb1"),
+            vip(100.0, "lb1", "lb1?"),
+            Change {
+                t_ms: 200.0,
+                what: What::Backend,
+                subject: "master1@lb1".into(),
+                from: "UP".into(),
+                to: "UP 1/2".into(),
+            },
+            Change {
+                t_ms: 300.0,
+                what: What::Backend,
+                subject: "master1@lb1".into(),
+                from: "UP 1/2".into(),
+                to: "DOWN".into(),
+            },
+            vip(400.0, "lb1?", "lb1?+lb2"),
+        ];
+        assert_eq!(
+            detection(&changes),
+            (Some(300.0), Some("HAProxy marked master1@lb1 DOWN".into()))
+        );
+        assert_eq!(detection(&changes[4..]).0, Some(400.0));
+        assert_eq!(detection(&changes[..2]), (None, None));
+    }
 }

@@ -282,10 +282,13 @@ async fn exchange(
 /// Whether an error on a reused connection means the server closed it before answering (the
 /// request can be sent again on a new one, as Go's net/http does).
 fn closed_before_answer(e: &hyper::Error) -> bool {
-    e.is_canceled() || e.is_closed() || e.is_incomplete_message() || {
-        let r = hyper_reason(e);
-        r == "connection reset" || r == "broken pipe"
-    }
+    e.is_canceled()
+        || e.is_closed()
+        || e.is_incomplete_message()
+        || matches!(
+            hyper_reason(e).as_str(),
+            "connection reset" | "broken pipe" | "connection closed"
+        )
 }
 
 /// Judge an answer and record it (and the write, if it was one).
@@ -455,7 +458,9 @@ async fn keepalive_stream(
                     Ok(a) => return Ok(a),
                     Err(e) => {
                         conn = None;
-                        if !new_connection && !retried && closed_before_answer(&e) {
+                        // Go sends again only requests it may replay: GETs, not the PUTs.
+                        let replayable = p.method == hyper::Method::GET;
+                        if replayable && !new_connection && !retried && closed_before_answer(&e) {
                             retried = true;
                             continue;
                         }

@@ -1,5 +1,6 @@
 //! What the cluster did during a drill, polled every ~200 ms in the background: which load
-//! balancer holds the VIP (over SSH, `ip -o addr`), which etcd member leads (the etcd API), and
+//! balancer holds the VIP (`ip -o addr`, over SSH; on a lab in the host's network namespace),
+//! which etcd member leads (the etcd API), and
 //! how each load balancer's HAProxy rates each API server (its stats CSV). Only changes are kept.
 
 use crate::spec::{Cluster, Host, url};
@@ -50,6 +51,9 @@ struct State {
     names: BTreeMap<u64, String>,
     leader_label: Option<String>,
     backends: BTreeMap<String, String>,
+    /// Per API server: how many stats polls found sessions on it (the probe's kept-alive
+    /// connection keeps one open all the time).
+    busy: BTreeMap<String, u32>,
     initial: BTreeMap<String, String>,
     changes: Vec<Change>,
 }
@@ -77,7 +81,9 @@ impl State {
         let last = self.vip.get(lb).copied().flatten();
         self.vip.insert(lb.to_string(), holds);
         if holds.is_none() {
-            self.stale.insert(lb.to_string(), last.unwrap_or(false));
+            if !self.stale.contains_key(lb) {
+                self.stale.insert(lb.to_string(), last.unwrap_or(false));
+            }
         } else {
             self.stale.remove(lb);
         }
@@ -178,6 +184,7 @@ impl Watcher {
         t0: Instant,
         etcd_tls: Option<crate::etcd::Tls>,
         stats_password: Option<String>,
+        netns: Option<&BTreeMap<String, String>>,
     ) -> Watcher {
         let (stop, rx) = watch::channel(false);
         let state = Arc::new(Mutex::new(State::default()));
@@ -190,9 +197,16 @@ impl Watcher {
         }
         let mut tasks = JoinSet::new();
         for h in &lbs {
+            let src = match netns.and_then(|m| m.get(&h.name)) {
+                Some(ns) => VipSource::Netns(ns.clone()),
+                None => VipSource::Ssh {
+                    host: h.clone(),
+                    base: c.base_dir.clone(),
+                },
+            };
             tasks.spawn(vip_loop(
-                h.clone(),
-                c.base_dir.clone(),
+                h.name.clone(),
+                src,
                 c.lb.vip.to_string(),
                 t0,
                 state.clone(),
@@ -241,6 +255,17 @@ impl Watcher {
             .collect()
     }
 
+    /// The API server that carried sessions in the most stats polls so far: the one the
+    /// probe's kept-alive connection goes to (HAProxy balances by least connections, so the
+    /// short-lived ones go elsewhere).
+    pub fn busiest_backend(&self) -> Option<String> {
+        lock(&self.state)
+            .busy
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(s, _)| s.clone())
+    }
+
     pub async fn stop(mut self) -> Watched {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
@@ -270,9 +295,71 @@ fn interval() -> tokio::time::Interval {
     t
 }
 
+/// Where the VIP watcher reads an LB's addresses.
+#[derive(Clone)]
+pub enum VipSource {
+    /// `ip -o addr show` over SSH (real hosts).
+    Ssh {
+        host: Host,
+        base: std::path::PathBuf,
+    },
+    /// `ip -n NETNS -o addr show` from this machine (a lab host: its network namespace, which
+    /// answers even while the host is partitioned or busy).
+    Netns(String),
+}
+
+async fn addresses(
+    src: &VipSource,
+    session: &mut Option<Ssh>,
+    last_try: &mut Option<Instant>,
+) -> Option<String> {
+    match src {
+        VipSource::Netns(ns) => {
+            let out = tokio::time::timeout(
+                Duration::from_secs(1),
+                tokio::process::Command::new("ip")
+                    .args(["-n", ns, "-o", "addr", "show"])
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        }
+        VipSource::Ssh { host, base } => {
+            if session.is_none() && last_try.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                *last_try = Some(Instant::now());
+                *session = tokio::time::timeout(
+                    Duration::from_millis(1500),
+                    Ssh::connect(host, base, Duration::from_secs(1)),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok);
+            }
+            let s = session.as_ref()?;
+            let r = transport::run(
+                s as &dyn Transport,
+                "ip -o addr show",
+                "ip -o addr show",
+                Duration::from_secs(1),
+            )
+            .await;
+            if r.is_err() {
+                *session = None;
+            }
+            r.ok().map(|o| o.stdout_str())
+        }
+    }
+}
+
 async fn vip_loop(
-    h: Host,
-    base: std::path::PathBuf,
+    name: String,
+    src: VipSource,
     vip: String,
     t0: Instant,
     state: Arc<Mutex<State>>,
@@ -283,41 +370,18 @@ async fn vip_loop(
     let mut last_try: Option<Instant> = None;
     let mut misses = 0;
     while next(&mut tick, &mut stop).await {
-        if session.is_none() && last_try.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-            last_try = Some(Instant::now());
-            session = tokio::time::timeout(
-                Duration::from_millis(1500),
-                Ssh::connect(&h, &base, Duration::from_secs(1)),
-            )
+        let holds = addresses(&src, &mut session, &mut last_try)
             .await
-            .ok()
-            .and_then(Result::ok);
-        }
-        let holds = match &session {
-            Some(s) => transport::run(
-                s as &dyn Transport,
-                "ip -o addr show",
-                "ip -o addr show",
-                Duration::from_secs(1),
-            )
-            .await
-            .ok()
-            .map(|o| {
-                o.stdout_str()
-                    .split_whitespace()
+            .map(|text| {
+                text.split_whitespace()
                     .any(|w| w.split('/').next() == Some(vip.as_str()))
-            }),
-            None => None,
-        };
+            });
         // One slow answer is not a lost host: it takes two misses in a row.
         misses = if holds.is_none() { misses + 1 } else { 0 };
-        if holds.is_none() {
-            session = None;
-            if misses < 2 {
-                continue;
-            }
+        if holds.is_none() && misses < 2 {
+            continue;
         }
-        lock(&state).update_vip(ms_since(t0), &h.name, holds);
+        lock(&state).update_vip(ms_since(t0), &name, holds);
     }
 }
 
@@ -357,8 +421,9 @@ async fn leader_loop(
     }
 }
 
-/// `status` of every server of HAProxy's `k8s-api` backend, from the stats CSV.
-pub fn backend_states(csv: &str) -> Vec<(String, String)> {
+/// `status` and current sessions (`scur`) of every server of HAProxy's `k8s-api` backend, from
+/// the stats CSV.
+pub fn backend_states(csv: &str) -> Vec<(String, String, u64)> {
     let mut lines = csv.lines();
     let head: Vec<&str> = lines
         .next()
@@ -368,7 +433,9 @@ pub fn backend_states(csv: &str) -> Vec<(String, String)> {
         .split(',')
         .collect();
     let col = |n: &str| head.iter().position(|h| *h == n);
-    let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col("status")) else {
+    let (Some(px), Some(sv), Some(st), cur) =
+        (col("pxname"), col("svname"), col("status"), col("scur"))
+    else {
         return vec![];
     };
     let mut out = Vec::new();
@@ -376,7 +443,8 @@ pub fn backend_states(csv: &str) -> Vec<(String, String)> {
         let f: Vec<&str> = l.split(',').collect();
         let get = |i: usize| f.get(i).copied().unwrap_or("");
         if get(px) == "k8s-api" && !["FRONTEND", "BACKEND", ""].contains(&get(sv)) {
-            out.push((get(sv).to_string(), get(st).to_string()));
+            let sessions = cur.and_then(|c| get(c).parse().ok()).unwrap_or(0);
+            out.push((get(sv).to_string(), get(st).to_string(), sessions));
         }
     }
     out
@@ -411,7 +479,10 @@ async fn stats_loop(
         match r {
             Ok(Ok((200, body))) => {
                 unreachable.clear();
-                for (server, status) in backend_states(&String::from_utf8_lossy(&body)) {
+                for (server, status, sessions) in backend_states(&String::from_utf8_lossy(&body)) {
+                    if sessions > 0 {
+                        *st.busy.entry(server.clone()).or_default() += 1;
+                    }
                     st.update_backend(t, &format!("{server}@{lb}"), status);
                 }
             }
@@ -451,6 +522,7 @@ mod tests {
         // An unreachable holder keeps its last known state, marked "?".
         st.update_vip(700.0, "lb1", Some(true));
         st.update_vip(800.0, "lb1", None);
+        st.update_vip(850.0, "lb1", None);
         st.update_vip(900.0, "lb2", Some(false));
         assert_eq!(st.initial["vip"], "lb1");
         let c: Vec<(f64, &str, &str)> = st
@@ -493,12 +565,12 @@ mod tests {
 
     #[test]
     fn haproxy_csv() {
-        let csv = "# pxname,svname,qcur,status\nk8s-api,FRONTEND,,OPEN\nk8s-api,master1,0,UP\nk8s-api,master2,0,DOWN 1/2\nk8s-api,BACKEND,0,UP\nstats,FRONTEND,,OPEN\n";
+        let csv = "# pxname,svname,scur,status\nk8s-api,FRONTEND,3,OPEN\nk8s-api,master1,1,UP\nk8s-api,master2,0,DOWN 1/2\nk8s-api,BACKEND,1,UP\nstats,FRONTEND,,OPEN\n";
         assert_eq!(
             backend_states(csv),
             [
-                ("master1".to_string(), "UP".to_string()),
-                ("master2".to_string(), "DOWN 1/2".to_string())
+                ("master1".to_string(), "UP".to_string(), 1),
+                ("master2".to_string(), "DOWN 1/2".to_string(), 0)
             ]
         );
     }
