@@ -396,13 +396,14 @@ async fn prepare_ctx(
     let mut errors = Vec::new();
     use futures::stream::StreamExt;
     let limit = opts.concurrency.max(1);
-    let gathered: Vec<(String, Result<Facts>)> = futures::stream::iter(hosts.iter().map(|(n, t)| {
-        let c = &c;
-        async move { (n.clone(), facts::gather(t.as_ref(), c).await) }
-    }))
-    .buffer_unordered(limit)
-    .collect()
-    .await;
+    let gathered: Vec<(String, Result<Facts>)> =
+        futures::stream::iter(hosts.iter().map(|(n, t)| {
+            let c = &c;
+            async move { (n.clone(), facts::gather(t.as_ref(), c).await) }
+        }))
+        .buffer_unordered(limit)
+        .collect()
+        .await;
     for (n, r) in gathered {
         match r {
             Ok(f) => {
