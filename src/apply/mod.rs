@@ -97,6 +97,9 @@ pub struct Ctx {
     stats: Mutex<BTreeMap<String, HostStats>>,
     /// Services whose inputs changed in an earlier phase: host -> services.
     pending: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Checksums of every wanted file as found on the hosts, read once up front (one round
+    /// trip per host) and kept current as files are written.
+    hashes: Mutex<BTreeMap<(String, String), Option<String>>>,
     phase: Mutex<&'static str>,
     out: Mutex<()>,
 }
@@ -195,7 +198,17 @@ impl Ctx {
         }
         let t = self.host(host)?;
         let paths: Vec<String> = want.iter().map(|f| f.path.clone()).collect();
-        let have = transport::remote_hashes(t, &paths).await?;
+        let cached: Option<Vec<Option<String>>> = {
+            let h = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+            paths
+                .iter()
+                .map(|p| h.get(&(host.to_string(), p.clone())).cloned())
+                .collect()
+        };
+        let have = match cached {
+            Some(v) => v,
+            None => transport::remote_hashes(t, &paths).await?,
+        };
         let mut changed = Vec::new();
         for (f, h) in want.iter().zip(have) {
             if h.as_deref() == Some(f.sha256().as_str()) {
@@ -229,6 +242,10 @@ impl Ctx {
                 );
             } else {
                 transport::write_file(t, &f.path, f.data(), f.mode).await?;
+                self.hashes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((host.to_string(), f.path.clone()), Some(f.sha256()));
                 self.log("change", host, &format!("{verb}d {}", f.path));
             }
             self.stat(host, |s| s.changed += 1);
@@ -436,6 +453,7 @@ async fn prepare_ctx(
         _ => None,
     };
     let files = files::desired(&c, &pki, lab_bin.as_deref())?;
+    let hashes = prefetch_hashes(&hosts, &files, limit).await?;
     Ok(Ctx {
         c,
         opts,
@@ -445,9 +463,41 @@ async fn prepare_ctx(
         pki,
         stats: Mutex::new(BTreeMap::new()),
         pending: Mutex::new(BTreeMap::new()),
+        hashes: Mutex::new(hashes),
         phase: Mutex::new("facts"),
         out: Mutex::new(()),
     })
+}
+
+/// Every wanted file's checksum on its host, one round trip per host, in parallel.
+async fn prefetch_hashes(
+    hosts: &BTreeMap<String, Arc<dyn Transport>>,
+    files: &[RenderedFile],
+    limit: usize,
+) -> Result<BTreeMap<(String, String), Option<String>>> {
+    use futures::stream::StreamExt;
+    let results: Vec<Result<Vec<((String, String), Option<String>)>>> =
+        futures::stream::iter(hosts.iter().map(|(n, t)| async move {
+            let paths: Vec<String> = files
+                .iter()
+                .filter(|f| &f.host == n)
+                .map(|f| f.path.clone())
+                .collect();
+            let sums = transport::remote_hashes(t.as_ref(), &paths).await?;
+            Ok(paths
+                .into_iter()
+                .zip(sums)
+                .map(|(p, h)| ((n.clone(), p), h))
+                .collect())
+        }))
+        .buffer_unordered(limit)
+        .collect()
+        .await;
+    let mut out = BTreeMap::new();
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
 }
 
 /// The lab API server binary next to this executable.
