@@ -52,6 +52,7 @@ run() { # label spec: apply the spec, then the drills
   grep -E '\] (injecting|recovered|not recovered)|refus' "$OUT/$label.log" >&2 || true
 }
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 "$HAKUBE" lab up --name "$LAB" --subnet "$SUBNET" >/dev/null
 # The runbook's settings, on the same hosts (same folder, so the same PKI and secrets).
 python3 - "$DIR/cluster.yaml" "$DIR/cluster-seed.yaml" <<'EOF'
@@ -68,9 +69,10 @@ EOF
 run tuned "$DIR/cluster.yaml"
 run seed "$DIR/cluster-seed.yaml"
 
-python3 - "$OUT/seed.json" "$OUT/tuned.json" "$DURATION" "$(nproc)" <<'EOF' | tee "$OUT/compare.md"
+LOAD="load average $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+python3 - "$OUT/seed.json" "$OUT/tuned.json" "$DURATION" "$(nproc)" "$LOAD" "$(basename "$HAKUBE")" <<'EOF' | tee "$OUT/compare.md"
 import json, sys
-seed_f, tuned_f, duration, cores = sys.argv[1:5]
+seed_f, tuned_f, duration, cores, load, binary = sys.argv[1:7]
 def load(f):
     try:
         return {s["scenario"]: s for s in json.load(open(f))["scenarios"]}
@@ -91,19 +93,25 @@ def failed(s):
 def lost(s):
     w = s.get("writes") or {}
     return "—" if not w or w.get("method", "").startswith("none") else str(len(w.get("lost", [])))
+def hit(s):
+    # Whether the fault hit the API server that served the kept-alive connection.
+    on, faults = s.get("kept_alive_on"), s.get("faults") or []
+    if not on:
+        return "—"
+    return "yes" if any(f.get("host") == on for f in faults) else "no"
 def res(s):
     return s.get("outcome", "—")
 names = list(dict.fromkeys(list(tuned) + list(seed)))
-print(f"\nhakube drill, seed (runbook) vs tuned (hakube defaults); fault held {duration}; {cores} cores\n")
-print("| scenario | downtime seed | downtime tuned | failed requests seed | failed requests tuned | VIP moved seed | VIP moved tuned | detected seed | detected tuned | recovered seed | recovered tuned | lost writes seed | lost writes tuned | result seed / tuned |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print(f"\nhakube drill, seed (runbook) vs tuned (hakube defaults); fault held {duration}; {cores} cores, {load}\n")
+print("| scenario | downtime seed | downtime tuned | failed requests seed | failed requests tuned | VIP moved seed | VIP moved tuned | detected seed | detected tuned | recovered seed | recovered tuned | lost writes seed | lost writes tuned | kept-alive hit seed / tuned | result seed / tuned |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in names:
     s, t = seed.get(n, {}), tuned.get(n, {})
     print(f"| {n} | {secs(num(s, 'metrics', 'downtime_ms'))} | {secs(num(t, 'metrics', 'downtime_ms'))} "
           f"| {failed(s)} | {failed(t)} | {secs(s.get('vip_moved_after_ms'))} | {secs(t.get('vip_moved_after_ms'))} "
           f"| {secs(s.get('detected_after_ms'))} | {secs(t.get('detected_after_ms'))} "
           f"| {secs(s.get('recovered_after_ms'))} | {secs(t.get('recovered_after_ms'))} "
-          f"| {lost(s)} | {lost(t)} | {res(s)} / {res(t)} |")
+          f"| {lost(s)} | {lost(t)} | {hit(s)} / {hit(t)} | {res(s)} / {res(t)} |")
 print("\n(downtime: longest time without a successful request on the worse of the two probe streams;"
       " detected/recovered: after the injection; recovered = status healthy and clients answered again)\n")
 def goal(text, ok, measured):

@@ -170,8 +170,14 @@ pub fn run(a: DrillArgs) -> Result<i32> {
             drill.via()
         );
         let mut reports: Vec<ScenarioReport> = Vec::new();
-        for sc in scenarios {
-            let mut r = drill.run(sc).await;
+        for (i, sc) in scenarios.into_iter().enumerate() {
+            // After a scenario, give the cluster a moment to settle before the next one refuses.
+            let settle = if i == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(30)
+            };
+            let mut r = drill.run(sc, settle).await;
             if r.metrics.is_some()
                 && let Err(e) = report::write_files(&report_dir, &mut r)
             {

@@ -116,6 +116,9 @@ pub struct ScenarioReport {
     pub via: String,
     pub target: Option<String>,
     pub chosen_as: Option<String>,
+    /// The API server that served the probe's kept-alive connection before the fault (from
+    /// HAProxy's session counts).
+    pub kept_alive_on: Option<String>,
     pub faults: Vec<Action>,
     pub hold_ms: u64,
     /// Wall-clock time of the injection (UTC).
@@ -152,6 +155,7 @@ impl ScenarioReport {
             via: via.to_string(),
             target: None,
             chosen_as: None,
+            kept_alive_on: None,
             faults: vec![],
             hold_ms: 0,
             injected_at: None,
@@ -363,8 +367,10 @@ impl Drill {
         }
     }
 
-    /// Run one scenario, from the precondition to the write check.
-    pub async fn run(&self, sc: Scenario) -> ScenarioReport {
+    /// Run one scenario, from the precondition to the write check. `settle`: how long an
+    /// unhealthy cluster may take to become healthy before the drill refuses (0 for a single
+    /// drill; `all` gives the cluster a moment after the previous scenario).
+    pub async fn run(&self, sc: Scenario, settle: Duration) -> ScenarioReport {
         let mut rep = ScenarioReport::new(sc, &self.c.name, self.injector.name());
         let base = self.interrupts();
         if base > 0 {
@@ -376,9 +382,16 @@ impl Drill {
         };
         // 1. Where things stand, and what to break.
         self.say(sc, "checking the cluster");
-        let s = match status::gather(&self.c).await {
-            Ok(s) => s,
-            Err(e) => return rep.end(Outcome::Error, format!("status: {e:#}")),
+        let until = Instant::now() + settle;
+        let s = loop {
+            let s = match status::gather(&self.c).await {
+                Ok(s) => s,
+                Err(e) => return rep.end(Outcome::Error, format!("status: {e:#}")),
+            };
+            if s.overall == Health::Healthy || Instant::now() >= until || self.interrupts() > base {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         };
         let plan = match scenario::plan(&self.c, &s, sc, self.opts.host.as_deref()) {
             Ok(p) => p,
@@ -522,7 +535,29 @@ impl Drill {
             };
         }
 
-        let plan = match self.retarget(&plan, s, watcher.busiest_backend()) {
+        // The control-plane scenarios hit the kept-alive connection when they can: if it sits
+        // on a control plane they may not break (the etcd leader), it is moved (at most 3 times).
+        for _ in 0..3 {
+            let on = watcher.busiest_backend();
+            let movable = self.opts.host.is_none()
+                && self.injector.name() == "lab"
+                && matches!(
+                    sc,
+                    Scenario::ControlPlanePartition | Scenario::EtcdMemberDown
+                )
+                && on
+                    .as_deref()
+                    .is_none_or(|h| s.etcd.iter().any(|m| m.name == h && m.is_leader));
+            if !movable || self.interrupts() > base {
+                break;
+            }
+            self.say(sc, "moving the kept-alive connection off the etcd leader");
+            prober.reconnect_keepalive();
+            watcher.reset_busy();
+            tokio::time::sleep(self.opts.baseline).await;
+        }
+        rep.kept_alive_on = watcher.busiest_backend();
+        let plan = match self.retarget(&plan, s, rep.kept_alive_on.clone()) {
             Some(p) => {
                 self.say(sc, &format!("target: {} ({})", p.target, p.chosen_as));
                 rep.target = Some(p.target.clone());
@@ -585,7 +620,14 @@ impl Drill {
         }
         let restored_ms = ms_since(t0);
         let (recovered, last) = self
-            .wait_recovered(t0, &prober, restored_ms, back_to.as_deref(), base + 2)
+            .wait_recovered(
+                t0,
+                &prober,
+                &watcher,
+                restored_ms,
+                back_to.as_deref(),
+                base + 2,
+            )
             .await;
         match recovered {
             Some(t) => {
@@ -713,14 +755,16 @@ impl Drill {
             .map(|(n, _)| n.as_str())
     }
 
-    /// Poll `status` until healthy, the VIP on `holder` (if given), and every probe request of
-    /// the last second answered (started after the restore; the ones of the last 300 ms may
-    /// still be in flight). Returns when, in ms on the drill's clock, and the last reason it was
-    /// not.
+    /// Poll `status` until healthy, the VIP on `holder` (if given), every probe request of the
+    /// last second answered (started after the restore; the ones of the last 300 ms may still
+    /// be in flight), and every HAProxy rating every API server plainly UP (not half way, as
+    /// `UP 1/2` after a check that failed during the fault), twice in a row. Returns when (the
+    /// first of the two), in ms on the drill's clock, and the last reason it was not.
     async fn wait_recovered(
         &self,
         t0: Instant,
         prober: &Prober,
+        watcher: &Watcher,
         restored_ms: f64,
         holder: Option<&str>,
         give_up_at: u32,
@@ -728,6 +772,7 @@ impl Drill {
         let deadline = Instant::now() + self.opts.recovery_timeout;
         let mut last = String::from("not checked");
         let mut said = String::new();
+        let mut first_ok: Option<f64> = None;
         while Instant::now() < deadline {
             if self.interrupts() >= give_up_at {
                 return (None, "interrupted while waiting for recovery".into());
@@ -737,16 +782,27 @@ impl Drill {
                     let on_holder = holder.is_none_or(|h| s.vip_holders == [h]);
                     let now = ms_since(t0);
                     let clients = prober.clients_ok((now - 1000.0).max(restored_ms), now - 300.0);
-                    if s.overall == Health::Healthy && on_holder && clients {
-                        return (Some(now), String::new());
+                    let unsettled = watcher.unsettled();
+                    if s.overall == Health::Healthy && on_holder && clients && unsettled.is_empty()
+                    {
+                        match first_ok {
+                            Some(t) => return (Some(t), String::new()),
+                            None => first_ok = Some(now),
+                        }
+                    } else {
+                        first_ok = None;
                     }
-                    last = if s.overall != Health::Healthy {
+                    last = if first_ok.is_some() {
+                        "healthy; confirming".into()
+                    } else if s.overall != Health::Healthy {
                         s.verdicts
                             .iter()
                             .filter(|v| v.health != Health::Healthy)
                             .map(|v| format!("{}: {}", v.layer, v.reason))
                             .collect::<Vec<_>>()
                             .join("; ")
+                    } else if !unsettled.is_empty() {
+                        format!("HAProxy not settled: {}", unsettled.join(", "))
                     } else if !on_holder {
                         format!(
                             "the VIP is on {} (waiting for {})",

@@ -55,6 +55,8 @@ struct Shared {
     last_ack: [Option<(String, String)>; 2],
     /// Start time of every request sent, answered or not.
     issued: Vec<(Stream, f64)>,
+    /// Set to have the keep-alive stream open a new connection before its next request.
+    reconnect: bool,
 }
 
 /// A running probe; [`Prober::stop`] ends it and returns what it recorded.
@@ -92,6 +94,12 @@ impl Prober {
             tasks,
             shared,
         }
+    }
+
+    /// Have the keep-alive stream close its connection (quietly, between two requests) and open
+    /// a new one, which HAProxy may put on another API server.
+    pub fn reconnect_keepalive(&self) {
+        lock(&self.shared).reconnect = true;
     }
 
     /// Successes so far (to check that the probe works before breaking anything).
@@ -441,7 +449,9 @@ async fn keepalive_stream(
         let start_ms = ms_since(t0);
         lock(&shared).issued.push((Stream::KeepAlive, start_ms));
         // A connection the server closed while idle is replaced before use, as HTTP clients do.
-        if conn.as_ref().is_some_and(|c| c.sender.is_closed()) {
+        if conn.as_ref().is_some_and(|c| c.sender.is_closed())
+            || std::mem::take(&mut lock(&shared).reconnect)
+        {
             conn = None;
         }
         let mut new_connection = false;

@@ -51,9 +51,9 @@ struct State {
     names: BTreeMap<u64, String>,
     leader_label: Option<String>,
     backends: BTreeMap<String, String>,
-    /// Per API server: how many stats polls found sessions on it (the probe's kept-alive
-    /// connection keeps one open all the time).
-    busy: BTreeMap<String, u32>,
+    /// Per `SERVER@LB`: stats polls, and how many of them found sessions on it (the probe's
+    /// kept-alive connection keeps one open all the time).
+    busy: BTreeMap<String, (u32, u32)>,
     initial: BTreeMap<String, String>,
     changes: Vec<Change>,
 }
@@ -255,15 +255,26 @@ impl Watcher {
             .collect()
     }
 
-    /// The API server that carried sessions in the most stats polls so far: the one the
-    /// probe's kept-alive connection goes to (HAProxy balances by least connections, so the
-    /// short-lived ones go elsewhere).
+    /// The API server the probe's kept-alive connection goes to: the only one that had a
+    /// session in every stats poll (at least three) of an LB. HAProxy balances by least
+    /// connections, so the short-lived connections go to the others and come and go.
     pub fn busiest_backend(&self) -> Option<String> {
+        kept_alive_server(&lock(&self.state).busy)
+    }
+
+    /// API servers some HAProxy does not rate plainly UP right now (`SERVER@LB STATE`).
+    pub fn unsettled(&self) -> Vec<String> {
         lock(&self.state)
-            .busy
+            .backends
             .iter()
-            .max_by_key(|(_, n)| **n)
-            .map(|(s, _)| s.clone())
+            .filter(|(_, st)| st.as_str() != "UP")
+            .map(|(k, st)| format!("{k} {st}"))
+            .collect()
+    }
+
+    /// Forget the session counts (after the probe moved its kept-alive connection).
+    pub fn reset_busy(&self) {
+        lock(&self.state).busy.clear();
     }
 
     pub async fn stop(mut self) -> Watched {
@@ -275,6 +286,18 @@ impl Watcher {
             initial_leader: st.initial.get("etcd").cloned(),
             changes: st.changes.clone(),
         }
+    }
+}
+
+fn kept_alive_server(busy: &BTreeMap<String, (u32, u32)>) -> Option<String> {
+    let always: Vec<&str> = busy
+        .iter()
+        .filter(|(_, (polls, with))| *polls >= 3 && with == polls)
+        .filter_map(|(k, _)| k.split('@').next())
+        .collect();
+    match always.as_slice() {
+        [one] => Some(one.to_string()),
+        _ => None,
     }
 }
 
@@ -480,9 +503,9 @@ async fn stats_loop(
             Ok(Ok((200, body))) => {
                 unreachable.clear();
                 for (server, status, sessions) in backend_states(&String::from_utf8_lossy(&body)) {
-                    if sessions > 0 {
-                        *st.busy.entry(server.clone()).or_default() += 1;
-                    }
+                    let b = st.busy.entry(format!("{server}@{lb}")).or_default();
+                    b.0 += 1;
+                    b.1 += u32::from(sessions > 0);
                     st.update_backend(t, &format!("{server}@{lb}"), status);
                 }
             }
@@ -561,6 +584,25 @@ mod tests {
             .map(|c| (c.from.as_str(), c.to.as_str()))
             .collect();
         assert_eq!(c, [("m1", "none"), ("none", "m3")]);
+    }
+
+    #[test]
+    fn the_kept_alive_server_has_a_session_in_every_poll() {
+        let b = |v: &[(&str, (u32, u32))]| -> BTreeMap<String, (u32, u32)> {
+            v.iter().map(|(k, x)| (k.to_string(), *x)).collect()
+        };
+        let busy = b(&[
+            ("m1@lb1", (5, 2)),
+            ("m2@lb1", (5, 5)),
+            ("m3@lb1", (5, 4)),
+            ("m2@lb2", (5, 0)),
+        ]);
+        assert_eq!(kept_alive_server(&busy), Some("m2".into()));
+        assert_eq!(kept_alive_server(&b(&[("m1@lb1", (2, 2))])), None);
+        assert_eq!(
+            kept_alive_server(&b(&[("m1@lb1", (5, 5)), ("m2@lb1", (5, 5))])),
+            None
+        );
     }
 
     #[test]
