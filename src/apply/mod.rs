@@ -99,7 +99,7 @@ pub struct Ctx {
     pending: Mutex<BTreeMap<String, BTreeSet<String>>>,
     /// Checksums of every wanted file as found on the hosts, read once up front (one round
     /// trip per host) and kept current as files are written.
-    hashes: Mutex<BTreeMap<(String, String), Option<String>>>,
+    hashes: Mutex<Hashes>,
     phase: Mutex<&'static str>,
     out: Mutex<()>,
 }
@@ -469,14 +469,17 @@ async fn prepare_ctx(
     })
 }
 
+/// A file's checksum on a host, by (host, path); `None` where the file does not exist.
+type Hashes = BTreeMap<(String, String), Option<String>>;
+
 /// Every wanted file's checksum on its host, one round trip per host, in parallel.
 async fn prefetch_hashes(
     hosts: &BTreeMap<String, Arc<dyn Transport>>,
     files: &[RenderedFile],
     limit: usize,
-) -> Result<BTreeMap<(String, String), Option<String>>> {
+) -> Result<Hashes> {
     use futures::stream::StreamExt;
-    let results: Vec<Result<Vec<((String, String), Option<String>)>>> =
+    let results: Vec<Result<Hashes>> =
         futures::stream::iter(hosts.iter().map(|(n, t)| async move {
             let paths: Vec<String> = files
                 .iter()
@@ -493,7 +496,7 @@ async fn prefetch_hashes(
         .buffer_unordered(limit)
         .collect()
         .await;
-    let mut out = BTreeMap::new();
+    let mut out = Hashes::new();
     for r in results {
         out.extend(r?);
     }
