@@ -252,14 +252,14 @@ fn unreachable_host_and_wrong_host_key_are_reported_before_any_change() {
         eprintln!("skipped: needs root (CI runs as root)");
         return;
     }
-    let lab = Lab::up("tbadhost", "10.94.0");
+    let lab = Lab::up("tbadhost", "10.91.0");
     let spec = lab.spec();
     // A changed host key: replace worker2's known_hosts entry with another host's key.
     let kh = lab.dir().join("ssh/known_hosts");
     let known = std::fs::read_to_string(&kh).expect("known_hosts");
     let lb1_key = known
         .lines()
-        .find(|l| l.contains("10.94.0.11"))
+        .find(|l| l.contains("10.91.0.11"))
         .expect("lb1 key")
         .split_whitespace()
         .skip(1)
@@ -268,7 +268,7 @@ fn unreachable_host_and_wrong_host_key_are_reported_before_any_change() {
     let tampered: Vec<String> = known
         .lines()
         .map(|l| {
-            if l.contains("10.94.0.202") {
+            if l.contains("10.91.0.202") {
                 format!(
                     "{} {lb1_key}",
                     l.split_whitespace().next().unwrap_or_default()
