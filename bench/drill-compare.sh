@@ -70,9 +70,9 @@ run tuned "$DIR/cluster.yaml"
 run seed "$DIR/cluster-seed.yaml"
 
 LOAD="load average $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
-python3 - "$OUT/seed.json" "$OUT/tuned.json" "$DURATION" "$(nproc)" "$LOAD" "$(basename "$HAKUBE")" <<'EOF' | tee "$OUT/compare.md"
+python3 - "$OUT/seed.json" "$OUT/tuned.json" "$DURATION" "$(nproc)" "$LOAD" "$(basename "$(dirname "$HAKUBE")")/hakube" <<'EOF' | tee "$OUT/compare.md"
 import json, sys
-seed_f, tuned_f, duration, cores, load, binary = sys.argv[1:7]
+seed_f, tuned_f, duration, cores, loadavg, binary = sys.argv[1:7]
 def load(f):
     try:
         return {s["scenario"]: s for s in json.load(open(f))["scenarios"]}
@@ -102,7 +102,7 @@ def hit(s):
 def res(s):
     return s.get("outcome", "—")
 names = list(dict.fromkeys(list(tuned) + list(seed)))
-print(f"\nhakube drill, seed (runbook) vs tuned (hakube defaults); fault held {duration}; {cores} cores, {load}\n")
+print(f"\nhakube drill, seed (runbook) vs tuned (hakube defaults); fault held {duration}; {cores} cores, {binary} ({loadavg})\n")
 print("| scenario | downtime seed | downtime tuned | failed requests seed | failed requests tuned | VIP moved seed | VIP moved tuned | detected seed | detected tuned | recovered seed | recovered tuned | lost writes seed | lost writes tuned | kept-alive hit seed / tuned | result seed / tuned |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in names:

@@ -157,6 +157,16 @@ fn drills_measure_recover_refuse_and_restore_on_ctrl_c() {
         "a new etcd leader: {:?}",
         changes(leader, "leader")
     );
+    // The control-plane partition hit the API server behind the kept-alive connection (named
+    // by its certificate), whose clients then waited for HAProxy to give up on it.
+    let cp = by("control-plane-partition");
+    assert!(cp["kept_alive_on"].is_string(), "{}", cp["kept_alive_on"]);
+    if cp["kept_alive_on"] == cp["target"] {
+        let gap = cp["metrics"]["streams"]["keep-alive"]["longest_gap_ms"]
+            .as_f64()
+            .unwrap_or(0.0);
+        assert!(gap > 500.0, "the kept-alive stream stalled: {gap} ms");
+    }
     // Losing a worker does not touch the API.
     assert_eq!(by("worker-loss")["metrics"]["failed"], 0);
     assert_eq!(code, 0, "{err}");

@@ -116,8 +116,8 @@ pub struct ScenarioReport {
     pub via: String,
     pub target: Option<String>,
     pub chosen_as: Option<String>,
-    /// The API server that served the probe's kept-alive connection before the fault (from
-    /// HAProxy's session counts).
+    /// The API server that served the probe's kept-alive connection before the fault (the
+    /// address its certificate names).
     pub kept_alive_on: Option<String>,
     pub faults: Vec<Action>,
     pub hold_ms: u64,
@@ -451,23 +451,23 @@ impl Drill {
         &self,
         plan: &scenario::Plan,
         s: &status::Status,
-        busy: Option<String>,
+        kept: Option<String>,
     ) -> Option<scenario::Plan> {
         let sc = plan.scenario;
         let fits = matches!(
             sc,
             Scenario::ApiserverDown | Scenario::ControlPlanePartition | Scenario::EtcdMemberDown
         );
-        let busy = busy?;
-        if !fits || self.opts.host.is_some() || self.injector.name() != "lab" || busy == plan.target
+        let kept = kept?;
+        if !fits || self.opts.host.is_some() || self.injector.name() != "lab" || kept == plan.target
         {
             return None;
         }
-        let leader = s.etcd.iter().any(|m| m.name == busy && m.is_leader);
+        let leader = s.etcd.iter().any(|m| m.name == kept && m.is_leader);
         if leader && sc != Scenario::ApiserverDown {
             return None;
         }
-        let mut p = scenario::plan(&self.c, s, sc, Some(&busy)).ok()?;
+        let mut p = scenario::plan(&self.c, s, sc, Some(&kept)).ok()?;
         if !scenario::refusals(&self.c, s, &p).is_empty() {
             return None;
         }
@@ -538,7 +538,7 @@ impl Drill {
         // The control-plane scenarios hit the kept-alive connection when they can: if it sits
         // on a control plane they may not break (the etcd leader), it is moved (at most 3 times).
         for _ in 0..3 {
-            let on = watcher.busiest_backend();
+            let on = self.kept_alive_server(&prober);
             let movable = self.opts.host.is_none()
                 && self.injector.name() == "lab"
                 && matches!(
@@ -553,10 +553,9 @@ impl Drill {
             }
             self.say(sc, "moving the kept-alive connection off the etcd leader");
             prober.reconnect_keepalive();
-            watcher.reset_busy();
-            tokio::time::sleep(self.opts.baseline).await;
+            tokio::time::sleep(self.opts.interval * 4).await;
         }
-        rep.kept_alive_on = watcher.busiest_backend();
+        rep.kept_alive_on = self.kept_alive_server(&prober);
         let plan = match self.retarget(&plan, s, rep.kept_alive_on.clone()) {
             Some(p) => {
                 self.say(sc, &format!("target: {} ({})", p.target, p.chosen_as));
@@ -742,6 +741,22 @@ impl Drill {
         } else {
             rep.end(Outcome::Failed, problems.join("; "))
         }
+    }
+
+    /// The control plane behind the probe's kept-alive connection: the only one its server
+    /// certificate names by host name (certificates may name every control plane's address,
+    /// so addresses count only when they single one out).
+    fn kept_alive_server(&self, prober: &Prober) -> Option<String> {
+        let names = prober.keepalive_peer();
+        let only = |hit: &dyn Fn(&crate::spec::Host) -> bool| {
+            let mut on = self.c.control_planes().filter(|h| hit(h));
+            match (on.next(), on.next()) {
+                (Some(h), None) => Some(h.name.clone()),
+                _ => None,
+            }
+        };
+        only(&|h| names.contains(&h.name))
+            .or_else(|| only(&|h| names.contains(&h.address.to_string())))
     }
 
     /// The LB keepalived puts the VIP on when every LB is healthy (the highest priority).

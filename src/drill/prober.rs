@@ -57,6 +57,8 @@ struct Shared {
     issued: Vec<(Stream, f64)>,
     /// Set to have the keep-alive stream open a new connection before its next request.
     reconnect: bool,
+    /// What the certificate of the kept-alive connection's server names.
+    keepalive_peer: Vec<String>,
 }
 
 /// A running probe; [`Prober::stop`] ends it and returns what it recorded.
@@ -99,7 +101,15 @@ impl Prober {
     /// Have the keep-alive stream close its connection (quietly, between two requests) and open
     /// a new one, which HAProxy may put on another API server.
     pub fn reconnect_keepalive(&self) {
-        lock(&self.shared).reconnect = true;
+        let mut sh = lock(&self.shared);
+        sh.reconnect = true;
+        sh.keepalive_peer.clear();
+    }
+
+    /// The names (DNS and IP) in the certificate of the API server behind the kept-alive
+    /// connection (empty before it connects).
+    pub fn keepalive_peer(&self) -> Vec<String> {
+        lock(&self.shared).keepalive_peer.clone()
     }
 
     /// Successes so far (to check that the probe works before breaking anything).
@@ -217,6 +227,39 @@ fn request(t: &Target, p: &Planned, close: bool) -> Result<hyper::Request<Full<B
 }
 
 type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// What a TLS peer's certificate names (subject alternative names: DNS names and IP
+/// addresses, as text). Each API server's certificate names its own host, which tells which one
+/// is behind the VIP on a connection (HAProxy passes TLS through).
+fn peer_names(tls: &Tls) -> Vec<String> {
+    let Some(der) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+        return vec![];
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return vec![];
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return vec![];
+    };
+    use x509_parser::extensions::GeneralName;
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => <[u8; 4]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
 
 /// Open a TCP + TLS connection to the target.
 async fn open(t: &Target) -> Result<TokioIo<Tls>> {
@@ -412,6 +455,8 @@ async fn fresh_stream(
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
     driver: tokio::task::JoinHandle<()>,
+    /// What the server's certificate names.
+    peer_names: Vec<String>,
 }
 
 impl Drop for Conn {
@@ -422,13 +467,18 @@ impl Drop for Conn {
 
 async fn connect_kept(t: &Target) -> Result<Conn, String> {
     let io = open(t).await.map_err(|e| format!("{e:#}"))?;
+    let names = peer_names(io.inner());
     let (sender, conn) = http1::handshake(io)
         .await
         .map_err(|e| format!("HTTP handshake: {}", hyper_reason(&e)))?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(Conn { sender, driver })
+    Ok(Conn {
+        sender,
+        driver,
+        peer_names: names,
+    })
 }
 
 async fn keepalive_stream(
@@ -459,7 +509,9 @@ async fn keepalive_stream(
         let work = async {
             loop {
                 if conn.is_none() {
-                    conn = Some(connect_kept(&t).await?);
+                    let c = connect_kept(&t).await?;
+                    lock(&shared).keepalive_peer = c.peer_names.clone();
+                    conn = Some(c);
                     new_connection = true;
                 }
                 let c = conn.as_mut().expect("connection was just opened");

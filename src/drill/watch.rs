@@ -51,9 +51,6 @@ struct State {
     names: BTreeMap<u64, String>,
     leader_label: Option<String>,
     backends: BTreeMap<String, String>,
-    /// Per `SERVER@LB`: stats polls, and how many of them found sessions on it (the probe's
-    /// kept-alive connection keeps one open all the time).
-    busy: BTreeMap<String, (u32, u32)>,
     initial: BTreeMap<String, String>,
     changes: Vec<Change>,
 }
@@ -255,13 +252,6 @@ impl Watcher {
             .collect()
     }
 
-    /// The API server the probe's kept-alive connection goes to: the only one that had a
-    /// session in every stats poll (at least three) of an LB. HAProxy balances by least
-    /// connections, so the short-lived connections go to the others and come and go.
-    pub fn busiest_backend(&self) -> Option<String> {
-        kept_alive_server(&lock(&self.state).busy)
-    }
-
     /// API servers some HAProxy does not rate plainly UP right now (`SERVER@LB STATE`).
     pub fn unsettled(&self) -> Vec<String> {
         lock(&self.state)
@@ -270,11 +260,6 @@ impl Watcher {
             .filter(|(_, st)| st.as_str() != "UP")
             .map(|(k, st)| format!("{k} {st}"))
             .collect()
-    }
-
-    /// Forget the session counts (after the probe moved its kept-alive connection).
-    pub fn reset_busy(&self) {
-        lock(&self.state).busy.clear();
     }
 
     pub async fn stop(mut self) -> Watched {
@@ -286,18 +271,6 @@ impl Watcher {
             initial_leader: st.initial.get("etcd").cloned(),
             changes: st.changes.clone(),
         }
-    }
-}
-
-fn kept_alive_server(busy: &BTreeMap<String, (u32, u32)>) -> Option<String> {
-    let always: Vec<&str> = busy
-        .iter()
-        .filter(|(_, (polls, with))| *polls >= 3 && with == polls)
-        .filter_map(|(k, _)| k.split('@').next())
-        .collect();
-    match always.as_slice() {
-        [one] => Some(one.to_string()),
-        _ => None,
     }
 }
 
@@ -444,9 +417,8 @@ async fn leader_loop(
     }
 }
 
-/// `status` and current sessions (`scur`) of every server of HAProxy's `k8s-api` backend, from
-/// the stats CSV.
-pub fn backend_states(csv: &str) -> Vec<(String, String, u64)> {
+/// `status` of every server of HAProxy's `k8s-api` backend, from the stats CSV.
+pub fn backend_states(csv: &str) -> Vec<(String, String)> {
     let mut lines = csv.lines();
     let head: Vec<&str> = lines
         .next()
@@ -456,9 +428,7 @@ pub fn backend_states(csv: &str) -> Vec<(String, String, u64)> {
         .split(',')
         .collect();
     let col = |n: &str| head.iter().position(|h| *h == n);
-    let (Some(px), Some(sv), Some(st), cur) =
-        (col("pxname"), col("svname"), col("status"), col("scur"))
-    else {
+    let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col("status")) else {
         return vec![];
     };
     let mut out = Vec::new();
@@ -466,8 +436,7 @@ pub fn backend_states(csv: &str) -> Vec<(String, String, u64)> {
         let f: Vec<&str> = l.split(',').collect();
         let get = |i: usize| f.get(i).copied().unwrap_or("");
         if get(px) == "k8s-api" && !["FRONTEND", "BACKEND", ""].contains(&get(sv)) {
-            let sessions = cur.and_then(|c| get(c).parse().ok()).unwrap_or(0);
-            out.push((get(sv).to_string(), get(st).to_string(), sessions));
+            out.push((get(sv).to_string(), get(st).to_string()));
         }
     }
     out
@@ -502,10 +471,7 @@ async fn stats_loop(
         match r {
             Ok(Ok((200, body))) => {
                 unreachable.clear();
-                for (server, status, sessions) in backend_states(&String::from_utf8_lossy(&body)) {
-                    let b = st.busy.entry(format!("{server}@{lb}")).or_default();
-                    b.0 += 1;
-                    b.1 += u32::from(sessions > 0);
+                for (server, status) in backend_states(&String::from_utf8_lossy(&body)) {
                     st.update_backend(t, &format!("{server}@{lb}"), status);
                 }
             }
@@ -587,32 +553,13 @@ mod tests {
     }
 
     #[test]
-    fn the_kept_alive_server_has_a_session_in_every_poll() {
-        let b = |v: &[(&str, (u32, u32))]| -> BTreeMap<String, (u32, u32)> {
-            v.iter().map(|(k, x)| (k.to_string(), *x)).collect()
-        };
-        let busy = b(&[
-            ("m1@lb1", (5, 2)),
-            ("m2@lb1", (5, 5)),
-            ("m3@lb1", (5, 4)),
-            ("m2@lb2", (5, 0)),
-        ]);
-        assert_eq!(kept_alive_server(&busy), Some("m2".into()));
-        assert_eq!(kept_alive_server(&b(&[("m1@lb1", (2, 2))])), None);
-        assert_eq!(
-            kept_alive_server(&b(&[("m1@lb1", (5, 5)), ("m2@lb1", (5, 5))])),
-            None
-        );
-    }
-
-    #[test]
     fn haproxy_csv() {
         let csv = "# pxname,svname,scur,status\nk8s-api,FRONTEND,3,OPEN\nk8s-api,master1,1,UP\nk8s-api,master2,0,DOWN 1/2\nk8s-api,BACKEND,1,UP\nstats,FRONTEND,,OPEN\n";
         assert_eq!(
             backend_states(csv),
             [
-                ("master1".to_string(), "UP".to_string(), 1),
-                ("master2".to_string(), "DOWN 1/2".to_string(), 0)
+                ("master1".to_string(), "UP".to_string()),
+                ("master2".to_string(), "DOWN 1/2".to_string())
             ]
         );
     }
