@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo behind `make demo`: plan and render the runbook's cluster with real-tool checks, then
-# a live lab: apply, status, a failure (haproxy stopped on the VIP holder), doctor, recovery.
+# a live lab: apply, status, a failure (haproxy stopped on the VIP holder), doctor, recovery,
+# and a measured drill.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 H=target/debug/hakube
@@ -50,6 +51,9 @@ step "recovery: start haproxy again"
 $H lab fault start --name "$LAB" "$holder" haproxy
 for _ in $(seq 1 40); do $H status -f "$SPEC" >/dev/null 2>&1 && break; sleep 0.5; done
 $H status -f "$SPEC" | head -3
+
+step "hakube drill apiserver-down --duration 3s: what clients saw, and no lost writes"
+$H drill apiserver-down --duration 3s -f "$SPEC" --report-dir out/drill || true
 
 step "hakube lab down --name $LAB"
 $H lab down --name "$LAB"
