@@ -34,11 +34,13 @@ $H apply -f "$SPEC" | tail -1
 step "hakube status"
 $H status -f "$SPEC"
 
-holder=$($H status -f "$SPEC" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["vip_holders"][0])')
+# status exits 1 or 2 when the cluster is degraded or down; its JSON is still the answer.
+holders() { { $H status -f "$SPEC" -o json || true; } | python3 -c 'import json,sys; print(",".join(json.load(sys.stdin)["vip_holders"]))'; }
+holder=$(holders)
 step "failure: stop haproxy on the VIP holder ($holder)"
 $H lab fault stop --name "$LAB" "$holder" haproxy
 for _ in $(seq 1 20); do
-  now=$($H status -f "$SPEC" -o json | python3 -c 'import json,sys; print(",".join(json.load(sys.stdin)["vip_holders"]))')
+  now=$(holders)
   [ "$now" != "$holder" ] && [ -n "$now" ] && break
   sleep 0.5
 done
