@@ -380,20 +380,28 @@ fn cmd_apply(a: &SpecArgs, dry_run: bool, concurrency: usize, force: bool) -> an
     Ok(if summary.error.is_some() { 2 } else { 0 })
 }
 
+/// A valid cluster and a runtime for commands that talk to it; `None` after printing why not.
+fn live_cluster(a: &SpecArgs) -> anyhow::Result<Option<(spec::Cluster, tokio::runtime::Runtime)>> {
+    let loaded = load(a)?;
+    let Some(cluster) = loaded.cluster else {
+        print_diagnostics(&loaded.diagnostics);
+        return Ok(None);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(Some((cluster, rt)))
+}
+
 fn cmd_status(
     a: &SpecArgs,
     watch: bool,
     interval: std::time::Duration,
     prometheus: bool,
 ) -> anyhow::Result<i32> {
-    let loaded = load(a)?;
-    let Some(cluster) = loaded.cluster else {
-        print_diagnostics(&loaded.diagnostics);
+    let Some((cluster, rt)) = live_cluster(a)? else {
         return Ok(2);
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     loop {
         let s = rt.block_on(status::gather(&cluster))?;
         if prometheus {
@@ -414,14 +422,9 @@ fn cmd_status(
 }
 
 fn cmd_doctor(a: &SpecArgs) -> anyhow::Result<i32> {
-    let loaded = load(a)?;
-    let Some(cluster) = loaded.cluster else {
-        print_diagnostics(&loaded.diagnostics);
+    let Some((cluster, rt)) = live_cluster(a)? else {
         return Ok(2);
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let evidence = rt.block_on(status::doctor::gather(&cluster))?;
     let findings = status::doctor::diagnose(&cluster, &evidence);
     if a.output == Output::Json {

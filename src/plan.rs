@@ -126,28 +126,18 @@ pub fn analyze(c: &Cluster) -> Report {
     // server is only taken out after inter x fall, each probe waiting up to the check timeout.
     let etcd_survives = cps.len().saturating_sub(1) / 2;
     let detect = ms(hc.interval) * hc.fall as u64 + ms(hc.timeout.max(hc.connect_timeout));
-    let (api_best, api_how) = match hc.kind {
-        CheckKind::Https => (
-            0,
-            format!(
-                "process stopped: 0 (refused connections are redispatched); host lost: inter {} x fall {} + timeout {} = {}",
-                fmt_ms(ms(hc.interval)),
-                hc.fall,
-                fmt_ms(ms(hc.timeout.max(hc.connect_timeout))),
-                fmt_ms(detect)
-            ),
-        ),
-        CheckKind::Tcp => (
-            0,
-            format!(
-                "TCP check: an unready API server stays in rotation; host lost: inter {} x fall {} + timeout {} = {}",
-                fmt_ms(ms(hc.interval)),
-                hc.fall,
-                fmt_ms(ms(hc.timeout.max(hc.connect_timeout))),
-                fmt_ms(detect)
-            ),
-        ),
+    let check = match hc.kind {
+        CheckKind::Https => "process stopped: 0 (refused connections are redispatched)",
+        CheckKind::Tcp => "TCP check: an unready API server stays in rotation",
     };
+    let api_best = 0;
+    let api_how = format!(
+        "{check}; host lost: inter {} x fall {} + timeout {} = {}",
+        fmt_ms(ms(hc.interval)),
+        hc.fall,
+        fmt_ms(ms(hc.timeout.max(hc.connect_timeout))),
+        fmt_ms(detect)
+    );
     layers.push(Layer {
         name: format!("API servers :{}", c.kubernetes.api_server_port),
         members: names(&cps),
