@@ -180,7 +180,8 @@ pub fn chart(r: &ScenarioReport) -> String {
             What::Leader => marks.push((c.t_ms, "#9467bd", format!("leader → {}", c.to))),
             // HAProxy's verdicts: marked DOWN, and UP again after DOWN.
             What::Backend
-                if c.to.starts_with("DOWN") || (c.to == "UP" && c.from.starts_with("DOWN")) =>
+                if (c.to.starts_with("DOWN") && !c.from.starts_with("DOWN"))
+                    || (c.to == "UP" && c.from.starts_with("DOWN")) =>
             {
                 marks.push((c.t_ms, "#7f7f7f", format!("{} {}", c.subject, c.to)))
             }
