@@ -25,6 +25,8 @@ use tokio_rustls::TlsAcceptor;
 
 /// What /version reports as the platform, so nobody mistakes this for Kubernetes.
 pub const PLATFORM: &str = "hakube-lab-apiserver (stand-in, not kube-apiserver)";
+/// How long a shutdown waits for requests in flight (the systemctl shim kills after 10 s).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest accepted request body (etcd's default request limit is 1.5 MiB).
 const MAX_BODY: usize = 1 << 20;
 const KV_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,8 +66,9 @@ pub struct Args {
     /// Client key for etcd.
     #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
     pub etcd_keyfile: Option<PathBuf>,
-    /// How long /readyz waits for the linearizable read.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    /// How long /readyz waits for the linearizable read (kube-apiserver's
+    /// --etcd-readycheck-timeout is 2s too).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub readyz_timeout: Duration,
     /// etcd key prefix of the key/value API.
     #[arg(long, default_value = "/hakube-lab/kv/", value_name = "PREFIX")]
@@ -177,6 +180,7 @@ async fn serve(a: Args) -> Result<()> {
         a.etcd_endpoints.join(",")
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -192,18 +196,36 @@ async fn serve(a: Args) -> Result<()> {
                 };
                 let acceptor = acceptor.clone();
                 let app = app.clone();
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
                         return;
                     };
                     let svc = service_fn(move |req| handle(app.clone(), req));
-                    let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(tls), svc).await;
+                    let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(tls), svc);
+                    let _ = watcher.watch(conn).await;
                 });
             }
         }
     }
-    eprintln!("hakube-lab-apiserver: shutting down");
+    // Drain like kube-apiserver does on SIGTERM: stop accepting (HAProxy redispatches refused
+    // connections), finish the requests in flight, and close kept-alive connections between
+    // requests, so no acknowledged or in-flight request is cut off.
+    drop(listener);
+    eprintln!(
+        "hakube-lab-apiserver: shutting down, draining {} connection(s)",
+        graceful.count()
+    );
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "hakube-lab-apiserver: connections still open after {}s, closing them",
+            DRAIN_TIMEOUT.as_secs()
+        );
+    }
     Ok(())
 }
 

@@ -182,13 +182,18 @@ pub fn wire_host(st: &LabState, h: &HostState) -> Result<()> {
 /// root namespace's firewall is never touched).
 const PARTITION_TABLE: &str = "hakube_lab_partition";
 
-/// Drop every packet in and out of the host except loopback. The link stays up, so this is a
-/// partition, not a cable pull: established TCP connections stall rather than reset.
+/// Drop every packet in and out of the host except loopback, ARP included (a host that still
+/// answered ARP for the VIP would not be cut off). The link stays up, so this is a partition,
+/// not a cable pull: established TCP connections stall rather than reset.
 pub fn partition(h: &HostState) -> Result<()> {
     let rules = format!(
         "table inet {PARTITION_TABLE} {{\n\
          chain input {{ type filter hook input priority -300; policy drop; iif \"lo\" accept; }}\n\
          chain output {{ type filter hook output priority -300; policy drop; oif \"lo\" accept; }}\n\
+         }}\n\
+         table arp {PARTITION_TABLE} {{\n\
+         chain input {{ type filter hook input priority 0; policy drop; }}\n\
+         chain output {{ type filter hook output priority 0; policy drop; }}\n\
          }}\n"
     );
     heal(h);
@@ -215,22 +220,24 @@ pub fn partition(h: &HostState) -> Result<()> {
     Ok(())
 }
 
-/// Remove the partition table (if any).
+/// Remove the partition tables (if any).
 pub fn heal(h: &HostState) {
-    let _ = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &h.netns,
-            "nft",
-            "delete",
-            "table",
-            "inet",
-            PARTITION_TABLE,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    for family in ["inet", "arp"] {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &h.netns,
+                "nft",
+                "delete",
+                "table",
+                family,
+                PARTITION_TABLE,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Whether the host is partitioned right now.
