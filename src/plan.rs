@@ -1,9 +1,11 @@
 //! Topology, failure tolerance, failover estimates and single points of failure.
 //!
 //! Failover times come from the configured timings with the upstream formulas:
-//! keepalived master-down interval = 3 x advert + skew; HAProxy detection = inter x fall +
-//! check timeout; etcd election = 1-2 x election timeout.
+//! keepalived master-down interval = 3 x advert + skew; HAProxy detection of a silent server =
+//! up to inter, then fall x (check connect timeout + fastinter); etcd election = 1-2 x election
+//! timeout.
 
+use crate::render;
 use crate::spec::{CheckKind, Cluster, Host};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
@@ -51,15 +53,16 @@ fn names(hosts: &[&Host]) -> Vec<String> {
     hosts.iter().map(|h| h.name.clone()).collect()
 }
 
+/// keepalived's skew time for a backup of priority `prio`: how long it waits after a
+/// priority-0 advert (the master resigning) before it takes over.
+pub fn skew_ms(version: u8, advert: Duration, prio: u8) -> u64 {
+    let unit = if version == 3 { ms(advert) } else { 1000 };
+    (256 - prio as u64) * unit / 256
+}
+
 /// keepalived's master-down interval for a backup of priority `prio`.
 pub fn master_down_ms(version: u8, advert: Duration, prio: u8) -> u64 {
-    let a = ms(advert);
-    let skew = if version == 3 {
-        (256 - prio as u64) * a / 256
-    } else {
-        (256 - prio as u64) * 1000 / 256
-    };
-    3 * a + skew
+    3 * ms(advert) + skew_ms(version, advert, prio)
 }
 
 pub fn analyze(c: &Cluster) -> Report {
@@ -70,26 +73,54 @@ pub fn analyze(c: &Cluster) -> Report {
     let hc = &c.lb.health_check;
     let mut layers = Vec::new();
 
-    // VIP: the highest-priority backup takes over after the master-down interval.
+    // The highest-priority backup takes over: after its master-down interval when the holder
+    // goes silent, or after its skew time when the holder resigns (priority-0 advert).
     let mut prios: Vec<u8> = v.priorities.values().copied().collect();
     prios.sort_unstable_by(|a, b| b.cmp(a));
     let backup = prios.get(1).copied();
-    let (vip_ms, vip_how) = match backup {
+    let script_ms = render::TRACK_SCRIPT_FALL as u64 * render::TRACK_SCRIPT_INTERVAL_S * 1000;
+    let skew_unit = if v.version == 3 { " x advert" } else { " s" };
+    let (vip, hap) = match backup {
         Some(p) => {
-            let t = master_down_ms(v.version, v.advert_interval, p);
+            let down = master_down_ms(v.version, v.advert_interval, p);
+            let skew = skew_ms(v.version, v.advert_interval, p);
             (
-                t,
-                format!(
-                    "host loss: 3 x advert {} + skew (256-{p})/256{} = {}; HAProxy/API loss on the holder: track script 2 x 1s, then the next advert",
-                    fmt_ms(ms(v.advert_interval)),
-                    if v.version == 3 { " x advert" } else { " s" },
-                    fmt_ms(t)
+                (
+                    (down, down + script_ms),
+                    format!(
+                        "host loss: 3 x advert {} + skew (256-{p})/256{skew_unit} = {}; no API server UP behind the holder's HAProxy: its track script fails (every {}s), it drops below the backup, then the same",
+                        fmt_ms(ms(v.advert_interval)),
+                        fmt_ms(down),
+                        render::TRACK_SCRIPT_INTERVAL_S,
+                    ),
+                ),
+                (
+                    (skew, skew + script_ms),
+                    format!(
+                        "HAProxy dead on the holder: its track script fails (every {}s), keepalived goes to FAULT and resigns with a priority-0 advert; the backup takes over after its skew (256-{p})/256{skew_unit} = {}",
+                        render::TRACK_SCRIPT_INTERVAL_S,
+                        fmt_ms(skew),
+                    ),
                 ),
             )
         }
-        None => (0, "one load balancer: nothing takes the VIP over".into()),
+        None => {
+            let none = || {
+                (
+                    (0, 0),
+                    "one load balancer: nothing takes the VIP over".to_string(),
+                )
+            };
+            (none(), none())
+        }
     };
-    let script_ms = 2 * 1000 + ms(v.advert_interval);
+    let range = |(a, b): (u64, u64)| {
+        if backup.is_some() {
+            format!("{}-{}", fmt_ms(a), fmt_ms(b))
+        } else {
+            "none".into()
+        }
+    };
     layers.push(Layer {
         name: format!(
             "VIP {} (keepalived VRRPv{}, vrid {})",
@@ -97,45 +128,39 @@ pub fn analyze(c: &Cluster) -> Report {
         ),
         members: names(&lbs),
         survives: lbs.len().saturating_sub(1),
-        failover_ms: (vip_ms.min(script_ms), vip_ms.max(script_ms)),
-        failover: if backup.is_some() {
-            format!(
-                "{}-{}",
-                fmt_ms(vip_ms.min(script_ms)),
-                fmt_ms(vip_ms.max(script_ms))
-            )
-        } else {
-            "none".into()
-        },
-        how: vip_how,
+        failover_ms: vip.0,
+        failover: range(vip.0),
+        how: vip.1,
     });
     layers.push(Layer {
         name: format!("HAProxy :{}", c.lb.api_port),
         members: names(&lbs),
         survives: lbs.len().saturating_sub(1),
-        failover_ms: (vip_ms.min(script_ms), vip_ms.max(script_ms)),
-        failover: if backup.is_some() {
-            "moves with the VIP".into()
-        } else {
-            "none".into()
-        },
-        how: "an LB whose HAProxy fails its track script gives the VIP away".into(),
+        failover_ms: hap.0,
+        failover: range(hap.0),
+        how: hap.1,
     });
 
     // API servers: a refused connection is retried at once (redispatch); a hung or partitioned
-    // server is only taken out after inter x fall, each probe waiting up to the check timeout.
+    // server is only taken out after its checks fail `fall` times.
     let etcd_survives = cps.len().saturating_sub(1) / 2;
-    let detect = ms(hc.interval) * hc.fall as u64 + ms(hc.timeout.max(hc.connect_timeout));
+    let (detect_best, detect_worst) = hc.silent_detect();
+    let detect = ms(detect_worst);
     let check = match hc.kind {
         CheckKind::Https => "process stopped: 0 (refused connections are redispatched)",
         CheckKind::Tcp => "TCP check: an unready API server stays in rotation",
     };
     let api_best = 0;
     let api_how = format!(
-        "{check}; host lost: inter {} x fall {} + timeout {} = {}",
-        fmt_ms(ms(hc.interval)),
+        "{check}; host lost: fall {} checks time out after {} each (inter {}, fastinter {}) = {}-{}",
         hc.fall,
-        fmt_ms(ms(hc.timeout.max(hc.connect_timeout))),
+        fmt_ms(ms(hc.connect_timeout.min(hc.interval))),
+        fmt_ms(ms(hc.interval)),
+        fmt_ms(ms(match hc.kind {
+            CheckKind::Https => hc.fastinter(),
+            CheckKind::Tcp => hc.interval,
+        })),
+        fmt_ms(ms(detect_best)),
         fmt_ms(detect)
     );
     layers.push(Layer {

@@ -94,7 +94,7 @@ fn haproxy_checks_readyz_over_tls() {
         "http-check send meth GET uri /readyz",
         "http-check expect status 200",
         "verify none",
-        "inter 1s",
+        "inter 400ms fastinter 200ms",
         "fall 2 rise 2",
         "on-marked-down shutdown-sessions",
         "option                  redispatch",
@@ -128,11 +128,33 @@ fn keepalived_roles_peers_and_script() {
             "weight exceeds the priority spread of 10"
         );
     }
-    let s = get(&f, "lb1", "/etc/keepalived/check_apiserver.sh");
-    assert_eq!(s.mode, 0o755);
+    // Both track scripts ask HAProxy's own loopback health endpoint, never an API server: one
+    // fails on any non-2xx answer (no API server UP), the other only when HAProxy is silent.
+    let hap = &get(&f, "lb1", "/etc/haproxy/haproxy.cfg").content;
+    assert!(hap.contains(
+        "bind 127.0.0.1:8406\n    mode http\n    monitor-uri /healthz\n    monitor fail if { nbsrv(k8s-api) lt 1 }"
+    ));
+    for (name, fail_on_503) in [("check_apiserver.sh", true), ("check_haproxy.sh", false)] {
+        let s = get(&f, "lb1", &format!("/etc/keepalived/{name}"));
+        assert_eq!(s.mode, 0o755);
+        assert!(s.content.starts_with("#!/bin/sh"), "{name}");
+        assert!(
+            s.content.contains("http://127.0.0.1:8406/healthz"),
+            "{name}"
+        );
+        assert_eq!(s.content.contains("--fail"), fail_on_503, "{name}");
+    }
+    let k = &get(&f, "lb1", "/etc/keepalived/keepalived.conf").content;
+    let haproxy_script = k
+        .split("vrrp_script chk_haproxy {")
+        .nth(1)
+        .and_then(|x| x.split('}').next())
+        .unwrap_or_default();
     assert!(
-        s.content.starts_with("#!/bin/sh") && s.content.contains("https://127.0.0.1:6443/readyz")
+        haproxy_script.contains("fall 1") && !haproxy_script.contains("weight"),
+        "a dead HAProxy puts the instance in FAULT at once: {haproxy_script}"
     );
+    assert!(k.contains("chk_haproxy\n        chk_apiserver"));
     let sysctl = &get(&f, "lb1", "/etc/sysctl.d/90-hakube-loadbalancer.conf").content;
     assert!(sysctl.contains("net.ipv4.ip_nonlocal_bind = 1"));
 }
@@ -242,9 +264,9 @@ fn kubeadm_v1beta3_and_stacked_etcd_shape() {
 fn tcp_check_reproduces_the_runbook() {
     let src = SEED
         .replace("type: https", "type: tcp")
-        .replace("interval: 1s", "interval: 10s")
+        .replace("interval: 400ms", "interval: 10s")
         .replace(
-            "timeout: 1s\n      connectTimeout: 1s",
+            "timeout: 2s           # a slow /readyz is not a dead API server\n      connectTimeout: 1s",
             "timeout: 10s\n      connectTimeout: 10s",
         );
     let f = files(&src);
@@ -281,4 +303,24 @@ fn write_tree_is_idempotent_and_removes_stale_files() {
         unrelated.exists(),
         "files hakube did not write are left alone"
     );
+}
+
+#[test]
+fn nopreempt_starts_every_lb_as_backup() {
+    let src = SEED.replace(
+        "priorities: { lb1: 110, lb2: 100 }",
+        "priorities: { lb1: 110, lb2: 100 }\n      preempt: false",
+    );
+    assert_ne!(src, SEED, "test setup");
+    let f = files(&src);
+    for lb in ["lb1", "lb2"] {
+        let k = &get(&f, lb, "/etc/keepalived/keepalived.conf").content;
+        assert!(
+            k.contains("state BACKUP") && k.contains("    nopreempt\n"),
+            "{lb}"
+        );
+    }
+    let seed = files(SEED);
+    let k = &get(&seed, "lb1", "/etc/keepalived/keepalived.conf").content;
+    assert!(k.contains("state MASTER") && !k.contains("nopreempt"));
 }

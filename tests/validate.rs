@@ -484,7 +484,7 @@ fn etcd_timings() {
 fn tcp_check_and_slow_intervals_are_warned() {
     let l = load(&seed_with(&[
         ("type: https", "type: tcp"),
-        ("interval: 1s", "interval: 10s"),
+        ("interval: 400ms", "interval: 10s"),
     ]));
     assert!(l.cluster.is_some());
     find(
@@ -603,4 +603,22 @@ fn wrong_types_are_reported_not_panicked() {
         d.location.map(|x| x.line),
         Some(line_of(SEED, "apiPort: 6443"))
     );
+}
+
+#[test]
+fn the_track_port_must_not_collide() {
+    let src = seed_with(&[(
+        "priorities: { lb1: 110, lb2: 100 }",
+        "priorities: { lb1: 110, lb2: 100 }\n      trackPort: 8405",
+    )]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.metrics.port",
+        "would both bind port 8405",
+    );
+    assert!(d.message.contains("health endpoint for keepalived"));
+    let c = load(SEED).cluster.expect("valid");
+    assert_eq!(c.lb.vrrp.track_port, 8406, "the default");
 }

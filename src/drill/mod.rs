@@ -609,8 +609,10 @@ impl Drill {
             self.say(sc, &format!("RESTORE FAILED: {e}"));
         }
 
-        // Recovery: status healthy, and the VIP back where keepalived's priorities put it.
-        let back_to = holder.filter(|h| self.top_priority_lb() == Some(h.as_str()));
+        // Recovery: status healthy, and the VIP back where keepalived's priorities put it
+        // (with nopreempt it stays where the failover put it).
+        let back_to =
+            holder.filter(|h| self.c.lb.vrrp.preempt && self.top_priority_lb() == Some(h.as_str()));
         if interrupted {
             self.say(
                 sc,

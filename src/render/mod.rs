@@ -24,6 +24,11 @@ pub const CLUSTER_DIR: &str = "_cluster";
 pub const HEADER: &str =
     "Rendered by hakube from cluster.yaml. Do not edit: change the spec and run `hakube apply`.";
 pub const HAPROXY_ENV: &str = "/etc/haproxy/hakube.env";
+/// keepalived's track script runs every this many seconds (keepalived takes whole seconds) ...
+pub const TRACK_SCRIPT_INTERVAL_S: u64 = 1;
+/// ... and one failure moves the VIP: with `fall 2` a stopped HAProxy kept the VIP 1.8-2.9 s,
+/// with `fall 1` 0.8-1.7 s (docs/drills.md). A single slow check moves it too, which is cheap.
+pub const TRACK_SCRIPT_FALL: u32 = 1;
 
 /// One file for one host.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -153,6 +158,10 @@ fn env() -> Environment<'static> {
             "check_apiserver.sh",
             include_str!("../../templates/check_apiserver.sh.j2"),
         ),
+        (
+            "check_haproxy.sh",
+            include_str!("../../templates/check_haproxy.sh.j2"),
+        ),
         ("etcd.env", include_str!("../../templates/etcd.env.j2")),
         (
             "etcd.service",
@@ -277,6 +286,7 @@ fn load_balancer(
         "env_file": HAPROXY_ENV,
         "lb": {
             "vip_bind": bind_addr(lb.vip),
+            "track_port": lb.vrrp.track_port,
             "api_port": lb.api_port,
             "connect_timeout": hap_duration(hc.connect_timeout),
             "check_timeout": hap_duration(hc.timeout),
@@ -284,7 +294,7 @@ fn load_balancer(
             "inter": hap_duration(hc.interval),
             // Probe faster while a server is changing state, and keep probing a down one often
             // enough that it comes back quickly.
-            "fastinter": hap_duration((hc.interval / 2).max(Duration::from_millis(100))),
+            "fastinter": hap_duration(hc.fastinter()),
             "downinter": hap_duration(hc.interval),
             "fall": hc.fall,
             "rise": hc.rise,
@@ -341,8 +351,11 @@ fn load_balancer(
         "cluster": c.name,
         "host": host_ctx(h),
         "api_port": lb.api_port,
+        "track_port": lb.vrrp.track_port,
         "vrrp": {
-            "state": if prio == top { "MASTER" } else { "BACKUP" },
+            // keepalived honours nopreempt only on instances that start as BACKUP.
+            "state": if prio == top && lb.vrrp.preempt { "MASTER" } else { "BACKUP" },
+            "preempt": lb.vrrp.preempt,
             "interface": ifc,
             "router_id": lb.vrrp.router_id,
             "priority": prio,
@@ -352,6 +365,8 @@ fn load_balancer(
             "auth_pass": if lb.vrrp.version == 2 { lb.vrrp.auth_pass.clone() } else { None },
             "vip": format!("{}/{}", lb.vip, prefix),
             "weight": lb.vrrp.track_weight,
+            "track_interval": TRACK_SCRIPT_INTERVAL_S,
+            "track_fall": TRACK_SCRIPT_FALL,
             "script_user": lb.vrrp.script_user,
         },
     });
@@ -368,16 +383,18 @@ fn load_balancer(
             &["keepalived"],
         )
     });
-    let script = env
-        .get_template("check_apiserver.sh")?
-        .render(minijinja::value::Serde(&ctx))?;
-    out.push(file(
-        h,
-        "/etc/keepalived/check_apiserver.sh",
-        0o755,
-        script,
-        &["keepalived"],
-    ));
+    for name in ["check_haproxy.sh", "check_apiserver.sh"] {
+        let script = env
+            .get_template(name)?
+            .render(minijinja::value::Serde(&ctx))?;
+        out.push(file(
+            h,
+            &format!("/etc/keepalived/{name}"),
+            0o755,
+            script,
+            &["keepalived"],
+        ));
+    }
     let mut sysctl = format!(
         "# {HEADER}\n# HAProxy binds the VIP before keepalived has put it on this host.\nnet.ipv4.ip_nonlocal_bind = 1\n"
     );

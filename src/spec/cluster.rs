@@ -93,6 +93,29 @@ pub struct HealthCheck {
     pub connect_timeout: Duration,
 }
 
+impl HealthCheck {
+    /// HAProxy's `fastinter`: checks run this often while a server is changing state, so a
+    /// failing one reaches `fall` sooner.
+    pub fn fastinter(&self) -> Duration {
+        (self.interval / 2).max(Duration::from_millis(100))
+    }
+
+    /// From a silent (partitioned) API server to HAProxy marking it DOWN, best and worst case:
+    /// up to one `interval` until the next check, then `fall` checks that each fail when their
+    /// connect times out (HAProxy's check connect timeout is min(connect timeout, inter) once
+    /// `timeout check` is set), `fastinter` apart (`inter` for the plain TCP check, which
+    /// renders no `fastinter`).
+    pub fn silent_detect(&self) -> (Duration, Duration) {
+        let t = self.connect_timeout.min(self.interval);
+        let gap = match self.kind {
+            CheckKind::Https => self.fastinter(),
+            CheckKind::Tcp => self.interval,
+        };
+        let rest = (t + gap) * self.fall.saturating_sub(1);
+        (t + rest, self.interval + t + rest)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Vrrp {
     pub router_id: u8,
@@ -107,6 +130,12 @@ pub struct Vrrp {
     /// HAProxy or API path is broken always drops below every healthy peer.
     pub track_weight: i32,
     pub script_user: String,
+    /// HAProxy answers `/healthz` on 127.0.0.1:track_port: 200 while it runs and has an API
+    /// server UP; keepalived's track script asks it.
+    pub track_port: u16,
+    /// true: the highest-priority healthy LB always holds the VIP, so a recovered LB takes it
+    /// back (a second, short client disruption). false (`nopreempt`): the VIP stays where it is.
+    pub preempt: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

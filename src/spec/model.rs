@@ -108,6 +108,10 @@ pub struct Vrrp {
     pub priorities: BTreeMap<String, i64>,
     /// The user keepalived runs the track script as (`enable_script_security`).
     pub script_user: Option<String>,
+    /// Port of HAProxy's own health endpoint on 127.0.0.1, which the track script asks.
+    pub track_port: Option<u16>,
+    /// Whether the highest-priority LB takes the VIP back once it is healthy again.
+    pub preempt: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

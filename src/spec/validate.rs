@@ -663,8 +663,12 @@ fn load_balancer(
                 }
             }
         };
-    let interval = dur(d, "interval", &hc.interval, "1s");
-    let timeout = dur(d, "timeout", &hc.timeout, "1s");
+    // A check connects within min(connectTimeout, interval) (HAProxy's rule once `timeout
+    // check` is set), so with 400ms a silent API server is out within 1.4 s (fall 2), against
+    // 2.6-3.3 s with 1s (docs/drills.md). The answer may take up to `timeout`: a slow /readyz
+    // (during an etcd election, or a loaded server) must not eject a live API server.
+    let interval = dur(d, "interval", &hc.interval, "400ms");
+    let timeout = dur(d, "timeout", &hc.timeout, "2s");
     let connect_timeout = dur(d, "connectTimeout", &hc.connect_timeout, "1s");
     let fall = hc.fall.unwrap_or(2);
     let rise = hc.rise.unwrap_or(2);
@@ -686,7 +690,7 @@ fn load_balancer(
                 "a dead API server stays in rotation for up to {} (interval x fall)",
                 humantime::format_duration(i * fall.max(1))
             ),
-            "use an interval of 1s or 2s",
+            "use the default 400ms, or at most 2s",
         );
     }
     let st = &l.stats;
@@ -735,6 +739,8 @@ fn load_balancer(
                 .script_user
                 .clone()
                 .unwrap_or_else(|| "keepalived_script".into()),
+            track_port: v.track_port.unwrap_or(8406),
+            preempt: v.preempt.unwrap_or(true),
         },
         health_check: HealthCheck {
             kind,
@@ -1026,6 +1032,11 @@ fn ports(
                 lb.api_port,
                 "spec.loadBalancer.apiPort".into(),
                 "HAProxy's API frontend",
+            ));
+            used.push((
+                lb.vrrp.track_port,
+                "spec.loadBalancer.vrrp.trackPort".into(),
+                "HAProxy's health endpoint for keepalived",
             ));
             if lb.stats.enabled {
                 used.push((

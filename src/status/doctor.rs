@@ -144,8 +144,8 @@ fn keepalived_fault(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
                 "keepalived-fault",
                 Severity::Warning,
                 format!("keepalived on {h}: {st}"),
-                "the VRRP interface is down, the config is invalid, or keepalived is not running: this LB cannot take over the VIP",
-                format!("on {h}: keepalived --config-test; ip link; systemctl restart keepalived"),
+                "HAProxy is not running or does not answer on this LB (its track script fails), the VRRP interface is down, the config is invalid, or keepalived is not running: this LB cannot take over the VIP",
+                format!("on {h}: systemctl status haproxy; keepalived --config-test; ip link; systemctl restart keepalived"),
             )
         })
         .collect()
@@ -432,7 +432,7 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
     let names: Vec<String> = c.hosts.iter().map(|h| h.name.clone()).collect();
     let script = "if [ -f /run/keepalived.pid ] && kill -USR1 \"$(cat /run/keepalived.pid)\" 2>/dev/null; then sleep 0.3; \
         grep -m1 'State = ' /tmp/keepalived.data 2>/dev/null || echo 'State = unknown'; else echo 'State = not running'; fi; \
-        for p in /etc/haproxy/haproxy.cfg /etc/keepalived/keepalived.conf /etc/keepalived/check_apiserver.sh; do \
+        for p in /etc/haproxy/haproxy.cfg /etc/keepalived/keepalived.conf /etc/keepalived/check_apiserver.sh /etc/keepalived/check_haproxy.sh; do \
         [ -f $p ] && echo \"sum $p $(sha256sum < $p | cut -d' ' -f1)\"; done; \
         ip -o addr show | awk '{split($4, a, \"/\"); print \"addr \" $2 \" \" a[1]}'; true";
     let results = probes::on_hosts(c, &names, script).await;
