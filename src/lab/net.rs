@@ -182,11 +182,20 @@ pub fn wire_host(st: &LabState, h: &HostState) -> Result<()> {
 /// root namespace's firewall is never touched).
 const PARTITION_TABLE: &str = "hakube_lab_partition";
 
-/// Drop every packet in and out of the host except loopback, ARP included (a host that still
-/// answered ARP for the VIP would not be cut off). The link stays up, so this is a partition,
-/// not a cable pull: established TCP connections stall rather than reset.
+/// Drop every frame in and out of the host's `eth0`: loopback still works and the link stays
+/// up, so this is a partition, not a cable pull (established TCP connections stall rather than
+/// reset). It filters at the device (nftables netdev ingress/egress), because keepalived sends
+/// its gratuitous ARPs on a packet socket that the inet and arp hooks never see: a partitioned
+/// VIP holder would otherwise still re-announce the VIP and pull clients to itself. Kernels
+/// before 5.16 have no egress hook; there the inet and arp tables are used instead.
 pub fn partition(h: &HostState) -> Result<()> {
-    let rules = format!(
+    let device = format!(
+        "table netdev {PARTITION_TABLE} {{\n\
+         chain ingress {{ type filter hook ingress device \"eth0\" priority -500; policy drop; }}\n\
+         chain egress {{ type filter hook egress device \"eth0\" priority -500; policy drop; }}\n\
+         }}\n"
+    );
+    let stack = format!(
         "table inet {PARTITION_TABLE} {{\n\
          chain input {{ type filter hook input priority -300; policy drop; iif \"lo\" accept; }}\n\
          chain output {{ type filter hook output priority -300; policy drop; oif \"lo\" accept; }}\n\
@@ -197,6 +206,10 @@ pub fn partition(h: &HostState) -> Result<()> {
          }}\n"
     );
     heal(h);
+    nft(h, &device).or_else(|e| nft(h, &stack).map_err(|e2| e2.context(format!("{e:#}"))))
+}
+
+fn nft(h: &HostState, rules: &str) -> Result<()> {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &h.netns, "nft", "-f", "-"])
         .stdin(Stdio::piped())
@@ -222,35 +235,29 @@ pub fn partition(h: &HostState) -> Result<()> {
 
 /// Remove the partition tables (if any).
 pub fn heal(h: &HostState) {
-    for family in ["inet", "arp"] {
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &h.netns,
-                "nft",
-                "delete",
-                "table",
-                family,
-                PARTITION_TABLE,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+    for family in ["netdev", "inet", "arp"] {
+        nft_table(h, "delete", family);
     }
 }
 
 /// Whether the host is partitioned right now.
 pub fn is_partitioned(h: &HostState) -> bool {
+    ["netdev", "inet"]
+        .iter()
+        .any(|family| nft_table(h, "list", family))
+}
+
+/// `nft VERB table FAMILY hakube_lab_partition` inside the host; whether it succeeded.
+fn nft_table(h: &HostState, verb: &str, family: &str) -> bool {
     Command::new("ip")
         .args([
             "netns",
             "exec",
             &h.netns,
             "nft",
-            "list",
+            verb,
             "table",
-            "inet",
+            family,
             PARTITION_TABLE,
         ])
         .stdout(Stdio::null())
