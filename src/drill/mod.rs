@@ -535,23 +535,31 @@ impl Drill {
             };
         }
 
-        // The control-plane scenarios hit the kept-alive connection when they can: if it sits
-        // on a control plane they may not break (the etcd leader), it is moved (at most 3 times).
-        for _ in 0..3 {
+        // The control-plane scenarios hit the kept-alive connection when they can (the worst
+        // case for long-lived clients such as watches). Where the target follows the connection
+        // and it sits on a control plane they may not break (the etcd leader), it is moved off;
+        // etcd-leader-loss cannot choose its target, so the connection is moved onto the
+        // leader's API server. At most 5 reconnects; HAProxy's leastconn decides where each goes.
+        let leader = s.etcd.iter().find(|m| m.is_leader).map(|m| m.name.clone());
+        let auto = self.opts.host.is_none() && self.injector.name() == "lab";
+        for _ in 0..5 {
             let on = self.kept_alive_server(&prober);
-            let movable = self.opts.host.is_none()
-                && self.injector.name() == "lab"
-                && matches!(
-                    sc,
-                    Scenario::ControlPlanePartition | Scenario::EtcdMemberDown
-                )
-                && on
-                    .as_deref()
-                    .is_none_or(|h| s.etcd.iter().any(|m| m.name == h && m.is_leader));
-            if !movable || self.interrupts() > base {
+            let on_leader = on.is_some() && on == leader;
+            let (wrong, why) = match sc {
+                Scenario::ControlPlanePartition | Scenario::EtcdMemberDown => (
+                    on.is_none() || on_leader,
+                    "moving the kept-alive connection off the etcd leader",
+                ),
+                Scenario::EtcdLeaderLoss => (
+                    leader.is_some() && !on_leader,
+                    "moving the kept-alive connection onto the etcd leader",
+                ),
+                _ => (false, ""),
+            };
+            if !auto || !wrong || self.interrupts() > base {
                 break;
             }
-            self.say(sc, "moving the kept-alive connection off the etcd leader");
+            self.say(sc, why);
             prober.reconnect_keepalive();
             tokio::time::sleep(self.opts.interval * 4).await;
         }
