@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Seed config against tuned config, in ONE run on one lab: the same drills once with the
-# runbook's own load balancer settings (TCP check every 10 s, VRRPv2 with 1 s adverts) and once
+# runbook's own load balancer settings (TCP check every 10 s, VRRPv2 with 1 s adverts, and its
+# keepalived track script: `kill -0` every 2 s, weight 2, fall 3) and once
 # with hakube's defaults, then both side by side, and whether hakube's goals were met. It only
 # prints what it measured.
 #
@@ -41,10 +42,19 @@ healthy() { # wait until `status` says healthy (exit 0)
   return 1
 }
 
-run() { # label spec: apply the spec, then the drills
-  local label=$1 spec=$2
+runbook_keepalived() { # the runbook's own track script on every LB, instead of hakube's two
+  local lb
+  for lb in $(python3 -c 'import json,sys; print(" ".join(h["name"] for h in json.load(open(sys.argv[1]))["hosts"] if "loadbalancer" in h.get("roles", [])))' "$DIR/state.json"); do
+    python3 bench/runbook-keepalived.py "$DIR/hosts/$lb/fs/etc/keepalived/keepalived.conf"
+    ssh -F "$DIR/ssh_config" "$lb" systemctl restart keepalived
+  done
+}
+
+run() { # label spec [hook]: apply the spec, run the hook, then the drills
+  local label=$1 spec=$2 hook=${3:-}
   echo "== $label: apply $spec" >&2
   "$HAKUBE" apply -f "$spec" >"$OUT/$label.apply.log" 2>&1 || { tail -20 "$OUT/$label.apply.log" >&2; exit 1; }
+  if [ -n "$hook" ]; then echo "== $label: $hook" >&2; "$hook"; fi
   healthy "$spec"
   echo "== $label: hakube drill $SCENARIOS --duration $DURATION" >&2
   "$HAKUBE" drill "$SCENARIOS" -f "$spec" --duration "$DURATION" --recovery-timeout 120s \
@@ -67,7 +77,7 @@ open(dst, "w").write(text.replace(old, new))
 EOF
 
 run tuned "$DIR/cluster.yaml"
-run seed "$DIR/cluster-seed.yaml"
+run seed "$DIR/cluster-seed.yaml" runbook_keepalived
 
 LOAD="load average $LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 python3 - "$OUT/seed.json" "$OUT/tuned.json" "$DURATION" "$(nproc)" "$LOAD" "$(basename "$(dirname "$HAKUBE")")/hakube" <<'EOF' | tee "$OUT/compare.md"
