@@ -76,35 +76,27 @@ fn plan_json_has_the_same_facts() {
     assert_eq!(v["valid"], true);
     assert_eq!(v["plan"]["endpoint"], "10.1.1.100:6443");
     let layers = v["plan"]["layers"].as_array().expect("layers");
-    let etcd = layers
-        .iter()
-        .find(|l| l["name"].as_str().unwrap_or_default().starts_with("etcd"))
-        .expect("etcd layer");
+    let layer = |prefix: &str| {
+        layers
+            .iter()
+            .find(|l| l["name"].as_str().unwrap_or_default().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} layer"))
+    };
+    let etcd = layer("etcd");
     assert_eq!(etcd["survives"], 1);
     assert_eq!(etcd["failover_ms"], serde_json::json!([1000, 2000]));
-    let vip = &layers[0];
     // Host loss: 3 x 200ms + (256-100)/256 x 200ms = 721ms; no API server behind the holder:
     // up to one more track-script interval (1s).
-    assert_eq!(vip["failover_ms"], serde_json::json!([721, 1721]));
+    assert_eq!(layer("VIP")["failover_ms"], serde_json::json!([721, 1721]));
     // HAProxy dead on the holder: FAULT and a priority-0 advert, so only the backup's skew
     // (156/256 x 200ms = 121ms), after up to one track-script interval.
-    let hap = &layers[1];
-    assert!(
-        hap["name"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("HAProxy")
+    assert_eq!(
+        layer("HAProxy")["failover_ms"],
+        serde_json::json!([121, 1121])
     );
-    assert_eq!(hap["failover_ms"], serde_json::json!([121, 1121]));
     // A silent API server: 2 checks that fail to connect within min(1s, inter 400ms), 200ms
     // apart (fastinter), after up to one interval: 1000-1400ms.
-    let api = &layers[2];
-    assert!(
-        api["name"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("API servers")
-    );
+    let api = layer("API servers");
     assert_eq!(api["failover_ms"], serde_json::json!([0, 1400]));
     assert!(
         api["how"]
