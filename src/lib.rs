@@ -13,5 +13,6 @@ pub mod plan;
 pub mod probe;
 pub mod render;
 pub mod spec;
+pub mod state;
 pub mod status;
 pub mod transport;

@@ -81,6 +81,11 @@ enum Command {
         /// member is unhealthy).
         #[arg(long)]
         force: bool,
+        /// Replace the CAs the live cluster uses with the ones in this spec's state folder. Every
+        /// certificate is issued again and etcd and the API servers restart with them, with
+        /// downtime. Without it, apply refuses a cluster whose CAs are not this state's.
+        #[arg(long)]
+        replace_ca: bool,
         /// Do not ask for confirmation (apply never prompts when stdin is not a terminal).
         #[arg(long, short = 'y')]
         yes: bool,
@@ -144,8 +149,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             dry_run,
             concurrency,
             force,
+            replace_ca,
             yes: _,
-        } => cmd_apply(&spec, dry_run, concurrency, force),
+        } => cmd_apply(&spec, dry_run, concurrency, force, replace_ca),
         Command::Status {
             spec,
             watch,
@@ -304,7 +310,13 @@ fn cmd_render(a: &SpecArgs, out: &Path, check: bool) -> anyhow::Result<i32> {
     Ok(if failed > 0 { 2 } else { 0 })
 }
 
-fn cmd_apply(a: &SpecArgs, dry_run: bool, concurrency: usize, force: bool) -> anyhow::Result<i32> {
+fn cmd_apply(
+    a: &SpecArgs,
+    dry_run: bool,
+    concurrency: usize,
+    force: bool,
+    replace_ca: bool,
+) -> anyhow::Result<i32> {
     let loaded = load(a)?;
     let json = a.output == Output::Json;
     if !json {
@@ -322,6 +334,7 @@ fn cmd_apply(a: &SpecArgs, dry_run: bool, concurrency: usize, force: bool) -> an
         dry_run,
         concurrency,
         force,
+        replace_ca,
         json,
         ..Default::default()
     };
@@ -332,7 +345,7 @@ fn cmd_apply(a: &SpecArgs, dry_run: bool, concurrency: usize, force: bool) -> an
         let _lock = if dry_run {
             None
         } else {
-            Some(apply::lock(&cluster)?)
+            Some(hakube::state::State::lock(&cluster)?)
         };
         let hosts = apply::connect(&cluster, &opts).await?;
         anyhow::Ok(apply::apply(cluster, opts, hosts).await)

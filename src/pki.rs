@@ -55,7 +55,8 @@ impl Ca {
         }
     }
 
-    fn load(dir: &Path) -> Result<Ca> {
+    /// Load `dir/ca.crt` and `dir/ca.key`; both must exist.
+    pub fn load(dir: &Path) -> Result<Ca> {
         let cert_path = dir.join(CA_CERT);
         let key_path = dir.join(CA_KEY);
         let cert_pem = fs::read_to_string(&cert_path)
@@ -76,6 +77,16 @@ impl Ca {
     fn create(dir: &Path, cn: &str) -> Result<Ca> {
         fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the CA folder {}", dir.display()))?;
+        let (ca, key_pem) = Self::generate(dir, cn)?;
+        // Key first: a crash in between leaves a folder that load_or_create refuses loudly.
+        write_secret(&dir.join(CA_KEY), &key_pem)?;
+        write_public(&dir.join(CA_CERT), &ca.cert_pem)?;
+        Ok(ca)
+    }
+
+    /// A new CA (10 years) in memory only, as it would be kept in `dir`; returns it with its
+    /// key's PEM. A dry-run plans with one of these and writes nothing.
+    pub fn generate(dir: &Path, cn: &str) -> Result<(Ca, String)> {
         let key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("cannot generate the CA key")?;
         let mut params = CertificateParams::default();
@@ -90,16 +101,13 @@ impl Ca {
         let cert = params
             .self_signed(&key)
             .context("cannot self-sign the CA certificate")?;
-        // Key first: a crash in between leaves a folder that load_or_create refuses loudly.
-        write_secret(&dir.join(CA_KEY), &key.serialize_pem())?;
-        write_public(&dir.join(CA_CERT), &cert.pem())?;
-        let cert_pem = cert.pem();
-        let issuer = Issuer::new(params, key);
-        Ok(Ca {
+        let key_pem = key.serialize_pem();
+        let ca = Ca {
             dir: dir.to_path_buf(),
-            cert_pem,
-            issuer,
-        })
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        };
+        Ok((ca, key_pem))
     }
 
     /// The CA certificate, PEM.

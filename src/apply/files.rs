@@ -1,92 +1,16 @@
 //! The files apply wants on each host: everything `render` produces, plus certificates from the
 //! local PKI and, with `bootstrap: lab`, the lab API server.
 
-use crate::pki::{Ca, Usage};
-use crate::render::{self, RenderedFile, Secrets};
+use crate::pki::Usage;
+use crate::render::{self, RenderedFile};
 use crate::spec::{Bootstrap, Cluster, EtcdManagement, Host};
+use crate::state::{self, Leaf, State};
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const LAB_APISERVER_BIN: &str = "/var/lib/hakube/bin/hakube-lab-apiserver";
 pub const LAB_APISERVER_UNIT: &str = "/etc/systemd/system/hakube-lab-apiserver.service";
 pub const LAB_PKI: &str = "/etc/hakube/lab-apiserver";
-const DAYS: u32 = 365;
-
-/// The cluster's local state folder: `.hakube/<name>` next to the spec (secrets, PKI, lock).
-pub fn state_dir(c: &Cluster) -> PathBuf {
-    c.base_dir.join(".hakube").join(&c.name)
-}
-
-pub struct Pki {
-    pub etcd_ca: Ca,
-    pub cluster_ca: Ca,
-    dir: PathBuf,
-}
-
-impl Pki {
-    pub fn load_or_create(c: &Cluster) -> Result<Pki> {
-        let dir = state_dir(c).join("pki");
-        Ok(Pki {
-            etcd_ca: Ca::load_or_create(&dir.join("etcd"), &format!("{} etcd CA", c.name))?,
-            cluster_ca: Ca::load_or_create(
-                &dir.join("cluster"),
-                &format!("{} cluster CA", c.name),
-            )?,
-            dir,
-        })
-    }
-
-    /// A leaf kept in the state folder, issued again only when missing or its SANs changed,
-    /// so that a re-apply changes nothing.
-    pub fn leaf(
-        &self,
-        ca: &Ca,
-        sub: &str,
-        name: &str,
-        cn: &str,
-        sans: &[String],
-        usage: Usage,
-    ) -> Result<(String, String)> {
-        let dir = self.dir.join(sub);
-        let (crt, key, sidecar) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-            dir.join(format!("{name}.sans")),
-        );
-        let want = sans.join(",");
-        if let (Ok(c), Ok(k), Ok(s)) = (
-            std::fs::read_to_string(&crt),
-            std::fs::read_to_string(&key),
-            std::fs::read_to_string(&sidecar),
-        ) && s == want
-        {
-            return Ok((c, k));
-        }
-        ca.issue_to(&dir, name, cn, sans, usage, DAYS)?;
-        crate::pki::write_public(&sidecar, &want)?;
-        Ok((
-            std::fs::read_to_string(&crt).with_context(|| format!("reading {}", crt.display()))?,
-            std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?,
-        ))
-    }
-
-    /// hakube's own etcd client certificate (status, membership changes).
-    pub fn operator_etcd_tls(&self) -> Result<crate::etcd::Tls> {
-        let (cert_pem, key_pem) = self.leaf(
-            &self.etcd_ca,
-            "etcd",
-            "hakube-operator",
-            "hakube-operator",
-            &[],
-            Usage::Client,
-        )?;
-        Ok(crate::etcd::Tls {
-            ca_pem: self.etcd_ca.cert_pem().to_string(),
-            cert_pem,
-            key_pem,
-        })
-    }
-}
 
 fn secret(h: &Host, path: &str, content: String, services: &[&str]) -> RenderedFile {
     RenderedFile {
@@ -109,8 +33,13 @@ fn public(h: &Host, path: &str, content: String, services: &[&str]) -> RenderedF
 }
 
 /// Every file for every host. `lab_apiserver` is the stand-in's binary, for `bootstrap: lab`.
-pub fn desired(c: &Cluster, pki: &Pki, lab_apiserver: Option<&Path>) -> Result<Vec<RenderedFile>> {
-    let secrets = Secrets::load_or_create(c)?;
+pub fn desired(
+    c: &Cluster,
+    pki: &State,
+    lab_apiserver: Option<&Path>,
+) -> Result<Vec<RenderedFile>> {
+    let secrets = pki.secrets()?;
+    let marker = serde_json::to_string_pretty(&pki.marker())? + "\n";
     let mut files: Vec<RenderedFile> = render::render(c, &secrets)?
         .into_iter()
         .filter(|f| f.host != render::CLUSTER_DIR)
@@ -118,6 +47,9 @@ pub fn desired(c: &Cluster, pki: &Pki, lab_apiserver: Option<&Path>) -> Result<V
     for h in c.control_planes() {
         let name = &h.name;
         let addr = h.address.to_string();
+        if c.etcd.management == EtcdManagement::Hakube || c.kubernetes.bootstrap == Bootstrap::Lab {
+            files.push(public(h, state::MARKER_PATH, marker.clone(), &[]));
+        }
         if c.etcd.management == EtcdManagement::Hakube {
             let ca = pki.etcd_ca.cert_pem().to_string();
             let server_sans = vec![
@@ -126,7 +58,10 @@ pub fn desired(c: &Cluster, pki: &Pki, lab_apiserver: Option<&Path>) -> Result<V
                 "127.0.0.1".into(),
                 "localhost".into(),
             ];
-            let (sc, sk) = pki.leaf(
+            let Leaf {
+                cert_pem: sc,
+                key_pem: sk,
+            } = pki.leaf(
                 &pki.etcd_ca,
                 "etcd",
                 &format!("{name}-server"),
@@ -134,7 +69,10 @@ pub fn desired(c: &Cluster, pki: &Pki, lab_apiserver: Option<&Path>) -> Result<V
                 &server_sans,
                 Usage::Server,
             )?;
-            let (pc, pk) = pki.leaf(
+            let Leaf {
+                cert_pem: pc,
+                key_pem: pk,
+            } = pki.leaf(
                 &pki.etcd_ca,
                 "etcd",
                 &format!("{name}-peer"),
@@ -142,7 +80,10 @@ pub fn desired(c: &Cluster, pki: &Pki, lab_apiserver: Option<&Path>) -> Result<V
                 &[addr.clone(), name.clone()],
                 Usage::Peer,
             )?;
-            let (ac, ak) = pki.leaf(
+            let Leaf {
+                cert_pem: ac,
+                key_pem: ak,
+            } = pki.leaf(
                 &pki.etcd_ca,
                 "etcd",
                 "apiserver-etcd-client",
@@ -181,7 +122,10 @@ pub fn desired(c: &Cluster, pki: &Pki, lab_apiserver: Option<&Path>) -> Result<V
                     sans.push(s.clone());
                 }
             }
-            let (cc, ck) = pki.leaf(
+            let Leaf {
+                cert_pem: cc,
+                key_pem: ck,
+            } = pki.leaf(
                 &pki.cluster_ca,
                 "cluster",
                 &format!("{name}-apiserver"),

@@ -11,6 +11,7 @@ mod phases;
 
 use crate::render::RenderedFile;
 use crate::spec::Cluster;
+use crate::state::State;
 use crate::transport::{self, BoxFut, Output, Transport};
 use anyhow::{Context, Result, bail};
 use facts::Facts;
@@ -26,6 +27,9 @@ pub struct Options {
     pub dry_run: bool,
     pub concurrency: usize,
     pub force: bool,
+    /// Replace the CAs the live cluster uses with this state folder's (every certificate is
+    /// issued again and every member restarts): refused without it.
+    pub replace_ca: bool,
     pub json: bool,
     /// The lab API server binary to install with `bootstrap: lab`.
     pub lab_apiserver: Option<PathBuf>,
@@ -38,6 +42,7 @@ impl Default for Options {
             dry_run: false,
             concurrency: 30,
             force: false,
+            replace_ca: false,
             json: false,
             lab_apiserver: None,
             connect_timeout: Duration::from_secs(10),
@@ -93,7 +98,7 @@ pub struct Ctx {
     pub hosts: BTreeMap<String, Arc<dyn Transport>>,
     pub facts: BTreeMap<String, Facts>,
     pub files: Vec<RenderedFile>,
-    pub pki: files::Pki,
+    pub state: State,
     stats: Mutex<BTreeMap<String, HostStats>>,
     /// Services whose inputs changed in an earlier phase: host -> services.
     pending: Mutex<BTreeMap<String, BTreeSet<String>>>,
@@ -335,29 +340,6 @@ pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc
     Ok(hosts)
 }
 
-/// A lock that stops two applies on the same cluster state from running at once; released by
-/// the kernel when the process dies, so a killed apply never leaves it behind.
-pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
-
-pub fn lock(c: &Cluster) -> Result<Lock> {
-    let dir = files::state_dir(c);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("apply.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
-    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => Ok(Lock(l)),
-        Err((_, e)) => bail!(
-            "another hakube apply is running on cluster {} ({}: {e})\n  help: wait for it to finish",
-            c.name,
-            path.display()
-        ),
-    }
-}
-
 /// Run apply (or its dry-run) on connected hosts.
 pub async fn apply(
     c: Cluster,
@@ -446,27 +428,112 @@ async fn prepare_ctx(
                 .map(String::from);
         }
     }
-    let pki = files::Pki::load_or_create(&c)?;
+    // A new state folder is only written once the hosts are known not to use other CAs.
+    let fresh = !State::exists(&c);
+    let mut state = if opts.dry_run || fresh {
+        State::plan(&c)?
+    } else {
+        State::open_or_init(&c)?
+    };
     let lab_bin = match (&opts.lab_apiserver, c.kubernetes.bootstrap) {
         (Some(p), _) => Some(p.clone()),
         (None, crate::spec::Bootstrap::Lab) => Some(default_lab_apiserver()?),
         _ => None,
     };
-    let files = files::desired(&c, &pki, lab_bin.as_deref())?;
+    let mut files = files::desired(&c, &state, lab_bin.as_deref())?;
     let hashes = prefetch_hashes(&hosts, &files, limit).await?;
+    if !opts.replace_ca {
+        check_same_cas(&c, &state, &files, &hashes, &hosts).await?;
+    }
+    if fresh && !opts.dry_run {
+        state = State::open_or_init(&c)?;
+        files = files::desired(&c, &state, lab_bin.as_deref())?;
+    }
     Ok(Ctx {
         c,
         opts,
         hosts,
         facts,
         files,
-        pki,
+        state,
         stats: Mutex::new(BTreeMap::new()),
         pending: Mutex::new(BTreeMap::new()),
         hashes: Mutex::new(hashes),
         phase: Mutex::new("facts"),
         out: Mutex::new(()),
     })
+}
+
+/// Refuse to hand the cluster CAs it does not trust: a CA file on a host that differs from this
+/// state folder's means the cluster was built from another one (a copied spec without its
+/// `.hakube` folder, say), and going on would replace every certificate at once.
+async fn check_same_cas(
+    c: &Cluster,
+    state: &State,
+    files: &[RenderedFile],
+    hashes: &Hashes,
+    hosts: &BTreeMap<String, Arc<dyn Transport>>,
+) -> Result<()> {
+    let cas = [
+        ("/etc/etcd/pki/ca.crt", "etcd CA", &state.etcd_ca),
+        (
+            &*format!("{}/ca.crt", files::LAB_PKI),
+            "cluster CA",
+            &state.cluster_ca,
+        ),
+    ];
+    let mut found = vec![];
+    for f in files {
+        let Some((_, what, ca)) = cas.iter().find(|(p, _, _)| *p == f.path) else {
+            continue;
+        };
+        if let Some(Some(live)) = hashes.get(&(f.host.clone(), f.path.clone()))
+            && *live != f.sha256()
+        {
+            found.push(format!(
+                "  {}: {} is {} (sha256 {}…), not this state's {} ({}, sha256 {}…)",
+                f.host,
+                f.path,
+                what,
+                &live[..live.len().min(16)],
+                what,
+                ca.cert_path().display(),
+                &f.sha256()[..16],
+            ));
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    let host = files
+        .iter()
+        .find(|f| {
+            f.path == crate::state::MARKER_PATH
+                && matches!(hashes.get(&(f.host.clone(), f.path.clone())), Some(Some(_)))
+        })
+        .map(|f| f.host.clone());
+    let built_from = match host.as_ref().and_then(|h| hosts.get(h)) {
+        Some(t) => match transport::read_file(t.as_ref(), crate::state::MARKER_PATH).await {
+            Ok(Some(bytes)) => serde_json::from_slice::<crate::state::Marker>(&bytes)
+                .map(|m| {
+                    format!(
+                        "the hosts say it was built from the state folder {} on {}",
+                        m.state_dir, m.operator_host
+                    )
+                })
+                .unwrap_or_else(|_| {
+                    format!("{} on the hosts is unreadable", crate::state::MARKER_PATH)
+                }),
+            _ => "the hosts do not say which state folder built it".to_string(),
+        },
+        None => "the hosts do not say which state folder built it".to_string(),
+    };
+    bail!(
+        "cluster {} was built with other CAs than the ones in {}; nothing was changed:\n{}\n           {built_from}.\n  help: run hakube with the spec next to that .hakube folder (or copy the          folder next to this spec). To replace the cluster's CAs on purpose (every certificate is          issued again and etcd and the API servers restart with them, with downtime), pass          --replace-ca",
+        c.name,
+        state.dir().display(),
+        found.join("\n"),
+    )
 }
 
 /// A file's checksum on a host, by (host, path); `None` where the file does not exist.

@@ -132,7 +132,9 @@ impl Phase for Prepare {
 pub struct Pki;
 
 fn is_pki(f: &crate::render::RenderedFile) -> bool {
-    f.path.starts_with("/etc/etcd/pki/") || f.path.starts_with(LAB_PKI)
+    f.path.starts_with("/etc/etcd/pki/")
+        || f.path.starts_with(LAB_PKI)
+        || f.path == crate::state::MARKER_PATH
 }
 
 impl Phase for Pki {
@@ -190,7 +192,7 @@ impl Phase for Etcd {
                 })
             })
             .await?;
-            let tls = ctx.pki.operator_etcd_tls()?;
+            let tls = ctx.state.operator_etcd_tls()?;
             let timeout = Duration::from_secs(3);
             let active: Vec<&Host> = cps
                 .iter()
@@ -610,7 +612,7 @@ async fn lab_control_plane(ctx: &Ctx) -> Result<()> {
         "",
         "bootstrap: lab — deploying hakube-lab-apiserver, a STAND-IN for kube-apiserver",
     );
-    let ca = crate::probe::client_config(ctx.pki.cluster_ca.cert_pem())?;
+    let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
     // Files on every control plane at once (a no-op run only compares checksums); restarts
     // below stay one at a time.
     ctx.each(names(ctx.c.control_planes()), |name| {
@@ -716,8 +718,7 @@ async fn kubeadm_control_plane(ctx: &Ctx) -> Result<()> {
         if let Some(ca) =
             transport::read_file(ctx.host(&first.name)?, "/etc/kubernetes/pki/ca.crt").await?
         {
-            let p = super::files::state_dir(&ctx.c).join("pki/kubernetes-ca.crt");
-            crate::pki::write_public(&p, &String::from_utf8_lossy(&ca))?;
+            ctx.state.save_kubeadm_ca(&String::from_utf8_lossy(&ca))?;
         }
     }
     let joining: Vec<&&Host> = cps.iter().skip(1).filter(|h| !done(h)).collect();
@@ -869,7 +870,7 @@ impl Phase for Verify {
             }
             let mut problems = Vec::new();
             if ctx.c.etcd.management == EtcdManagement::Hakube {
-                let tls = ctx.pki.operator_etcd_tls()?;
+                let tls = ctx.state.operator_etcd_tls()?;
                 match all_healthy(ctx, &tls).await {
                     Ok(()) => ctx.log(
                         "ok",
@@ -880,7 +881,7 @@ impl Phase for Verify {
                 }
             }
             if ctx.c.kubernetes.bootstrap == Bootstrap::Lab {
-                let ca = crate::probe::client_config(ctx.pki.cluster_ca.cert_pem())?;
+                let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
                 let mut targets: Vec<(String, SocketAddr)> = vec![(
                     "VIP".into(),
                     SocketAddr::new(ctx.c.lb.vip, ctx.c.lb.api_port),

@@ -15,9 +15,9 @@ pub mod scenario;
 mod svg;
 pub mod watch;
 
-use crate::apply::files::{Pki, state_dir};
 use crate::lab::state::{LAB_ROOT, LabPaths, LabState};
 use crate::spec::{Bootstrap, Cluster, EtcdManagement};
+use crate::state::State;
 use crate::status::{self, Health};
 use anyhow::{Context, Result, bail};
 use fault::{Action, Guard, Injector, LabInjector, SshInjector, Via};
@@ -296,32 +296,27 @@ impl Drill {
             }
             _ => Arc::new(SshInjector::new(&c)),
         };
-        let pki = Pki::load_or_create(&c)?;
-        let (api_tls, api_error) = {
-            let ca = match c.kubernetes.bootstrap {
-                Bootstrap::Lab => Some(pki.cluster_ca.cert_pem().to_string()),
-                Bootstrap::Kubeadm => {
-                    std::fs::read_to_string(state_dir(&c).join("pki/kubernetes-ca.crt")).ok()
-                }
-            };
-            match ca.map(|ca| crate::probe::client_config(&ca)) {
-                Some(Ok(cfg)) => (Some(cfg), None),
-                Some(Err(e)) => (None, Some(format!("the cluster CA is not usable: {e:#}"))),
-                None => (
-                    None,
-                    Some(format!(
-                        "no cluster CA to verify the API against (expected {})",
-                        state_dir(&c).join("pki/kubernetes-ca.crt").display()
-                    )),
-                ),
-            }
+        let state = State::open(&c)?;
+        let (api_tls, api_error) = match state
+            .api_ca_pem()
+            .map(|ca| crate::probe::client_config(&ca))
+        {
+            Some(Ok(cfg)) => (Some(cfg), None),
+            Some(Err(e)) => (None, Some(format!("the cluster CA is not usable: {e:#}"))),
+            None => (
+                None,
+                Some(format!(
+                    "no cluster CA to verify the API against (expected {})",
+                    state.kubeadm_ca_path().display()
+                )),
+            ),
         };
         let etcd_tls = if c.etcd.management == EtcdManagement::Hakube {
-            Some(pki.operator_etcd_tls()?)
+            Some(state.operator_etcd_tls()?)
         } else {
             None
         };
-        let stats_password = crate::render::read_or_create_secret(&c.lb.stats.password_file).ok();
+        let stats_password = state.stats_password();
         let now = SystemTime::now();
         let run_id = format!("{}-{:04x}", stamp(now), rand::random::<u16>());
         Ok(Drill {

@@ -85,54 +85,59 @@ impl Secrets {
     }
 }
 
+/// Read a secret file: it must be private (no group or other bits) and HAProxy-quotable.
+pub fn read_secret(p: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let s = std::fs::read_to_string(p)
+        .with_context(|| format!("cannot read the secret file {}", p.display()))?;
+    let mode = std::fs::metadata(p)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the secret file {} is readable by group or others (mode {:04o})\n  help: chmod 600 {}",
+            p.display(),
+            mode & 0o777,
+            p.display()
+        );
+    }
+    let s = s.trim().to_string();
+    if s.is_empty() || s.contains(['"', '\n', ':', '$', '\\']) {
+        anyhow::bail!(
+            "the secret file {} is empty or holds a character HAProxy cannot quote (\" : $ \\)\n  help: delete it and hakube generates a new one",
+            p.display()
+        );
+    }
+    Ok(s)
+}
+
+/// A new random secret (32 alphanumerics: nothing any config grammar reads specially).
+pub fn random_secret() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// Read a secret file, creating it (0600, random) when it does not exist.
 pub fn read_or_create_secret(p: &Path) -> anyhow::Result<String> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    match std::fs::read_to_string(p) {
-        Ok(s) => {
-            let mode = std::fs::metadata(p)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                anyhow::bail!(
-                    "the secret file {} is readable by group or others (mode {:04o})\n  help: chmod 600 {}",
-                    p.display(),
-                    mode & 0o777,
-                    p.display()
-                );
-            }
-            let s = s.trim().to_string();
-            if s.is_empty() || s.contains(['"', '\n', ':', '$', '\\']) {
-                anyhow::bail!(
-                    "the secret file {} is empty or holds a character HAProxy cannot quote (\" : $ \\)\n  help: delete it and hakube generates a new one",
-                    p.display()
-                );
-            }
-            Ok(s)
+    if !p.exists() {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-            }
-            use rand::Rng;
-            let pw: String = rand::rng()
-                .sample_iter(&rand::distr::Alphanumeric)
-                .take(32)
-                .map(char::from)
-                .collect();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(p)
-                .with_context(|| format!("creating the secret file {}", p.display()))?;
-            std::io::Write::write_all(&mut f, format!("{pw}\n").as_bytes())?;
-            Ok(pw)
-        }
-        Err(e) => Err(anyhow::anyhow!(
-            "cannot read the secret file {}: {e}",
-            p.display()
-        )),
+        let pw = random_secret();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p)
+            .with_context(|| format!("creating the secret file {}", p.display()))?;
+        std::io::Write::write_all(&mut f, format!("{pw}\n").as_bytes())?;
+        return Ok(pw);
     }
+    read_secret(p)
 }
 
 fn env() -> Environment<'static> {

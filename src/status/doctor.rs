@@ -3,6 +3,7 @@
 
 use super::{Status, probes};
 use crate::spec::{Cluster, url};
+use crate::state::State;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -462,16 +463,16 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
         }
         answers.push((host, text));
     }
-    let wanted: BTreeMap<(String, String), String> =
-        match crate::render::Secrets::load_or_create(&wanted_cluster)
-            .and_then(|s| crate::render::render(&wanted_cluster, &s))
-        {
-            Ok(files) => files
-                .into_iter()
-                .map(|f| ((f.host.clone(), f.path.clone()), f.sha256()))
-                .collect(),
-            Err(_) => BTreeMap::new(),
-        };
+    let wanted: BTreeMap<(String, String), String> = match State::open(&wanted_cluster)
+        .and_then(|st| st.secrets())
+        .and_then(|s| crate::render::render(&wanted_cluster, &s))
+    {
+        Ok(files) => files
+            .into_iter()
+            .map(|f| ((f.host.clone(), f.path.clone()), f.sha256()))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
     for (host, text) in answers {
         let is_lb = c.host(&host).is_some_and(|h| h.roles.loadbalancer);
         for l in text.lines() {
@@ -489,7 +490,7 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
         }
     }
     // Live membership.
-    let tls = crate::apply::files::Pki::load_or_create(c)?.operator_etcd_tls()?;
+    let tls = State::open(c)?.operator_etcd_tls()?;
     let endpoints: Vec<String> = c
         .control_planes()
         .map(|h| url("https", h.address, c.etcd.client_port))

@@ -4,8 +4,8 @@
 pub mod doctor;
 mod probes;
 
-use crate::apply::files::{Pki, state_dir};
-use crate::spec::{Bootstrap, Cluster, EtcdManagement};
+use crate::spec::{Cluster, EtcdManagement};
+use crate::state::State;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -74,15 +74,10 @@ pub struct Status {
 /// Gather everything, in parallel.
 pub async fn gather(c: &Cluster) -> anyhow::Result<Status> {
     let start = std::time::Instant::now();
-    let pki = Pki::load_or_create(c)?;
-    let etcd_tls = pki.operator_etcd_tls()?;
-    let api_ca = match c.kubernetes.bootstrap {
-        Bootstrap::Lab => Some(pki.cluster_ca.cert_pem().to_string()),
-        Bootstrap::Kubeadm => {
-            std::fs::read_to_string(state_dir(c).join("pki/kubernetes-ca.crt")).ok()
-        }
-    };
-    let stats_pw = crate::render::read_or_create_secret(&c.lb.stats.password_file).ok();
+    let state = State::open(c)?;
+    let etcd_tls = state.operator_etcd_tls()?;
+    let api_ca = state.api_ca_pem();
+    let stats_pw = state.stats_password();
     let (vip, lbs, api, etcd, certs, nodes) = tokio::join!(
         probes::vip(c),
         probes::haproxy(c, stats_pw.as_deref()),
