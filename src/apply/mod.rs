@@ -529,7 +529,11 @@ async fn check_same_cas(
         None => "the hosts do not say which state folder built it".to_string(),
     };
     bail!(
-        "cluster {} was built with other CAs than the ones in {}; nothing was changed:\n{}\n           {built_from}.\n  help: run hakube with the spec next to that .hakube folder (or copy the          folder next to this spec). To replace the cluster's CAs on purpose (every certificate is          issued again and etcd and the API servers restart with them, with downtime), pass          --replace-ca",
+        "cluster {} was built with other CAs than the ones in {}; nothing was changed:\n{}\n  \
+         {built_from}.\n  help: run hakube with the spec next to that .hakube folder (or copy the \
+         folder next to this spec). To replace the cluster's CAs on purpose (every certificate is \
+         issued again and etcd and the API servers restart with them, with downtime), pass \
+         --replace-ca",
         c.name,
         state.dir().display(),
         found.join("\n"),
