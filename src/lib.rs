@@ -8,6 +8,7 @@ pub mod apply;
 pub mod drill;
 pub mod etcd;
 pub mod lab;
+pub mod output;
 pub mod pki;
 pub mod plan;
 pub mod probe;

@@ -1,6 +1,6 @@
 //! The `hakube` command line: a thin layer over the library.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use hakube::{apply, lab, plan, render, spec, status};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -21,11 +21,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Text,
-    Json,
-}
+use hakube::output::Output;
 
 #[derive(clap::Args)]
 struct SpecArgs {
@@ -86,9 +82,6 @@ enum Command {
         /// downtime. Without it, apply refuses a cluster whose CAs are not this state's.
         #[arg(long)]
         replace_ca: bool,
-        /// Do not ask for confirmation (apply never prompts when stdin is not a terminal).
-        #[arg(long, short = 'y')]
-        yes: bool,
     },
     /// Every HA layer, live: VIP holder, HAProxy backends, API servers (/readyz, /livez), etcd
     /// (members, leader, raft, DB size, alarms) and certificate expiry, with a verdict each.
@@ -118,6 +111,16 @@ enum Command {
     /// A local lab: real haproxy, keepalived, etcd and sshd in Linux namespaces (needs root).
     Lab(lab::cli::LabArgs),
     Drill(hakube::drill::cli::DrillArgs),
+    /// Print a shell completion script: `hakube completions bash > /etc/bash_completion.d/hakube`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (hakube.1 and one per command) into a folder: `hakube man --out DIR`.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,7 +153,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             concurrency,
             force,
             replace_ca,
-            yes: _,
         } => cmd_apply(&spec, dry_run, concurrency, force, replace_ca),
         Command::Status {
             spec,
@@ -161,6 +163,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor { spec } => cmd_doctor(&spec),
         Command::Lab(a) => lab::cli::run(a),
         Command::Drill(a) => hakube::drill::cli::run(a),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "hakube", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man { out } => {
+            std::fs::create_dir_all(&out)?;
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(cmd, &out)?;
+            println!("man pages written to {}", out.display());
+            Ok(0)
+        }
     }
 }
 

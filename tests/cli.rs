@@ -206,3 +206,43 @@ fn help_covers_every_command() {
             .stdout(predicate::str::contains("Usage:"));
     }
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_same_definitions() {
+    // clap_complete's fish script lists flags but not a positional's values.
+    for (shell, values) in [("bash", true), ("zsh", true), ("fish", false)] {
+        let out = hakube().args(["completions", shell]).output().expect("run");
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("replace-ca"), "{shell}");
+        assert_eq!(script.contains("etcd-leader-loss"), values, "{shell}");
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    hakube()
+        .args(["man", "--out"])
+        .arg(dir.path())
+        .assert()
+        .code(0);
+    let page = std::fs::read_to_string(dir.path().join("hakube-apply.1")).expect("apply's page");
+    assert!(page.contains("replace\\-ca"), "{page}");
+    assert!(dir.path().join("hakube-drill.1").exists());
+}
+
+#[test]
+fn status_without_operator_state_fails_clearly_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(dir.path(), SEED);
+    hakube()
+        .args(["status", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no operator state"))
+        .stderr(predicate::str::contains("run `hakube apply"));
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("cluster.yaml")]);
+}

@@ -9,22 +9,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
+pub use crate::output::Output;
 
-const SCENARIOS: [&str; 8] = [
-    "all",
-    "lb-failover",
-    "lb-host-loss",
-    "apiserver-down",
-    "control-plane-partition",
-    "etcd-member-down",
-    "etcd-leader-loss",
-    "worker-loss",
-];
+/// `all`, or one scenario by name.
+fn scenarios() -> PossibleValuesParser {
+    use clap::ValueEnum;
+    PossibleValuesParser::new(
+        std::iter::once(clap::builder::PossibleValue::new("all")).chain(
+            Scenario::value_variants()
+                .iter()
+                .filter_map(|s| s.to_possible_value()),
+        ),
+    )
+}
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -42,7 +39,7 @@ failed (no recovery or lost writes), 2 error, 3 refused, 130 interrupted. See do
 )]
 pub struct DrillArgs {
     /// The scenario to run, or `all`.
-    #[arg(value_parser = PossibleValuesParser::new(SCENARIOS), value_name = "SCENARIO")]
+    #[arg(value_parser = scenarios(), value_name = "SCENARIO")]
     pub scenario: String,
     /// The cluster spec.
     #[arg(

@@ -30,6 +30,7 @@ impl Scenario {
         Scenario::WorkerLoss,
     ];
 
+    /// The scenario's name, the one place it is written (the CLI and `parse` use it).
     pub fn name(self) -> &'static str {
         match self {
             Scenario::LbFailover => "lb-failover",
@@ -49,6 +50,15 @@ impl Scenario {
     /// Whether the VIP is expected to move (the drill then reports how long it took).
     pub fn moves_vip(self) -> bool {
         matches!(self, Scenario::LbFailover | Scenario::LbHostLoss)
+    }
+}
+
+impl clap::ValueEnum for Scenario {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Scenario::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
     }
 }
 
