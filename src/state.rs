@@ -139,6 +139,27 @@ impl State {
         pki::write_public(&self.kubeadm_ca_path(), pem)
     }
 
+    fn formed_path(&self) -> PathBuf {
+        self.dir.join("etcd-formed")
+    }
+
+    /// Whether apply has seen this cluster's etcd formed (healthy) at least once: from then on
+    /// an empty data dir means lost data, not a member that has yet to start.
+    pub fn etcd_formed(&self) -> bool {
+        self.formed_path().exists()
+    }
+
+    pub fn record_etcd_formed(&self) -> Result<()> {
+        if self.access != Access::Write || self.etcd_formed() {
+            return Ok(());
+        }
+        pki::write_public(
+            &self.formed_path(),
+            "etcd formed; from now on apply refuses to start members without data while no \
+             member answers\n",
+        )
+    }
+
     /// The CA that signs what the API servers serve: hakube's cluster CA for the lab API server,
     /// kubeadm's own (copied by apply) otherwise; `None` before kubeadm has run.
     pub fn api_ca_pem(&self) -> Option<String> {

@@ -7,6 +7,7 @@
 
 pub mod facts;
 pub mod files;
+pub mod members;
 mod phases;
 
 use crate::render::RenderedFile;

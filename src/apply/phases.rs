@@ -2,12 +2,14 @@
 //! verify.
 
 use super::files::{LAB_APISERVER_BIN, LAB_APISERVER_UNIT, LAB_PKI};
+use super::members::{self, Seat, Step};
 use super::{Ctx, Phase};
 use crate::render::check::{haproxy_test_command, keepalived_test_command};
 use crate::render::kubeadm;
 use crate::spec::{Bootstrap, Cluster, EtcdManagement, Host, url};
 use crate::transport::{self, BoxFut, quote};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use etcd_client::MemberAddOptions;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -212,8 +214,28 @@ impl Phase for Etcd {
                 }
             };
             let Some(members) = members else {
-                // No running member answers: form the cluster. Every member must start at
-                // once, since each waits for a quorum of its peers.
+                // No running member answers. Once the cluster was formed, members without data
+                // must not start: with state `new` they would bootstrap an empty cluster of
+                // their own beside the data. Only a restore brings the data back.
+                let empty: Vec<&str> = cps
+                    .iter()
+                    .filter(|h| ctx.facts.get(&h.name).is_some_and(|f| !f.etcd_data))
+                    .map(|h| h.name.as_str())
+                    .collect();
+                if ctx.state.etcd_formed() && !empty.is_empty() {
+                    bail!(
+                        "etcd was formed, but no member answers and {} ha{} no data: apply cannot \
+                         rebuild lost data, and starting empty members would create a new, empty \
+                         cluster.\n  help: if the members with data are only stopped or cut off, \
+                         start them or heal the network and run apply again; otherwise restore \
+                         the last backup: `hakube backup list -f SPEC`, then \
+                         `hakube restore BACKUP -f SPEC --yes`",
+                        empty.join(", "),
+                        if empty.len() == 1 { "s" } else { "ve" }
+                    );
+                }
+                // Form the cluster (or restart a stopped one). Every member must start at once,
+                // since each waits for a quorum of its peers.
                 let to_start: Vec<String> = cps
                     .iter()
                     .filter(|h| !active.iter().any(|a| a.name == h.name))
@@ -234,126 +256,293 @@ impl Phase for Etcd {
                     })
                 })
                 .await?;
-                return wait_all_healthy(ctx, &tls).await;
+                wait_all_healthy(ctx, &tls).await?;
+                return ctx.state.record_etcd_formed();
             };
-            // An existing cluster: reconcile membership one member at a time.
-            let mut members = members;
+            // An existing cluster: membership to the spec, one change at a time.
+            let seats: Vec<Seat> = cps
+                .iter()
+                .map(|h| Seat {
+                    name: h.name.clone(),
+                    peer_url: url("https", h.address, ctx.c.etcd.peer_port),
+                    running: active.iter().any(|a| a.name == h.name),
+                    has_data: ctx.facts.get(&h.name).is_some_and(|f| f.etcd_data),
+                    reachable: ctx.facts.contains_key(&h.name),
+                })
+                .collect();
+            let healthy = member_health(&members, &tls).await;
+            let steps = members::plan(&seats, &members, &healthy).map_err(|r| anyhow!("{r}"))?;
+            for step in steps {
+                match step {
+                    Step::Start { host } => {
+                        ctx.take(&host, "etcd");
+                        ctx.cmd(
+                            &host,
+                            "systemctl enable etcd >/dev/null 2>&1; systemctl start etcd",
+                            "systemctl enable --now etcd",
+                        )
+                        .await?;
+                        wait_all_healthy(ctx, &tls).await?;
+                    }
+                    Step::Promote { host, id } => {
+                        promote(ctx, &host, id, &tls).await?;
+                        wait_all_healthy(ctx, &tls).await?;
+                    }
+                    Step::Add { host, peer_url } => {
+                        ctx.take(&host, "etcd");
+                        join(
+                            ctx,
+                            ctx.c.host(&host).context("spec host")?,
+                            &peer_url,
+                            &tls,
+                            None,
+                        )
+                        .await?;
+                    }
+                    Step::Replace {
+                        host,
+                        peer_url,
+                        stale,
+                        stale_name,
+                        why,
+                    } => {
+                        ctx.take(&host, "etcd");
+                        let name = if stale_name.is_empty() {
+                            format!("{stale:x}")
+                        } else {
+                            format!("{stale_name} ({stale:x})")
+                        };
+                        ctx.log(
+                            "info",
+                            &host,
+                            &format!("replacing etcd member {name}: {why}"),
+                        );
+                        let h = ctx.c.host(&host).context("spec host")?;
+                        join(ctx, h, &peer_url, &tls, Some(stale)).await?;
+                    }
+                }
+            }
+            // Changed settings: a rolling restart, only while every member is healthy.
             for h in &cps {
-                let peer = url("https", h.address, ctx.c.etcd.peer_port);
-                let is_member = members
-                    .iter()
-                    .any(|m| m.name == h.name || m.peer_urls.contains(&peer));
                 let running = active.iter().any(|a| a.name == h.name);
-                if !is_member {
-                    add_member(ctx, h, &peer, &tls, &mut members).await?;
+                if !running || !ctx.take(&h.name, "etcd") {
                     continue;
                 }
-                if !running {
-                    ctx.cmd(
-                        &h.name,
-                        "systemctl enable etcd >/dev/null 2>&1; systemctl start etcd",
-                        "systemctl enable --now etcd",
-                    )
-                    .await?;
-                    if !ctx.opts.dry_run {
-                        wait_all_healthy(ctx, &tls).await?;
-                    }
-                } else if ctx.take(&h.name, "etcd") {
-                    // Rolling restart: only while every member is healthy, one at a time.
-                    if !ctx.opts.dry_run
-                        && let Err(e) = all_healthy(ctx, &tls).await
-                        && !ctx.opts.force
-                    {
-                        bail!(
-                            "{}: etcd needs a restart for new settings, but the cluster is not fully healthy, so a restart could lose quorum: {e:#}\n  help: fix the unhealthy member first, or pass --force",
-                            h.name
-                        );
-                    }
-                    ctx.cmd(&h.name, "systemctl restart etcd", "systemctl restart etcd")
-                        .await?;
-                    if !ctx.opts.dry_run {
-                        wait_all_healthy(ctx, &tls).await?;
-                    }
+                if !ctx.opts.dry_run
+                    && let Err(e) = all_healthy(ctx, &tls).await
+                    && !ctx.opts.force
+                {
+                    bail!(
+                        "{}: etcd needs a restart for new settings, but the cluster is not fully healthy, so a restart could lose quorum: {e:#}\n  help: fix the unhealthy member first, or pass --force",
+                        h.name
+                    );
                 }
+                ctx.cmd(&h.name, "systemctl restart etcd", "systemctl restart etcd")
+                    .await?;
+                wait_all_healthy(ctx, &tls).await?;
             }
             let spec_names: BTreeSet<&str> = cps.iter().map(|h| h.name.as_str()).collect();
+            let peers: BTreeSet<&str> = seats.iter().map(|s| s.peer_url.as_str()).collect();
+            let members = current_members(ctx, &tls).await.unwrap_or(members);
             for m in &members {
-                if !m.name.is_empty() && !spec_names.contains(m.name.as_str()) {
-                    ctx.log("warn", "", &format!("etcd member {} ({:x}) is not in the spec; hakube leaves it alone (see `hakube doctor`)", m.name, m.id));
+                if !m.name.is_empty()
+                    && !spec_names.contains(m.name.as_str())
+                    && !m.peer_urls.iter().any(|p| peers.contains(p.as_str()))
+                {
+                    ctx.log("warn", "", &format!("etcd member {} ({:x}) is not in the spec and still answers; hakube leaves it alone (see `hakube doctor`)", m.name, m.id));
                 }
             }
-            Ok(())
+            ctx.state.record_etcd_formed()
         })
     }
 }
 
-async fn add_member(
+/// The members that serve a linearizable read now, by id (through their client URLs).
+async fn member_health(members: &[crate::etcd::Member], tls: &crate::etcd::Tls) -> BTreeSet<u64> {
+    let checks = members.iter().map(|m| async move {
+        for ep in &m.client_urls {
+            if crate::etcd::healthy(ep, tls, Duration::from_secs(2))
+                .await
+                .is_ok()
+            {
+                return Some(m.id);
+            }
+        }
+        None
+    });
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// A client on the members that answer now: etcd's client balances requests over its
+/// endpoints and does not retry another one when a member is down.
+async fn connect_healthy(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<etcd_client::Client> {
+    let checks = ctx.c.etcd_client_urls().into_iter().map(|ep| async move {
+        crate::etcd::healthy(&ep, tls, Duration::from_secs(2))
+            .await
+            .ok()
+            .map(|()| ep)
+    });
+    let up: Vec<String> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if up.is_empty() {
+        bail!("no etcd member answers a linearizable read");
+    }
+    crate::etcd::connect(&up, tls, Duration::from_secs(5)).await
+}
+
+async fn current_members(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<Vec<crate::etcd::Member>> {
+    let mut cl = connect_healthy(ctx, tls).await?;
+    crate::etcd::members(&mut cl).await
+}
+
+/// Bring `h` into the cluster as a learner with a clean data dir, started with state
+/// `existing`, then promote it once it caught up. With `replacing`, that member is removed
+/// first (its seat is the one `h` takes).
+async fn join(
     ctx: &Ctx,
     h: &Host,
     peer: &str,
     tls: &crate::etcd::Tls,
-    members: &mut Vec<crate::etcd::Member>,
+    replacing: Option<u64>,
 ) -> Result<()> {
-    if !ctx.opts.dry_run {
-        all_healthy(ctx, tls)
-            .await
-            .context("adding a member needs every current member healthy")?;
+    if let Some(id) = replacing {
+        if ctx.opts.dry_run {
+            ctx.log(
+                "command",
+                &h.name,
+                &format!("would run: etcd member remove {id:x}"),
+            );
+        } else {
+            let mut cl = connect_healthy(ctx, tls).await?;
+            ctx.log("command", &h.name, &format!("etcd member remove {id:x}"));
+            cl.member_remove(id)
+                .await
+                .with_context(|| format!("etcd member remove {id:x}"))?;
+        }
     }
-    let data = ctx.facts.get(&h.name).is_some_and(|f| f.etcd_data);
-    if data {
-        // A data dir from an earlier membership makes etcd exit ("member removed"). Keep it aside.
-        let dd = &ctx.c.etcd.data_dir;
-        ctx.cmd(
+    // Whatever is in the data dir belongs to an earlier membership (etcd would exit with "member
+    // removed", or bootstrap a cluster of its own): keep it aside, never delete it. The member
+    // folder is renamed inside the data dir, which may be a mount point of its own.
+    let dd = &ctx.c.etcd.data_dir;
+    ctx.cmd(
+        &h.name,
+        &format!(
+            "systemctl stop etcd 2>/dev/null; mkdir -p -m 700 {q} || exit 1; \
+             if [ -e {m} ]; then mv {m} {m}.hakube-stale-$(date +%s) || exit 1; fi",
+            q = quote(dd),
+            m = quote(&format!("{dd}/member")),
+        ),
+        &format!("stop etcd; move {dd}/member aside if present (kept, not deleted)"),
+    )
+    .await?;
+    let members = if ctx.opts.dry_run {
+        ctx.log(
+            "command",
             &h.name,
-            &format!("systemctl stop etcd 2>/dev/null; mv {q} {q}.hakube-stale-$(date +%s) && mkdir -m 700 {q}", q = quote(dd)),
-            &format!("move the stale {dd} aside (kept, not deleted)"),
-        )
-        .await?;
-    }
+            &format!(
+                "would run: etcd member add {} --learner --peer-urls={peer}",
+                h.name
+            ),
+        );
+        current_members(ctx, tls).await.unwrap_or_default()
+    } else {
+        let mut cl = connect_healthy(ctx, tls).await?;
+        ctx.log(
+            "command",
+            &h.name,
+            &format!("etcd member add {} --learner --peer-urls={peer}", h.name),
+        );
+        cl.member_add([peer], Some(MemberAddOptions::new().with_is_learner()))
+            .await
+            .with_context(|| format!("etcd member add {} --learner", h.name))?;
+        crate::etcd::members(&mut cl).await?
+    };
     let mut list: Vec<String> = members
         .iter()
-        .filter(|m| !m.name.is_empty())
+        .filter(|m| !m.name.is_empty() && !m.peer_urls.iter().any(|p| p == peer))
         .map(|m| format!("{}={}", m.name, m.peer_urls.join(",")))
         .collect();
     list.push(format!("{}={peer}", h.name));
-    if ctx.opts.dry_run {
-        ctx.log(
-            "command",
-            &h.name,
-            &format!("would run: etcd member add {} --peer-urls={peer}", h.name),
-        );
-    } else {
-        let endpoints = ctx.c.etcd_client_urls();
-        let mut cl = crate::etcd::connect(&endpoints, tls, Duration::from_secs(5)).await?;
-        ctx.log(
-            "command",
-            &h.name,
-            &format!("etcd member add {} --peer-urls={peer}", h.name),
-        );
-        *members = crate::etcd::member_add(&mut cl, peer).await?;
-    }
     let env = format!(
-        "# Written by hakube when this member joined an existing cluster.\nETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_STATE=existing\n",
+        "# Written by hakube when this member joined a running cluster; etcd.service reads it\n\
+         # after etcd.env, and etcd uses it only while the data dir is empty.\n\
+         ETCD_INITIAL_CLUSTER={}\nETCD_INITIAL_CLUSTER_STATE=existing\n",
         list.join(",")
     );
     if ctx.opts.dry_run {
         ctx.log(
             "change",
             &h.name,
-            &format!("would create {JOIN_ENV}: ETCD_INITIAL_CLUSTER_STATE=existing"),
+            &format!("would write {JOIN_ENV}: ETCD_INITIAL_CLUSTER_STATE=existing"),
         );
     } else {
         transport::write_file(ctx.host(&h.name)?, JOIN_ENV, env.as_bytes(), 0o640).await?;
     }
     ctx.cmd(
         &h.name,
-        "systemctl enable etcd >/dev/null 2>&1; systemctl restart etcd",
-        "systemctl enable --now etcd (state existing)",
+        "systemctl daemon-reload; systemctl enable etcd >/dev/null 2>&1; systemctl restart etcd",
+        "systemctl enable --now etcd (as a learner, state existing)",
     )
     .await?;
-    if !ctx.opts.dry_run {
-        wait_all_healthy(ctx, tls).await?;
+    let id = members
+        .iter()
+        .find(|m| m.peer_urls.iter().any(|p| p == peer))
+        .map(|m| m.id);
+    match id {
+        Some(id) => promote(ctx, &h.name, id, tls).await?,
+        None if ctx.opts.dry_run => ctx.log(
+            "wait",
+            &h.name,
+            "would wait until the learner caught up, then etcd member promote",
+        ),
+        None => bail!("{}: etcd member add did not list the new member", h.name),
     }
+    wait_all_healthy(ctx, tls).await?;
+    // The member has its data now; a stale `existing` must not outlive it.
+    ctx.cmd(
+        &h.name,
+        &format!("rm -f {JOIN_ENV}"),
+        &format!("remove {JOIN_ENV}"),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Promote a learner once it caught up with the leader (etcd refuses until then).
+async fn promote(ctx: &Ctx, host: &str, id: u64, tls: &crate::etcd::Tls) -> Result<()> {
+    if ctx.opts.dry_run {
+        ctx.log(
+            "wait",
+            host,
+            &format!("would wait until learner {id:x} caught up, then etcd member promote"),
+        );
+        return Ok(());
+    }
+    ctx.log(
+        "wait",
+        host,
+        &format!("waiting until learner {id:x} caught up, to promote it"),
+    );
+    wait_for(
+        &format!("{host}: etcd member promote {id:x}"),
+        Duration::from_secs(120),
+        || async move {
+            let mut cl = connect_healthy(ctx, tls).await?;
+            cl.member_promote(id)
+                .await
+                .with_context(|| format!("etcd member promote {id:x}"))?;
+            Ok(())
+        },
+    )
+    .await?;
+    ctx.log("ok", host, &format!("etcd member {id:x} promoted"));
     Ok(())
 }
 

@@ -1,0 +1,120 @@
+//! etcd member replacement by `apply` on a real lab (root only): a member whose data is gone is
+//! removed, added back as a learner with a clean data dir, started with state `existing` and
+//! promoted; with quorum lost, apply refuses and names the restore.
+
+mod common;
+use common::*;
+use std::process::{Command, Output};
+use std::time::Instant;
+
+/// `etcdctl member list` as (name, id, is_learner).
+fn members(lab: &Lab) -> Vec<(String, String, bool)> {
+    let o = lab.etcdctl(&["member", "list", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    v["members"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap_or("").to_string(),
+                        m["ID"].to_string(),
+                        m["isLearner"].as_bool().unwrap_or(false),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn apply(lab: &Lab) -> Output {
+    Command::new(HAKUBE)
+        .arg("apply")
+        .arg("-f")
+        .arg(lab.spec())
+        .output()
+        .expect("run apply")
+}
+
+fn wipe(lab: &Lab, host: &str) {
+    lab.fault(&["stop", host, "etcd"]);
+    let o = lab.exec(
+        host,
+        "rm -rf /var/lib/etcd/* && ls -A /var/lib/etcd | wc -l",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "0",
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn apply_replaces_a_member_that_lost_its_data_and_refuses_without_quorum() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::up("tmemb", "10.141.0");
+    lab.apply();
+    let before = members(&lab);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let old_id = before
+        .iter()
+        .find(|m| m.0 == "master2")
+        .map(|m| m.1.clone())
+        .expect("master2 is a member");
+
+    // master2 loses its data; apply repairs it with no manual step.
+    wipe(&lab, "master2");
+    let t = Instant::now();
+    let o = apply(&lab);
+    let took = t.elapsed();
+    let out = text(&o);
+    assert!(o.status.success(), "apply failed:\n{out}");
+    eprintln!("repair by apply took {:.1}s", took.as_secs_f64());
+    assert!(out.contains("replacing etcd member master2"), "{out}");
+    assert!(out.contains("--learner"), "{out}");
+    let after = members(&lab);
+    let m2 = after
+        .iter()
+        .find(|m| m.0 == "master2")
+        .expect("master2 back");
+    assert_ne!(m2.1, old_id, "a new member id: {after:?}");
+    assert!(
+        after.iter().all(|m| !m.2),
+        "every member promoted: {after:?}"
+    );
+    assert_eq!(after.len(), 3, "{after:?}");
+    let h = lab.etcdctl(&["endpoint", "health", "--cluster"]);
+    assert!(h.status.success(), "{}", text(&h));
+    // The join file does not outlive the join.
+    let o = lab.exec("master2", "ls /etc/etcd/etcd-join.env 2>&1");
+    let ls = String::from_utf8_lossy(&o.stdout);
+    assert!(ls.contains("No such file"), "{ls}");
+    // And a second apply has nothing to do.
+    let o = apply(&lab);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("0 changed"), "{}", text(&o));
+
+    // Two members lose their data: quorum is gone, and apply refuses before touching anything.
+    wipe(&lab, "master2");
+    wipe(&lab, "master3");
+    let o = apply(&lab);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("hakube restore BACKUP -f SPEC --yes"), "{out}");
+    for host in ["master2", "master3"] {
+        let o = lab.exec(
+            host,
+            "ls -A /var/lib/etcd | wc -l; systemctl is-active etcd",
+        );
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(s.starts_with("0\n"), "{host} data dir untouched: {s}");
+        assert!(
+            s.contains("inactive") || s.contains("failed"),
+            "{host}: {s}"
+        );
+    }
+}
