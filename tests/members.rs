@@ -118,3 +118,99 @@ fn apply_replaces_a_member_that_lost_its_data_and_refuses_without_quorum() {
         );
     }
 }
+
+/// The drill's client probe (`drill soak`: no fault) runs while apply replaces a member whose
+/// data is gone: clients through the VIP see no failed request and no write is lost.
+#[test]
+fn a_member_is_replaced_under_the_client_probe_with_nothing_failed_or_lost() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::time::Duration;
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::up("tmemp", "10.142.0");
+    lab.apply();
+    wipe(&lab, "master2");
+    // Let HAProxy take master2's API server out first: the wipe is the disaster, the
+    // replacement is what is measured.
+    eventually(
+        "HAProxy rates master2 DOWN on both LBs",
+        Duration::from_secs(30),
+        || {
+            let down = [11, 12].iter().all(|lb| {
+                lab.haproxy_stats(*lb)
+                    .lines()
+                    .any(|l| l.contains(",master2,") && l.contains(",DOWN"))
+            });
+            if down { Ok(()) } else { Err("not yet".into()) }
+        },
+    );
+    let reports = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(HAKUBE)
+        .args([
+            "drill",
+            "soak",
+            "--force",
+            "--duration",
+            "45s",
+            "-o",
+            "json",
+        ])
+        .arg("-f")
+        .arg(lab.spec())
+        .arg("--report-dir")
+        .arg(reports.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the probe");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("injecting") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the probe runs through the VIP");
+    let o = apply(&lab);
+    assert!(o.status.success(), "apply failed:\n{}", text(&o));
+    assert!(
+        text(&o).contains("replacing etcd member master2"),
+        "{}",
+        text(&o)
+    );
+    let out = child.wait_with_output().expect("the probe ends");
+    let log = reader.join().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let sc = &v["scenarios"][0];
+    assert_eq!(sc["scenario"], "soak", "{log}");
+    let m = &sc["metrics"];
+    eprintln!(
+        "replacement under the probe: {} requests, {} failed, longest gap {} ms",
+        m["requests"], m["failed"], m["downtime_ms"]
+    );
+    assert!(
+        m["ok"].as_u64().unwrap_or(0) > 100,
+        "the probe ran: {m}\n{log}"
+    );
+    assert_eq!(m["failed"], 0, "no failed request: {m}\n{log}");
+    assert_eq!(sc["writes"]["lost"], serde_json::json!([]), "{log}");
+    assert!(
+        sc["writes"]["acknowledged"].as_u64().unwrap_or(0) > 10,
+        "{log}"
+    );
+    assert_eq!(sc["outcome"], "passed", "{}\n{log}", sc["message"]);
+}

@@ -33,7 +33,8 @@ fault, holds it for --duration, restores it (also on Ctrl-C or any error), waits
 be healthy, and reads every acknowledged write back from etcd.\n\nScenarios: lb-failover (stop \
 haproxy on the VIP holder), lb-host-loss (partition the VIP holder), apiserver-down (stop one API \
 server), control-plane-partition, etcd-member-down (a follower), etcd-leader-loss, worker-loss, \
-or all.\n\nOn a lab (a spec in /var/lib/hakube-lab/<lab>/) faults use `hakube lab fault`. \
+or all; soak injects nothing and fails on any failed request (to prove quiet, or to measure an \
+operation run meanwhile).\n\nOn a lab (a spec in /var/lib/hakube-lab/<lab>/) faults use `hakube lab fault`. \
 Elsewhere they go over SSH and need --yes.\n\nExit status: 0 every drill passed, 1 a drill \
 failed (no recovery or lost writes), 2 error, 3 refused, 130 interrupted. See docs/drills.md."
 )]

@@ -726,6 +726,15 @@ impl Drill {
                     .unwrap_or_default()
             ));
         }
+        if sc.is_soak()
+            && let Some(m) = rep.metrics.as_ref()
+            && m.failed > 0
+        {
+            problems.push(format!(
+                "{} of {} requests failed with no fault injected",
+                m.failed, m.requests
+            ));
+        }
         if let Some(e) = rep.writes.as_ref().and_then(|w| w.error.clone()) {
             problems.push(format!("the writes could not be checked: {e}"));
         }

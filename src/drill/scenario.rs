@@ -17,6 +17,10 @@ pub enum Scenario {
     EtcdMemberDown,
     EtcdLeaderLoss,
     WorkerLoss,
+    /// No fault: the probe and the watcher on a healthy cluster for the whole hold, to prove
+    /// that nothing fails on its own, or to measure an operation (apply, a member replacement)
+    /// run meanwhile. Not part of `all`.
+    Soak,
 }
 
 impl Scenario {
@@ -40,11 +44,29 @@ impl Scenario {
             Scenario::EtcdMemberDown => "etcd-member-down",
             Scenario::EtcdLeaderLoss => "etcd-leader-loss",
             Scenario::WorkerLoss => "worker-loss",
+            Scenario::Soak => "soak",
         }
     }
 
     pub fn parse(s: &str) -> Option<Scenario> {
-        Scenario::ALL.into_iter().find(|x| x.name() == s)
+        Scenario::CHOICES.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Everything the command line accepts besides `all`.
+    pub const CHOICES: [Scenario; 8] = [
+        Scenario::LbFailover,
+        Scenario::LbHostLoss,
+        Scenario::ApiserverDown,
+        Scenario::ControlPlanePartition,
+        Scenario::EtcdMemberDown,
+        Scenario::EtcdLeaderLoss,
+        Scenario::WorkerLoss,
+        Scenario::Soak,
+    ];
+
+    /// A scenario without a fault: any failed request fails it.
+    pub fn is_soak(self) -> bool {
+        self == Scenario::Soak
     }
 
     /// Whether the VIP is expected to move (the drill then reports how long it took).
@@ -55,7 +77,7 @@ impl Scenario {
 
 impl clap::ValueEnum for Scenario {
     fn value_variants<'a>() -> &'a [Self] {
-        &Scenario::ALL
+        &Scenario::CHOICES
     }
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
         Some(clap::builder::PossibleValue::new(self.name()))
@@ -249,6 +271,12 @@ pub fn plan(c: &Cluster, s: &Status, sc: Scenario, host: Option<&str>) -> Result
             Some(w) => (w.name.clone(), "the first worker".into()),
             None => return Err(NoPlan::Skip("the cluster has no workers".into())),
         },
+        (Scenario::Soak, Some(_)) => {
+            return Err(NoPlan::Invalid(
+                "soak breaks nothing, so --host has nothing to pick".into(),
+            ));
+        }
+        (Scenario::Soak, None) => ("none".into(), "no fault is injected".into()),
     };
     let t = target.as_str();
     let actions = match sc {
@@ -258,6 +286,7 @@ pub fn plan(c: &Cluster, s: &Status, sc: Scenario, host: Option<&str>) -> Result
         }
         Scenario::ApiserverDown => vec![api_action(c, t)],
         Scenario::EtcdMemberDown | Scenario::EtcdLeaderLoss => vec![etcd_action(c, t)],
+        Scenario::Soak => vec![],
     };
     Ok(Plan {
         scenario: sc,
@@ -522,6 +551,25 @@ mod tests {
         }
         let p = plan(&c, &s, Scenario::ApiserverDown, Some("m1")).unwrap();
         assert!(refusals(&c, &s, &p)[0].contains("last ready API server"));
+    }
+
+    #[test]
+    fn soak_breaks_nothing_and_takes_no_host() {
+        let c = cluster();
+        let s = status(&[]);
+        let p = plan(&c, &s, Scenario::Soak, None).unwrap();
+        assert!(p.actions.is_empty());
+        assert_eq!(p.loss, Loss::default());
+        assert!(refusals(&c, &s, &p).is_empty());
+        assert!(matches!(
+            plan(&c, &s, Scenario::Soak, Some("m1")),
+            Err(NoPlan::Invalid(_))
+        ));
+        assert!(
+            !Scenario::ALL.contains(&Scenario::Soak),
+            "not part of `all`"
+        );
+        assert_eq!(Scenario::parse("soak"), Some(Scenario::Soak));
     }
 
     #[test]
