@@ -214,3 +214,50 @@ fn a_member_is_replaced_under_the_client_probe_with_nothing_failed_or_lost() {
     );
     assert_eq!(sc["outcome"], "passed", "{}\n{log}", sc["message"]);
 }
+
+/// A control plane is lost for good (partitioned, never coming back): the spec drops it and
+/// names another host as control plane, and apply hands the dead member's seat to the new one
+/// without ever reaching the old host.
+#[test]
+fn a_new_host_takes_the_seat_of_a_partitioned_member() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let lab = Lab::up("tmemq", "10.143.0");
+    lab.apply();
+    lab.fault(&["partition", "master3"]);
+    let spec = std::fs::read_to_string(lab.spec()).expect("read the spec");
+    let edited: String = spec
+        .lines()
+        .filter(|l| !l.contains("name: master3,"))
+        .map(|l| {
+            if l.contains("name: worker2,") {
+                l.replace("roles: [worker]", "roles: [control-plane]")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    assert_ne!(edited, spec, "the spec was edited");
+    std::fs::write(lab.spec(), edited).expect("write the spec");
+    let o = apply(&lab);
+    let out = text(&o);
+    assert!(o.status.success(), "apply failed:\n{out}");
+    assert!(out.contains("replacing etcd member master3"), "{out}");
+    assert!(out.contains("not in the spec and does not answer"), "{out}");
+    let names: Vec<String> = members(&lab).into_iter().map(|m| m.0).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&"worker2".to_string()), "{names:?}");
+    assert!(!names.contains(&"master3".to_string()), "{names:?}");
+    // Health of every member in the list (master3 is only used to find it).
+    let h = lab.etcdctl(&["endpoint", "health", "--cluster"]);
+    assert!(h.status.success(), "{}", text(&h));
+    assert!(
+        text(&h).contains(&format!("{}:2379 is healthy", lab.ip(202))),
+        "{}",
+        text(&h)
+    );
+}
