@@ -9,6 +9,10 @@
 pub mod cli;
 pub mod fault;
 pub mod metrics;
+mod outcome;
+mod writes;
+use outcome::{Ending, verdict};
+pub use outcome::{Outcome, ScenarioReport, WriteCheck};
 mod prober;
 pub mod report;
 pub mod scenario;
@@ -21,10 +25,8 @@ use crate::state::State;
 use crate::status::{self, Health};
 use anyhow::{Context, Result, bail};
 use fault::{Action, Guard, Injector, LabInjector, SshInjector, Via};
-use metrics::{Metrics, Sample};
 use prober::{Mode, Prober};
 use scenario::{NoPlan, Scenario};
-use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -68,128 +70,6 @@ impl Default for Options {
             baseline: Duration::from_secs(1),
             tail: Duration::from_secs(1),
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// Recovered, nothing lost.
-    Passed,
-    /// Not applicable to this cluster.
-    Skipped,
-    /// Not started: unsafe, unhealthy, or (on real hosts) no --yes. Nothing was touched.
-    Refused,
-    /// Ran, but the cluster did not recover in time, writes were lost, or the restore failed.
-    Failed,
-    /// Stopped by Ctrl-C (what was broken was restored).
-    Interrupted,
-    /// The drill itself could not run.
-    Error,
-}
-
-/// The fate of the probe's writes.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct WriteCheck {
-    /// `etcd` (read straight from etcd), `api` (listed through the VIP) or `none`.
-    pub method: String,
-    pub acknowledged: usize,
-    pub verified: usize,
-    /// Acknowledged writes that are missing or hold another value.
-    pub lost: Vec<String>,
-    /// Writes the client saw fail (or time out) that were stored anyway.
-    pub failed_but_stored: usize,
-    pub failed: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One scenario's result. Times are in ms relative to the injection.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScenarioReport {
-    pub scenario: Scenario,
-    pub cluster: String,
-    pub outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    pub warnings: Vec<String>,
-    pub via: String,
-    pub target: Option<String>,
-    pub chosen_as: Option<String>,
-    /// The API server that served the probe's kept-alive connection before the fault (the
-    /// address its certificate names).
-    pub kept_alive_on: Option<String>,
-    pub faults: Vec<Action>,
-    pub hold_ms: u64,
-    /// Wall-clock time of the injection (UTC).
-    pub injected_at: Option<String>,
-    pub injected_after_ms: Option<f64>,
-    /// When the cluster reacted: the VIP moved, etcd elected a leader, or HAProxy marked an API
-    /// server DOWN (the earliest).
-    pub detected_after_ms: Option<f64>,
-    pub detected_by: Option<String>,
-    pub restored_after_ms: Option<f64>,
-    /// `status` healthy again (and the VIP back on its first holder).
-    pub recovered_after_ms: Option<f64>,
-    pub vip_moved_after_ms: Option<f64>,
-    pub initial_vip: Option<String>,
-    pub initial_leader: Option<String>,
-    pub metrics: Option<Metrics>,
-    pub changes: Vec<Change>,
-    pub writes: Option<WriteCheck>,
-    pub probe_start_ms: f64,
-    pub probe_end_ms: f64,
-    pub files: Vec<String>,
-    #[serde(skip)]
-    pub samples: Vec<Sample>,
-}
-
-impl ScenarioReport {
-    fn new(sc: Scenario, cluster: &str, via: &str) -> ScenarioReport {
-        ScenarioReport {
-            scenario: sc,
-            cluster: cluster.to_string(),
-            outcome: Outcome::Error,
-            message: None,
-            warnings: vec![],
-            via: via.to_string(),
-            target: None,
-            chosen_as: None,
-            kept_alive_on: None,
-            faults: vec![],
-            hold_ms: 0,
-            injected_at: None,
-            injected_after_ms: None,
-            detected_after_ms: None,
-            detected_by: None,
-            restored_after_ms: None,
-            recovered_after_ms: None,
-            vip_moved_after_ms: None,
-            initial_vip: None,
-            initial_leader: None,
-            metrics: None,
-            changes: vec![],
-            writes: None,
-            probe_start_ms: 0.0,
-            probe_end_ms: 0.0,
-            files: vec![],
-            samples: vec![],
-        }
-    }
-
-    fn end(mut self, o: Outcome, msg: impl Into<String>) -> ScenarioReport {
-        self.outcome = o;
-        self.message = Some(msg.into());
-        self
-    }
-
-    /// What was broken, in words.
-    pub fn fault_text(&self) -> String {
-        describe(&self.faults)
-    }
-
-    pub fn lost_writes(&self) -> usize {
-        self.writes.as_ref().map(|w| w.lost.len()).unwrap_or(0)
     }
 }
 
@@ -700,61 +580,21 @@ impl Drill {
             .collect();
         rep.writes = Some(writes);
 
-        // The verdict.
-        let mut problems: Vec<String> = Vec::new();
-        problems.extend(failure);
-        problems.extend(restore_failed);
-        if rep.recovered_after_ms.is_none() {
-            problems.push(format!(
-                "not recovered within {} s of the restore: {last}",
-                self.opts.recovery_timeout.as_secs()
-            ));
-        }
-        if rep.lost_writes() > 0 {
-            problems.push(format!(
-                "{} acknowledged write(s) lost: {}",
-                rep.lost_writes(),
-                rep.writes
-                    .as_ref()
-                    .map(|w| w
-                        .lost
-                        .iter()
-                        .take(5)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default()
-            ));
-        }
-        if sc.is_soak()
-            && let Some(m) = rep.metrics.as_ref()
-            && m.failed > 0
-        {
-            problems.push(format!(
-                "{} of {} requests failed with no fault injected",
-                m.failed, m.requests
-            ));
-        }
-        if let Some(e) = rep.writes.as_ref().and_then(|w| w.error.clone()) {
-            problems.push(format!("the writes could not be checked: {e}"));
-        }
-        if interrupted {
-            let msg = if problems.is_empty() {
-                "interrupted; the fault was restored and the cluster recovered".to_string()
-            } else {
-                format!(
-                    "interrupted; the fault was restored; {}",
-                    problems.join("; ")
-                )
-            };
-            return rep.end(Outcome::Interrupted, msg);
-        }
-        if problems.is_empty() {
-            rep.outcome = Outcome::Passed;
-            rep
-        } else {
-            rep.end(Outcome::Failed, problems.join("; "))
-        }
+        let (outcome, message) = verdict(&Ending {
+            scenario: sc,
+            inject_failure: failure,
+            restore_failure: restore_failed,
+            recovered: rep.recovered_after_ms.is_some(),
+            recovery_timeout: self.opts.recovery_timeout,
+            last_status: last,
+            writes: rep.writes.as_ref(),
+            failed_requests: rep.metrics.as_ref().map_or(0, |m| m.failed),
+            requests: rep.metrics.as_ref().map_or(0, |m| m.requests),
+            interrupted,
+        });
+        rep.outcome = outcome;
+        rep.message = message;
+        rep
     }
 
     /// The control plane behind the probe's kept-alive connection: the only one its server
@@ -860,134 +700,6 @@ impl Drill {
             }
         }
         (None, last)
-    }
-
-    /// Read the drill's keys back, straight from etcd when hakube manages it, else through the
-    /// API; then delete them.
-    async fn check_writes(
-        &self,
-        writes: &[prober::Write],
-        prefix: &str,
-        tls: &Arc<rustls::ClientConfig>,
-    ) -> WriteCheck {
-        let mut w = WriteCheck {
-            acknowledged: writes.iter().filter(|w| w.acknowledged).count(),
-            failed: writes.iter().filter(|w| !w.acknowledged).count(),
-            ..Default::default()
-        };
-        if self.mode() == Mode::ReadOnly {
-            w.method = "none (read-only probe)".into();
-            return w;
-        }
-        let stored = match self.read_etcd(prefix).await {
-            Ok(m) => {
-                w.method = "etcd".into();
-                Ok(m)
-            }
-            Err(e) => {
-                w.method = "api".into();
-                self.read_api(prefix, tls)
-                    .await
-                    .map_err(|e2| format!("etcd: {e:#}; API: {e2:#}"))
-            }
-        };
-        let stored = match stored {
-            Ok(m) => m,
-            Err(e) => {
-                w.error = Some(e);
-                return w;
-            }
-        };
-        for x in writes {
-            let there = stored.get(&x.key) == Some(&x.value);
-            match (x.acknowledged, there) {
-                (true, true) => w.verified += 1,
-                (true, false) => w.lost.push(x.key.clone()),
-                (false, true) => w.failed_but_stored += 1,
-                (false, false) => {}
-            }
-        }
-        if w.method == "etcd" {
-            let _ = self.delete_etcd(prefix).await;
-        }
-        w
-    }
-
-    async fn etcd_client(&self) -> Result<etcd_client::Client> {
-        let tls = self
-            .etcd_tls
-            .as_ref()
-            .context("etcd is not managed by hakube")?;
-        crate::etcd::connect(&self.c.etcd_client_urls(), tls, Duration::from_secs(3)).await
-    }
-
-    async fn read_etcd(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, String>> {
-        let mut cl = self.etcd_client().await?;
-        let full = format!("{LAB_KV_PREFIX}{prefix}");
-        let r = tokio::time::timeout(
-            Duration::from_secs(5),
-            cl.get(full, Some(etcd_client::GetOptions::new().with_prefix())),
-        )
-        .await
-        .context("etcd read timed out")??;
-        Ok(r.kvs()
-            .iter()
-            .map(|kv| {
-                let k = String::from_utf8_lossy(kv.key());
-                (
-                    k.strip_prefix(LAB_KV_PREFIX).unwrap_or(&k).to_string(),
-                    String::from_utf8_lossy(kv.value()).to_string(),
-                )
-            })
-            .collect())
-    }
-
-    async fn delete_etcd(&self, prefix: &str) -> Result<()> {
-        let mut cl = self.etcd_client().await?;
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            cl.delete(
-                format!("{LAB_KV_PREFIX}{prefix}"),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            ),
-        )
-        .await
-        .context("etcd delete timed out")??;
-        Ok(())
-    }
-
-    async fn read_api(
-        &self,
-        prefix: &str,
-        tls: &Arc<rustls::ClientConfig>,
-    ) -> Result<std::collections::BTreeMap<String, String>> {
-        let addr = SocketAddr::new(self.c.lb.vip, self.c.lb.api_port);
-        let target = prober::Target {
-            addr,
-            tls: tls.clone(),
-            mode: Mode::Kv,
-            prefix: prefix.to_string(),
-            interval: self.opts.interval,
-            timeout: Duration::from_secs(10),
-        };
-        let (code, body) = prober::get(&target, &format!("/kv?prefix={prefix}"))
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
-        if code != 200 {
-            bail!("listing through the VIP answered {code}");
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        Ok(v["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|i| {
-                (
-                    i["key"].as_str().unwrap_or("").to_string(),
-                    i["value"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect())
     }
 }
 
