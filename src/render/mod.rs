@@ -103,7 +103,7 @@ pub fn read_or_create_secret(p: &Path) -> anyhow::Result<String> {
             let rule = &crate::spec::grammar::STATS_PASSWORD;
             if let Err(why) = rule.check(&s) {
                 anyhow::bail!(
-                    "the secret file {}: the password {why}\n  help: {}; besides letters and digits it may hold {}",
+                    "the secret file {}: in the password, {why}\n  help: {}; besides letters and digits it may hold {}",
                     p.display(),
                     rule.help,
                     rule.allowed_punctuation()

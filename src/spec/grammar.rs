@@ -278,8 +278,19 @@ impl Rule {
     }
 }
 
+/// An absolute, normalised path: systemd refuses an `ExecStart=` program with `//`, `.` or
+/// `..` parts or a trailing `/`, and `apply` moves a data dir aside by appending to its path.
 fn absolute_path(s: &str) -> Option<String> {
-    (!s.starts_with('/')).then(|| "is not an absolute path".into())
+    if !s.starts_with('/') {
+        return Some("is not an absolute path".into());
+    }
+    if s == "/" || s.ends_with('/') {
+        return Some("ends with '/'; name the file or folder itself".into());
+    }
+    s[1..]
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+        .then(|| "is not a normalised path (it has an empty, . or .. part)".into())
 }
 
 fn not_empty(s: &str) -> Option<String> {
@@ -568,6 +579,15 @@ mod tests {
         assert!(e.contains("stats auth"), "{e}");
         assert!(STATS_PASSWORD.check("pa:ss#word").is_ok());
         assert!(BINARY.check("etcd").is_err());
+        for p in [
+            "/usr/bin/",
+            "/usr//bin/etcd",
+            "/usr/./etcd",
+            "/a/../etcd",
+            "/",
+        ] {
+            assert!(BINARY.check(p).is_err(), "{p}");
+        }
         assert!(AUTH_PASS.check("pässwörd").is_err());
         assert!(AUDIT_LOG_PATH.check("-").is_ok());
         assert!(
