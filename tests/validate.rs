@@ -622,3 +622,228 @@ fn the_track_port_must_not_collide() {
     let c = load(SEED).cluster.expect("valid");
     assert_eq!(c.lb.vrrp.track_port, 8406, "the default");
 }
+
+/// A spec string with a character its file's grammar reads differently: refused where it is
+/// written, naming the character, its position and why.
+fn refused_at(src: &str, path: &str, msg: &str, needle: &str) -> spec::Diagnostic {
+    let l = load(src);
+    assert!(l.cluster.is_none(), "{path} was accepted");
+    let d = find(&l, Severity::Error, path, msg).clone();
+    assert_eq!(
+        d.location.map(|x| x.line),
+        Some(line_of(src, needle)),
+        "{path}: {d}"
+    );
+    d
+}
+
+#[test]
+fn strings_are_checked_against_the_grammar_they_reach() {
+    let lb1 = "{ name: lb1,     address: 10.1.1.11,  roles: [loadbalancer] }";
+    let src = seed_with(&[(
+        lb1,
+        "{ name: lb1,     address: 10.1.1.11,  roles: [loadbalancer], interface: \"eth0#1\" }",
+    )]);
+    let d = refused_at(
+        &src,
+        "spec.hosts[0].interface",
+        "'#' at character 5 starts a comment in keepalived.conf: keepalived would read only \"eth0\"",
+        "eth0#1",
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("ip -br link")
+    );
+    let src = seed_with(&[(
+        lb1,
+        "{ name: lb1,     address: 10.1.1.11,  roles: [loadbalancer], interface: veth0@if3 }",
+    )]);
+    refused_at(
+        &src,
+        "spec.hosts[0].interface",
+        "'@' at character 6",
+        "veth0@if3",
+    );
+    let src = seed_with(&[
+        ("version: 3 ", "version: 2 "),
+        (
+            "advertInterval: 200ms",
+            "advertInterval: 1s\n      authPass: \"ab!cd\"",
+        ),
+    ]);
+    refused_at(
+        &src,
+        "spec.loadBalancer.vrrp.authPass",
+        "'!' at character 3 starts a comment in keepalived.conf",
+        "ab!cd",
+    );
+    let src = seed_with(&[(
+        "priorities: { lb1: 110, lb2: 100 }",
+        "priorities: { lb1: 110, lb2: 100 }\n      scriptUser: \"ka script\"",
+    )]);
+    refused_at(
+        &src,
+        "spec.loadBalancer.vrrp.scriptUser",
+        "a space at character 3 separates words in keepalived.conf",
+        "ka script",
+    );
+    let src = seed_with(&[("user: admin", "user: \"ad:min\"")]);
+    refused_at(
+        &src,
+        "spec.loadBalancer.stats.user",
+        "stats auth user:password",
+        "ad:min",
+    );
+    let src = seed_with(&[("user: admin", "user: \"a$(id)\"")]);
+    refused_at(
+        &src,
+        "spec.loadBalancer.stats.user",
+        "'$' at character 2 expands a variable when sh reads the environment file",
+        "a$(id)",
+    );
+    let src = seed_with(&[(
+        "quotaBackendBytes: 2GiB",
+        "quotaBackendBytes: 2GiB\n    binary: /opt/%i/etcd\n    dataDir: var/lib/etcd",
+    )]);
+    refused_at(
+        &src,
+        "spec.etcd.binary",
+        "'%' at character 6 starts a specifier (%n, %h, …) in the systemd unit",
+        "/opt/%i/etcd",
+    );
+    refused_at(
+        &src,
+        "spec.etcd.dataDir",
+        "is not an absolute path",
+        "var/lib/etcd",
+    );
+    let src = seed_with(&[(
+        "clusterName: ha-cluster",
+        "clusterName: ha-cluster\n    criSocket: \"unix:///run/${HAKUBE_BOOTSTRAP_TOKEN}.sock\"",
+    )]);
+    refused_at(
+        &src,
+        "spec.kubernetes.criSocket",
+        "apply fills ${HAKUBE_…} in kubeadm-join.yaml",
+        "criSocket",
+    );
+    let src = seed_with(&[("clusterName: ha-cluster", "clusterName: \"ha cluster\"")]);
+    refused_at(
+        &src,
+        "spec.kubernetes.clusterName",
+        "is not a DNS name",
+        "ha cluster",
+    );
+    let src = seed_with(&[(
+        "audit-log-maxage: \"30\"",
+        "\"audit-log-maxage=30\": \"30\"",
+    )]);
+    refused_at(
+        &src,
+        "spec.kubernetes.apiServerExtraArgs.audit-log-maxage=30",
+        "'=' at character 17 separates the flag from its value",
+        "audit-log-maxage=30",
+    );
+    let src = seed_with(&[(
+        "audit-log-path: /var/log/kubernetes/audit/audit.log",
+        "audit-log-path: audit.log",
+    )]);
+    refused_at(
+        &src,
+        "spec.kubernetes.apiServerExtraArgs.audit-log-path",
+        "is not an absolute path",
+        "audit-log-path",
+    );
+}
+
+#[test]
+fn allowed_punctuation_stays_allowed() {
+    let src = seed_with(&[
+        ("user: admin", "user: \"ad#min,1\""),
+        (
+            "{ name: lb1,     address: 10.1.1.11,  roles: [loadbalancer] }",
+            "{ name: lb1,     address: 10.1.1.11,  roles: [loadbalancer], interface: br-lan.100 }",
+        ),
+        (
+            "audit-log-path: /var/log/kubernetes/audit/audit.log",
+            "audit-log-path: \"-\"",
+        ),
+    ]);
+    let l = load(&src);
+    let c = l
+        .cluster
+        .unwrap_or_else(|| panic!("{:?}", l.diagnostics.items));
+    assert_eq!(c.lb.stats.user, "ad#min,1");
+    assert_eq!(c.hosts[0].interface.as_deref(), Some("br-lan.100"));
+}
+
+#[test]
+fn priorities_keep_the_track_weight_in_keepalived_range() {
+    let l = load(&seed_with(&[(
+        "{ lb1: 110, lb2: 100 }",
+        "{ lb1: 254, lb2: 2 }",
+    )]));
+    let c = l.cluster.expect("254 and 2 are accepted");
+    let w = c.lb.vrrp.track_weight;
+    assert_eq!(
+        w, -253,
+        "the widest spread needs keepalived's largest weight"
+    );
+    // The LB at 254 failing drops to 1 (keepalived's floor), below the healthy one at 2.
+    assert!((254 + w).max(1) < 2);
+    assert_eq!(load(SEED).cluster.expect("seed").lb.vrrp.track_weight, -20);
+    let src = seed_with(&[("{ lb1: 110, lb2: 100 }", "{ lb1: 110, lb2: 1 }")]);
+    refused_at(
+        &src,
+        "spec.loadBalancer.vrrp.priorities.lb2",
+        "keepalived's floor",
+        "lb2: 1 }",
+    );
+}
+
+#[test]
+fn numbers_fit_what_haproxy_and_etcd_accept() {
+    for (from, to, path, msg) in [
+        (
+            "interval: 400ms",
+            "interval: 25d",
+            "spec.loadBalancer.healthCheck.interval",
+            "more than HAProxy accepts",
+        ),
+        (
+            "timeout: 2s",
+            "timeout: 1500us",
+            "spec.loadBalancer.healthCheck.timeout",
+            "not a whole number of milliseconds",
+        ),
+        (
+            "fall: 2",
+            "fall: 4294967295",
+            "spec.loadBalancer.healthCheck.fall",
+            "more than HAProxy accepts",
+        ),
+        (
+            "electionTimeout: 1000ms",
+            "electionTimeout: 60s",
+            "spec.etcd.electionTimeout",
+            "more than etcd accepts",
+        ),
+        (
+            "heartbeatInterval: 100ms",
+            "heartbeatInterval: 100500us",
+            "spec.etcd.heartbeatInterval",
+            "cut to 100 ms",
+        ),
+        (
+            "port: 8405",
+            "port: 0",
+            "spec.loadBalancer.metrics.port",
+            "port 0",
+        ),
+    ] {
+        let src = seed_with(&[(from, to)]);
+        refused_at(&src, path, msg, to);
+    }
+}

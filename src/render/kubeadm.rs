@@ -61,7 +61,9 @@ pub fn cluster_configuration(c: &Cluster) -> Value {
     if let Some(policy) = k.api_server_extra_args.get("audit-policy-file") {
         volumes.push(json!({"name": "audit-policy", "hostPath": policy, "mountPath": policy, "readOnly": true, "pathType": "File"}));
     }
+    // `-` logs to standard output: nothing to mount.
     if let Some(log) = k.api_server_extra_args.get("audit-log-path")
+        && log != "-"
         && let Some(dir) = std::path::Path::new(log).parent()
     {
         let dir = dir.display().to_string();

@@ -85,7 +85,7 @@ impl Secrets {
     }
 }
 
-/// Read a secret file: it must be private (no group or other bits) and HAProxy-quotable.
+/// Read a secret file: it must be private (no group or other bits) and fit the env-file grammar.
 pub fn read_secret(p: &Path) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     let s = std::fs::read_to_string(p)
@@ -100,10 +100,14 @@ pub fn read_secret(p: &Path) -> anyhow::Result<String> {
         );
     }
     let s = s.trim().to_string();
-    if s.is_empty() || s.contains(['"', '\n', ':', '$', '\\']) {
+    // The password goes into haproxy's environment file, which systemd and sh read.
+    let rule = &crate::spec::grammar::STATS_PASSWORD;
+    if let Err(why) = rule.check(&s) {
         anyhow::bail!(
-            "the secret file {} is empty or holds a character HAProxy cannot quote (\" : $ \\)\n  help: delete it and hakube generates a new one",
-            p.display()
+            "the secret file {}: in the password, {why}\n  help: {}; besides letters and digits it may hold {}",
+            p.display(),
+            rule.help,
+            rule.allowed_punctuation()
         );
     }
     Ok(s)
@@ -351,6 +355,15 @@ fn load_balancer(
         .collect();
     let prefix = c.networks.management.prefix_len();
     let ifc = h.interface.clone().unwrap_or_else(|| "eth0".into());
+    // Validation checked the spec's interface; this also covers one found on the host by apply.
+    let rule = &crate::spec::grammar::INTERFACE;
+    if let Err(why) = rule.check(&ifc) {
+        anyhow::bail!(
+            "host {}: interface {ifc:?} {why}\n  help: {}",
+            h.name,
+            rule.help
+        );
+    }
     let ctx = json!({
         "header": HEADER,
         "cluster": c.name,

@@ -2,9 +2,12 @@
 
 pub mod cluster;
 pub mod diag;
+pub mod grammar;
+pub mod limits;
 pub mod model;
 pub mod source_map;
 pub mod validate;
+pub mod vrrp;
 
 pub use cluster::*;
 pub use diag::{Diagnostic, Diagnostics, Severity};

@@ -75,6 +75,8 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     if let (Some(lb), Some(k)) = (&lb, &k8s) {
         ports(lb, k, &etcd, &hosts, d);
     }
+    super::limits::check(lb.as_ref(), etcd.as_ref(), k8s.as_ref(), d);
+    super::grammar::check_document(doc, d);
 
     Some(Cluster {
         name,
@@ -96,7 +98,7 @@ pub fn is_dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-fn is_dns_name(s: &str) -> bool {
+pub(crate) fn is_dns_name(s: &str) -> bool {
     s.len() <= 253
         && s.split('.').all(|l| {
             !l.is_empty()
@@ -344,15 +346,6 @@ fn hosts(s: &model::Spec, mgmt: Option<IpNet>, d: &mut Diagnostics) -> Vec<Host>
             }
             *slot = true;
         }
-        if let Some(ifc) = &h.interface
-            && (ifc.is_empty() || ifc.len() > 15 || ifc.contains(['/', ' ']))
-        {
-            d.error(
-                format!("{p}.interface"),
-                format!("{ifc:?} is not a valid Linux interface name"),
-                "use the name `ip -br addr` shows, at most 15 characters, or leave it out to detect it",
-            );
-        }
         if let Some(a) = address {
             out.push(Host {
                 name: h.name.clone(),
@@ -565,11 +558,8 @@ fn load_balancer(
     }
     let mut priorities = BTreeMap::new();
     if v.priorities.is_empty() {
-        for (i, h) in lbs.iter().enumerate() {
-            priorities.insert(
-                h.name.clone(),
-                110u8.saturating_sub((i as u8).saturating_mul(10)).max(1),
-            );
+        for (h, p) in lbs.iter().zip(super::vrrp::default_priorities(lbs.len())) {
+            priorities.insert(h.name.clone(), p);
         }
     } else {
         let mut seen: HashMap<i64, &str> = HashMap::new();
@@ -617,10 +607,8 @@ fn load_balancer(
             }
         }
     }
-    let spread = match (priorities.values().max(), priorities.values().min()) {
-        (Some(a), Some(b)) => (*a as i32) - (*b as i32),
-        _ => 0,
-    };
+    super::vrrp::check_floor(&v.priorities, lbs.len(), d);
+    let track_weight = super::vrrp::track_weight(priorities.values());
     let hc = &l.health_check;
     let kind = match hc.kind.as_deref().unwrap_or("https") {
         "https" => CheckKind::Https,
@@ -688,7 +676,7 @@ fn load_balancer(
             "spec.loadBalancer.healthCheck.interval",
             format!(
                 "a dead API server stays in rotation for up to {} (interval x fall)",
-                humantime::format_duration(i * fall.max(1))
+                humantime::format_duration(i.saturating_mul(fall.max(1)))
             ),
             "use the default 400ms, or at most 2s",
         );
@@ -734,7 +722,7 @@ fn load_balancer(
             advert_interval: advert?,
             auth_pass: v.auth_pass.clone(),
             priorities,
-            track_weight: -(spread + 10),
+            track_weight,
             script_user: v
                 .script_user
                 .clone()
