@@ -39,6 +39,37 @@ struct SpecArgs {
 }
 
 #[derive(Subcommand)]
+enum CertsCommand {
+    /// List every certificate in the operator state and every one the API servers and etcd
+    /// serve, with its expiry; a renewed certificate that is not served yet is a finding.
+    ///
+    /// Exit status: 0 fine, 1 one inside --within or not served yet, 2 one expired.
+    Check {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Warn about certificates that expire within this time.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        within: std::time::Duration,
+    },
+    /// Issue new leaf certificates (those expiring within --within, or --all) from the same CAs
+    /// and roll them out with apply: etcd members restart one at a time (their API server
+    /// drained first, leadership moved away), then the API servers, each behind a health gate.
+    /// The old certificates are kept in .hakube/<cluster>/pki/retired/. CAs are not renewed.
+    Renew {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION", conflicts_with = "all")]
+        within: std::time::Duration,
+        /// Every leaf certificate, whatever its expiry.
+        #[arg(long)]
+        all: bool,
+        /// Show what would be issued and restarted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Validate the spec and show the topology, the failure tolerance of every layer, its
     /// worst-case failover times, and every single point of failure.
@@ -111,6 +142,12 @@ enum Command {
     /// A local lab: real haproxy, keepalived, etcd and sshd in Linux namespaces (needs root).
     Lab(lab::cli::LabArgs),
     Drill(hakube::drill::cli::DrillArgs),
+    /// Certificates: every one hakube issued and what the live endpoints serve, with expiry;
+    /// renewal one host at a time behind health gates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Print a shell completion script: `hakube completions bash > /etc/bash_completion.d/hakube`.
     Completions {
         #[arg(value_enum)]
@@ -153,7 +190,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             concurrency,
             force,
             replace_ca,
-        } => cmd_apply(&spec, dry_run, concurrency, force, replace_ca),
+        } => cmd_apply(
+            &spec,
+            apply::Options {
+                dry_run,
+                concurrency,
+                force,
+                replace_ca,
+                ..Default::default()
+            },
+        ),
         Command::Status {
             spec,
             watch,
@@ -163,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor { spec } => cmd_doctor(&spec),
         Command::Lab(a) => lab::cli::run(a),
         Command::Drill(a) => hakube::drill::cli::run(a),
+        Command::Certs { command } => cmd_certs(command),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "hakube", &mut std::io::stdout());
@@ -324,13 +371,7 @@ fn cmd_render(a: &SpecArgs, out: &Path, check: bool) -> anyhow::Result<i32> {
     Ok(if failed > 0 { 2 } else { 0 })
 }
 
-fn cmd_apply(
-    a: &SpecArgs,
-    dry_run: bool,
-    concurrency: usize,
-    force: bool,
-    replace_ca: bool,
-) -> anyhow::Result<i32> {
+fn cmd_apply(a: &SpecArgs, opts: apply::Options) -> anyhow::Result<i32> {
     let loaded = load(a)?;
     let json = a.output == Output::Json;
     if !json {
@@ -344,14 +385,8 @@ fn cmd_apply(
         );
         return Ok(2);
     };
-    let opts = apply::Options {
-        dry_run,
-        concurrency,
-        force,
-        replace_ca,
-        json,
-        ..Default::default()
-    };
+    let dry_run = opts.dry_run;
+    let opts = apply::Options { json, ..opts };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -445,6 +480,57 @@ fn cmd_status(
             return Ok(s.overall.exit_code());
         }
         std::thread::sleep(interval);
+    }
+}
+
+fn cmd_certs(command: CertsCommand) -> anyhow::Result<i32> {
+    match command {
+        CertsCommand::Check { spec, within } => {
+            let Some((cluster, rt)) = live_cluster(&spec)? else {
+                return Ok(2);
+            };
+            let r = rt.block_on(hakube::certs::check(&cluster, within))?;
+            if spec.output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", hakube::certs::render_text(&r));
+            }
+            Ok(r.exit_code())
+        }
+        CertsCommand::Renew {
+            spec,
+            within,
+            all,
+            dry_run,
+        } => {
+            let loaded = load(&spec)?;
+            let Some(cluster) = loaded.cluster else {
+                print_diagnostics(&loaded.diagnostics);
+                return Ok(2);
+            };
+            let state = hakube::state::State::open(&cluster)?;
+            let due = hakube::certs::due(&hakube::certs::kept(&state)?, (!all).then_some(within));
+            if due.is_empty() {
+                eprintln!(
+                    "no leaf certificate expires within {}; nothing to renew (--all renews every one)",
+                    humantime::format_duration(within)
+                );
+                return Ok(0);
+            }
+            eprintln!(
+                "renewing {} certificate(s): {}",
+                due.len(),
+                due.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+            cmd_apply(
+                &spec,
+                apply::Options {
+                    dry_run,
+                    renew: due,
+                    ..Default::default()
+                },
+            )
+        }
     }
 }
 

@@ -11,7 +11,9 @@ use crate::render::{self, Secrets};
 use crate::spec::{Bootstrap, Cluster};
 use anyhow::{Context, Result, bail};
 use sha2::Digest;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Leaf certificates hakube issues last this long.
 const LEAF_DAYS: u32 = 365;
@@ -35,6 +37,10 @@ pub struct State {
     pub cluster_ca: Ca,
     stats_password_file: PathBuf,
     bootstrap: Bootstrap,
+    /// Leaves to issue again this run (`etcd/master1-server`, ...), each once.
+    renew: BTreeSet<String>,
+    renewed: Mutex<BTreeSet<String>>,
+    leaf_days: u32,
 }
 
 /// A certificate and its key, PEM.
@@ -105,6 +111,9 @@ impl State {
             cluster_ca: ca(Self::cluster_ca_dir(&dir), format!("{} cluster CA", c.name))?,
             stats_password_file: c.lb.stats.password_file.clone(),
             bootstrap: c.kubernetes.bootstrap,
+            renew: BTreeSet::new(),
+            renewed: Mutex::new(BTreeSet::new()),
+            leaf_days: LEAF_DAYS,
             access,
             dir,
         })
@@ -116,6 +125,13 @@ impl State {
 
     fn cluster_ca_dir(dir: &Path) -> PathBuf {
         dir.join("pki").join("cluster")
+    }
+
+    /// Issue these leaves again (once each) instead of reusing them; with [`Access::Write`] the
+    /// old ones are moved to `pki/retired/<time>/`, never deleted.
+    pub fn renewing(mut self, names: BTreeSet<String>) -> State {
+        self.renew = names;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -204,19 +220,37 @@ impl State {
             dir.join(format!("{name}.sans")),
         );
         let want = sans.join(",");
-        if let (Ok(cert_pem), Ok(key_pem), Ok(s)) = (
-            std::fs::read_to_string(&crt),
-            std::fs::read_to_string(&key),
-            std::fs::read_to_string(&sidecar),
-        ) && s == want
+        let id = format!("{sub}/{name}");
+        let renew = self.renew.contains(&id)
+            && !self
+                .renewed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id);
+        if !renew
+            && let (Ok(cert_pem), Ok(key_pem), Ok(s)) = (
+                std::fs::read_to_string(&crt),
+                std::fs::read_to_string(&key),
+                std::fs::read_to_string(&sidecar),
+            )
+            && s == want
         {
             return Ok(Leaf { cert_pem, key_pem });
         }
+        if renew {
+            if self.access == Access::Write {
+                self.retire(sub, &[&crt, &key, &sidecar])?;
+            }
+            self.renewed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id);
+        }
         if self.access != Access::Write {
-            let (cert_pem, key_pem) = ca.issue(cn, sans, usage, LEAF_DAYS)?;
+            let (cert_pem, key_pem) = ca.issue(cn, sans, usage, self.leaf_days)?;
             return Ok(Leaf { cert_pem, key_pem });
         }
-        ca.issue_to(&dir, name, cn, sans, usage, LEAF_DAYS)?;
+        ca.issue_to(&dir, name, cn, sans, usage, self.leaf_days)?;
         pki::write_public(&sidecar, &want)?;
         let read = |p: &Path| {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
@@ -225,6 +259,19 @@ impl State {
             cert_pem: read(&crt)?,
             key_pem: read(&key)?,
         })
+    }
+
+    /// Move a leaf's files to `pki/retired/<time>/<sub>/`.
+    fn retire(&self, sub: &str, files: &[&Path]) -> Result<()> {
+        let stamp = crate::drill::stamp(std::time::SystemTime::now());
+        let to = self.dir.join("pki").join("retired").join(stamp).join(sub);
+        for f in files.iter().filter(|f| f.exists()) {
+            std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            let dest = to.join(f.file_name().unwrap_or_default());
+            std::fs::rename(f, &dest)
+                .with_context(|| format!("moving {} to {}", f.display(), dest.display()))?;
+        }
+        Ok(())
     }
 
     /// hakube's own etcd client certificate (status, membership changes, snapshots).

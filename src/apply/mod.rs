@@ -31,6 +31,8 @@ pub struct Options {
     /// Replace the CAs the live cluster uses with this state folder's (every certificate is
     /// issued again and every member restarts): refused without it.
     pub replace_ca: bool,
+    /// Leaf certificates to issue again (`hakube certs renew`), by name (`etcd/master1-peer`).
+    pub renew: BTreeSet<String>,
     pub json: bool,
     /// The lab API server binary to install with `bootstrap: lab`.
     pub lab_apiserver: Option<PathBuf>,
@@ -44,6 +46,7 @@ impl Default for Options {
             concurrency: 30,
             force: false,
             replace_ca: false,
+            renew: BTreeSet::new(),
             json: false,
             lab_apiserver: None,
             connect_timeout: Duration::from_secs(10),
@@ -435,7 +438,8 @@ async fn prepare_ctx(
         State::plan(&c)?
     } else {
         State::open_or_init(&c)?
-    };
+    }
+    .renewing(opts.renew.clone());
     let lab_bin = match (&opts.lab_apiserver, c.kubernetes.bootstrap) {
         (Some(p), _) => Some(p.clone()),
         (None, crate::spec::Bootstrap::Lab) => Some(default_lab_apiserver()?),
@@ -447,7 +451,7 @@ async fn prepare_ctx(
         check_same_cas(&c, &state, &files, &hashes, &hosts).await?;
     }
     if fresh && !opts.dry_run {
-        state = State::open_or_init(&c)?;
+        state = State::open_or_init(&c)?.renewing(opts.renew.clone());
         files = files::desired(&c, &state, lab_bin.as_deref())?;
     }
     Ok(Ctx {

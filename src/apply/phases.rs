@@ -337,9 +337,7 @@ impl Phase for Etcd {
                         h.name
                     );
                 }
-                ctx.cmd(&h.name, "systemctl restart etcd", "systemctl restart etcd")
-                    .await?;
-                wait_all_healthy(ctx, &tls).await?;
+                restart_member(ctx, h, &tls).await?;
             }
             let spec_names: BTreeSet<&str> = cps.iter().map(|h| h.name.as_str()).collect();
             let peers: BTreeSet<&str> = seats.iter().map(|s| s.peer_url.as_str()).collect();
@@ -355,6 +353,119 @@ impl Phase for Etcd {
             ctx.state.record_etcd_formed()
         })
     }
+}
+
+/// Restart one member (new settings or certificates) so that no client notices: the lab API
+/// server on the host, which talks only to this member, stops first (it drains: in-flight
+/// requests finish, HAProxy sends new connections to the others); leadership moves to another
+/// member; etcd restarts; the API server comes back behind its /readyz gate and stays until
+/// every HAProxy rates it UP again.
+async fn restart_member(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<()> {
+    let name = &h.name;
+    let api = ctx.c.kubernetes.bootstrap == Bootstrap::Lab
+        && ctx
+            .facts
+            .get(name)
+            .is_some_and(|f| f.active("hakube-lab-apiserver"));
+    if api {
+        ctx.cmd(
+            name,
+            "systemctl stop hakube-lab-apiserver",
+            "systemctl stop hakube-lab-apiserver (drains; HAProxy sends new connections elsewhere)",
+        )
+        .await?;
+    }
+    move_leader_off(ctx, h, tls).await?;
+    ctx.cmd(name, "systemctl restart etcd", "systemctl restart etcd")
+        .await?;
+    wait_all_healthy(ctx, tls).await?;
+    if api {
+        ctx.take(name, "hakube-lab-apiserver");
+        ctx.cmd(
+            name,
+            "systemctl start hakube-lab-apiserver",
+            "systemctl start hakube-lab-apiserver",
+        )
+        .await?;
+        let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
+        readyz_gate(
+            ctx,
+            &ca,
+            name,
+            SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port),
+        )
+        .await?;
+        haproxy_rates_up(ctx, name).await?;
+    }
+    Ok(())
+}
+
+/// When `h` leads etcd, hand leadership to another member first: a planned restart then
+/// costs no election.
+async fn move_leader_off(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<()> {
+    if ctx.opts.dry_run {
+        ctx.log(
+            "command",
+            &h.name,
+            "would move etcd leadership to another member if this one leads",
+        );
+        return Ok(());
+    }
+    let ep = url("https", h.address, ctx.c.etcd.client_port);
+    let mut cl = crate::etcd::connect(&[ep], tls, Duration::from_secs(3)).await?;
+    let st = cl.status().await.context("etcd status")?;
+    let me = st.header().map(|x| x.member_id()).unwrap_or_default();
+    if st.leader() != me {
+        return Ok(());
+    }
+    let members = crate::etcd::members(&mut cl).await?;
+    let Some(to) = members.iter().find(|m| m.id != me && !m.is_learner) else {
+        return Ok(());
+    };
+    ctx.log(
+        "command",
+        &h.name,
+        &format!("etcd move-leader {:x} ({})", to.id, to.name),
+    );
+    cl.move_leader(to.id)
+        .await
+        .with_context(|| format!("etcd move-leader to {}", to.name))?;
+    Ok(())
+}
+
+/// Wait until every HAProxy rates `server` UP (checks rise a few intervals after /readyz).
+async fn haproxy_rates_up(ctx: &Ctx, server: &str) -> Result<()> {
+    if ctx.opts.dry_run || !ctx.c.lb.stats.enabled {
+        return Ok(());
+    }
+    let pw = ctx.state.stats_password();
+    wait_for(
+        &format!("every HAProxy rates {server} UP"),
+        Duration::from_secs(30),
+        || {
+            let pw = pw.clone();
+            async move {
+                let lbs = crate::status::probes::haproxy(&ctx.c, pw.as_deref()).await;
+                let not: Vec<String> = lbs
+                    .iter()
+                    .filter(|lb| {
+                        !lb.servers
+                            .iter()
+                            .any(|s| s.server == server && s.status == "UP")
+                    })
+                    .map(|lb| lb.host.clone())
+                    .collect();
+                if not.is_empty() {
+                    Ok(())
+                } else {
+                    bail!("not UP on {}", not.join(", "))
+                }
+            }
+        },
+    )
+    .await?;
+    ctx.log("ok", server, "every HAProxy rates it UP");
+    Ok(())
 }
 
 /// The members that serve a linearizable read now, by id (through their client URLs).

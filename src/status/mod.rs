@@ -2,7 +2,7 @@
 //! short timeout, so one dead host never stalls the rest.
 
 pub mod doctor;
-mod probes;
+pub mod probes;
 
 use crate::spec::{Cluster, EtcdManagement};
 use crate::state::State;
