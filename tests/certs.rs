@@ -6,8 +6,6 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn check(lab: &Lab, within: &str) -> (i32, Value) {
@@ -64,35 +62,8 @@ fn certificates_are_listed_and_renewed_one_host_at_a_time_under_the_probe() {
 
     // Renew every leaf while the client probe runs.
     let reports = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(HAKUBE)
-        .args(["drill", "soak", "--duration", "60s", "-o", "json"])
-        .arg("-f")
-        .arg(lab.spec())
-        .arg("--report-dir")
-        .arg(reports.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the probe");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("injecting") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the probe runs through the VIP");
+    let probe = Background::drill(&lab, &["soak", "--duration", "60s"], reports.path());
+    probe.await_injected(Duration::from_secs(60));
     let o = lab.hakube(&["certs", "renew", "--all"]);
     let out = text(&o);
     assert!(o.status.success(), "renew failed:\n{out}");
@@ -105,9 +76,7 @@ fn certificates_are_listed_and_renewed_one_host_at_a_time_under_the_probe() {
     ] {
         assert!(out.contains(needle), "{needle}:\n{out}");
     }
-    let probe = child.wait_with_output().expect("the probe ends");
-    let log = reader.join().unwrap_or_default();
-    let v: Value = serde_json::from_slice(&probe.stdout).unwrap_or_default();
+    let (_, v, log) = probe.finish();
     let sc = &v["scenarios"][0];
     let m = &sc["metrics"];
     eprintln!(

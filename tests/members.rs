@@ -123,8 +123,6 @@ fn apply_replaces_a_member_that_lost_its_data_and_refuses_without_quorum() {
 /// data is gone: clients through the VIP see no failed request and no write is lost.
 #[test]
 fn a_member_is_replaced_under_the_client_probe_with_nothing_failed_or_lost() {
-    use std::io::BufRead;
-    use std::process::Stdio;
     use std::time::Duration;
     if !is_root() {
         eprintln!("skipped: needs root (CI runs as root)");
@@ -148,43 +146,12 @@ fn a_member_is_replaced_under_the_client_probe_with_nothing_failed_or_lost() {
         },
     );
     let reports = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(HAKUBE)
-        .args([
-            "drill",
-            "soak",
-            "--force",
-            "--duration",
-            "45s",
-            "-o",
-            "json",
-        ])
-        .arg("-f")
-        .arg(lab.spec())
-        .arg("--report-dir")
-        .arg(reports.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the probe");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("injecting") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the probe runs through the VIP");
+    let probe = Background::drill(
+        &lab,
+        &["soak", "--force", "--duration", "45s"],
+        reports.path(),
+    );
+    probe.await_injected(Duration::from_secs(60));
     let o = apply(&lab);
     assert!(o.status.success(), "apply failed:\n{}", text(&o));
     assert!(
@@ -192,9 +159,7 @@ fn a_member_is_replaced_under_the_client_probe_with_nothing_failed_or_lost() {
         "{}",
         text(&o)
     );
-    let out = child.wait_with_output().expect("the probe ends");
-    let log = reader.join().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let (_, v, log) = probe.finish();
     let sc = &v["scenarios"][0];
     assert_eq!(sc["scenario"], "soak", "{log}");
     let m = &sc["metrics"];

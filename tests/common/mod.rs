@@ -165,3 +165,74 @@ pub fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A drill running in the background (for example `drill soak`, the client probe with no
+/// fault, while a test runs an operation), with its stderr collected.
+pub struct Background {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<String>,
+    injected: std::sync::mpsc::Receiver<()>,
+}
+
+impl Background {
+    /// `hakube drill ARGS -o json -f SPEC --report-dir DIR`.
+    pub fn drill(lab: &Lab, args: &[&str], reports: &Path) -> Background {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new(HAKUBE)
+            .arg("drill")
+            .args(args)
+            .args(["-o", "json", "-f"])
+            .arg(lab.spec())
+            .arg("--report-dir")
+            .arg(reports)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the drill");
+        let (tx, injected) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let reader = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("injecting") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        Background {
+            child,
+            reader,
+            injected,
+        }
+    }
+
+    /// Wait until the probe runs and the fault (none for a soak) is in.
+    pub fn await_injected(&self, limit: Duration) {
+        self.injected
+            .recv_timeout(limit)
+            .expect("the drill probes through the VIP and injects");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the drill to end: (exit code, JSON report, stderr).
+    pub fn finish(self) -> (i32, serde_json::Value, String) {
+        let out = self.child.wait_with_output().expect("the drill ends");
+        let log = self.reader.join().unwrap_or_default();
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+            log,
+        )
+    }
+}
