@@ -40,11 +40,28 @@ impl Transport for Local {
                 drop(pipe);
             }
             let out = child.wait_with_output().await?;
-            Ok(Output {
-                status: out.status.code().unwrap_or(-1),
-                stdout: out.stdout,
-                stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-            })
+            Ok(Output::from(out))
+        })
+    }
+
+    fn exec_stream<'a>(
+        &'a self,
+        script: &'a str,
+        input: super::Input<'a>,
+    ) -> BoxFut<'a, Result<Output>> {
+        Box::pin(async move {
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start sh")?;
+            let pipe = child.stdin.take().context("no stdin")?;
+            let wait = async { Ok(Output::from(child.wait_with_output().await?)) };
+            super::feed_and_wait(input, pipe, wait).await
         })
     }
 }
