@@ -2,6 +2,7 @@
 //! spec, the operator state and the load balancers' live configs. The manifest lists every other
 //! file with its size, mode and SHA-256, so a damaged or edited archive is found before use.
 
+use super::snapshot::{Trailer, TrailerHasher};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -142,6 +143,19 @@ pub struct Check {
     pub ok: bool,
     pub detail: String,
     pub ms: u128,
+}
+
+impl Check {
+    /// One line for humans: verdict, check, time, detail.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {:?} ({:.1}s): {}",
+            if self.ok { "ok  " } else { "FAIL" },
+            self.check,
+            self.ms as f64 / 1000.0,
+            self.detail
+        )
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -301,6 +315,8 @@ fn manifest_entry<R: Read>(path: &Path, e: &mut tar::Entry<R>) -> Result<Manifes
 pub struct Opened {
     pub manifest: Manifest,
     pub snapshot: PathBuf,
+    /// The snapshot's trailer, checked while it was extracted.
+    pub trailer: Option<Trailer>,
     pub files: BTreeMap<String, Vec<u8>>,
     pub mismatches: Vec<String>,
 }
@@ -318,6 +334,7 @@ pub fn open(path: &Path, work: &Path) -> Result<Opened> {
     let snapshot = work.join(SNAPSHOT);
     let mut found: Vec<FileEntry> = Vec::new();
     let mut files = BTreeMap::new();
+    let mut trailer = None;
     for e in entries {
         let mut e = e.map_err(|x| damaged(path, x))?;
         let name = e
@@ -326,51 +343,52 @@ pub fn open(path: &Path, work: &Path) -> Result<Opened> {
             .display()
             .to_string();
         let mode = e.header().mode().map_err(|x| damaged(path, x))?;
-        let mut h = Sha256::new();
-        let size;
-        if name == SNAPSHOT {
+        let (size, sha256) = if name == SNAPSHOT {
             let mut out = std::io::BufWriter::with_capacity(
                 1 << 20,
                 std::fs::File::create(&snapshot)
                     .with_context(|| format!("creating {}", snapshot.display()))?,
             );
-            size = copy_hashing(&mut e, &mut out, &mut h).map_err(|x| damaged(path, x))?;
+            let t = extract(&mut e, &mut out).map_err(|x| damaged(path, x))?;
             out.flush()?;
+            let r = (t.size, t.sha256.clone());
+            trailer = Some(t);
+            r
         } else {
             let mut buf = Vec::new();
             e.read_to_end(&mut buf).map_err(|x| damaged(path, x))?;
-            h.update(&buf);
-            size = buf.len() as u64;
+            let r = (buf.len() as u64, hex::encode(Sha256::digest(&buf)));
             files.insert(name.clone(), buf);
-        }
+            r
+        };
         found.push(FileEntry {
             path: name,
             size,
             mode: format!("{:04o}", mode & 0o7777),
-            sha256: hex::encode(h.finalize()),
+            sha256,
         });
     }
     let mismatches = compare(&manifest.files, &found);
     Ok(Opened {
         manifest,
         snapshot,
+        trailer,
         files,
         mismatches,
     })
 }
 
-/// Copy `r` to `w`, feeding the hasher; returns the byte count.
-pub fn copy_hashing(r: &mut impl Read, w: &mut impl Write, h: &mut Sha256) -> std::io::Result<u64> {
+/// Copy a tar entry to `w`, hashing it and checking etcd's trailer on the way.
+fn extract<R: Read>(e: &mut tar::Entry<R>, w: &mut impl Write) -> std::io::Result<Trailer> {
+    let mut h = TrailerHasher::new(e.size());
     let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
     loop {
-        let k = r.read(&mut buf)?;
+        let k = e.read(&mut buf)?;
         if k == 0 {
-            return Ok(n);
+            return Ok(h.finish());
         }
         h.update(&buf[..k]);
         w.write_all(&buf[..k])?;
-        n += k as u64;
     }
 }
 

@@ -205,8 +205,8 @@ pub fn run_backup(a: BackupArgs) -> Result<i32> {
     };
     println!("wrote {}", r.file);
     println!(
-        "  snapshot   {:.1} MiB {from}, revision {}, {} keys",
-        super::mib(r.snapshot_bytes),
+        "  snapshot   {} {from}, revision {}, {} keys",
+        super::human(r.snapshot_bytes),
         r.revision,
         r.keys
     );
@@ -285,7 +285,7 @@ fn list(file: &Path, dir: Option<PathBuf>, output: Output) -> Result<i32> {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let size = format!("{:.1} MiB", super::mib(l.bytes));
+        let size = super::human(l.bytes);
         let Some(m) = &l.manifest else {
             let why = l
                 .error
@@ -362,12 +362,7 @@ fn verify(backup: &Path, file: Option<&Path>, output: Output) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         for c in &v.checks {
-            println!(
-                "  {} {:?}: {}",
-                if c.ok { "ok  " } else { "FAIL" },
-                c.check,
-                c.detail
-            );
+            println!("  {}", c.line());
         }
         match v.failure() {
             None => println!("{}: verified", backup.display()),

@@ -17,7 +17,7 @@ use crate::state::State;
 use anyhow::{Context, Result, bail};
 use archive::{Check, CheckKind, Identity, LbConfigs, Manifest, Member, Source, SourceKind};
 use serde::{Deserialize, Serialize};
-use snapshot::{Checks, Expect, Tools};
+use snapshot::{Checks, Plan, Tools};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -314,11 +314,13 @@ pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
     let mut warnings = Vec::new();
 
     // 1. The snapshot.
-    let t = Instant::now();
+    let transfer_ms;
     let (source, endpoint) = match &o.from_snapshot {
         Some(f) => {
             log(&format!("packaging the snapshot {}", f.display()));
+            let t = Instant::now();
             std::fs::copy(f, &snap).with_context(|| format!("copying {}", f.display()))?;
+            transfer_ms = t.elapsed().as_millis();
             let src = Source::file(f);
             (src, None)
         }
@@ -337,10 +339,10 @@ pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
                 "a follower"
             };
             log(&format!(
-                "snapshot from {} ({role}, etcd {}, {:.1} MiB database)",
+                "snapshot from {} ({role}, etcd {}, {} database)",
                 m.name,
                 m.version,
-                mib(m.db_size)
+                human(m.db_size)
             ));
             let partial = staging
                 .path()
@@ -349,14 +351,15 @@ pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
             let progress = |got: u64, total: u64| {
                 let s = t0.elapsed().as_secs_f64().max(0.001);
                 log(&format!(
-                    "snapshot: {:.1} of {:.1} MiB ({:.1} MiB/s)",
-                    mib(got),
-                    mib(total),
+                    "snapshot: {} of {} ({:.1} MiB/s)",
+                    human(got),
+                    human(total),
                     mib(got) / s
                 ));
             };
             snapshot::pull(&m.endpoint, &tls, &partial, &progress).await?;
             std::fs::rename(&partial, &snap)?;
+            transfer_ms = t0.elapsed().as_millis();
             let src = Source {
                 kind: SourceKind::Live,
                 member: Some(m.name.clone()),
@@ -370,7 +373,6 @@ pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
             (src, Some(m.endpoint))
         }
     };
-    let transfer_ms = t.elapsed().as_millis();
     let snapshot_bytes = std::fs::metadata(&snap)?.len();
 
     // 2. Prove it: trailer, etcdutl status, the live count at its revision, a trial restore.
@@ -381,35 +383,28 @@ pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
     let mut checks = Checks::default();
     let live = endpoint.clone().map(|ep| {
         let tls = tls.clone();
-        move |rev: i64| async move {
-            match snapshot::live_count(&ep, &tls, rev).await? {
-                Some(n) => Ok((Some(n), format!("{n} keys at revision {rev} on {ep}"))),
-                None => Ok((
-                    None,
-                    format!("revision {rev} is compacted on {ep}: not cross-checked"),
-                )),
-            }
-        }
+        let f: snapshot::LiveCount = Box::new(move |rev: i64| {
+            Box::pin(async move {
+                match snapshot::live_count(&ep, &tls, rev).await? {
+                    Some(n) => Ok((Some(n), format!("{n} keys at revision {rev} on {ep}"))),
+                    None => Ok((
+                        None,
+                        format!("revision {rev} is compacted on {ep}: not cross-checked"),
+                    )),
+                }
+            })
+        });
+        f
     });
-    let facts = snapshot::verify(
-        &tools,
-        &snap,
-        &work,
-        Expect::default(),
-        &mut checks,
+    let plan = Plan {
         live,
-        None,
-    )
-    .await;
+        ..Plan::default()
+    };
+    let facts = snapshot::verify(&tools, &snap, &work, plan, &mut checks).await;
     let _ = std::fs::remove_dir_all(&work);
     let verify_ms = t.elapsed().as_millis();
     for ch in &checks.list {
-        log(&format!(
-            "  {} {:?}: {}",
-            if ch.ok { "ok  " } else { "FAIL" },
-            ch.check,
-            ch.detail
-        ));
+        log(&format!("  {}", ch.line()));
     }
     let Some(facts) = facts else {
         let f = checks.list.iter().find(|c| !c.ok);
@@ -443,11 +438,17 @@ pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
         .with_context(|| format!("reading {}", o.spec_file.display()))?;
     members.push(Member::bytes(format!("spec/{spec_name}"), 0o600, spec));
     members.extend(state_members(c, &out_dir)?);
-    let lbs = futures::future::join_all(
-        c.load_balancers()
-            .map(|h| async move { (h.name.clone(), lb_configs(c, h).await) }),
-    )
-    .await;
+    // A snapshot file may be from any time: today's LB configs would not belong with it.
+    let lbs = if o.from_snapshot.is_some() {
+        warnings.push("no load balancer configs: packaged from a snapshot file".into());
+        vec![]
+    } else {
+        futures::future::join_all(
+            c.load_balancers()
+                .map(|h| async move { (h.name.clone(), lb_configs(c, h).await) }),
+        )
+        .await
+    };
     let mut lb_list = Vec::new();
     for (host, r) in lbs {
         match r {
@@ -545,6 +546,16 @@ pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
 
 pub fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
+}
+
+/// "812 B", "20.0 KiB", "200.3 MiB", "1.2 GiB".
+pub fn human(b: u64) -> String {
+    match b {
+        0..1024 => format!("{b} B"),
+        1024..1_048_576 => format!("{:.1} KiB", b as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", mib(b)),
+        _ => format!("{:.1} GiB", b as f64 / 1_073_741_824.0),
+    }
 }
 
 /// The newest verified backup of a folder, as recorded by `backup` and `backup verify`.
@@ -725,18 +736,9 @@ pub async fn verify(
             path.display()
         ));
         let snap = path.to_path_buf();
-        let none: Option<fn(i64) -> std::future::Ready<Result<(Option<u64>, String)>>> = None;
-        let ok = snapshot::verify(
-            &tools,
-            &snap,
-            work.path(),
-            Expect::default(),
-            &mut checks,
-            none,
-            None,
-        )
-        .await
-        .is_some();
+        let ok = snapshot::verify(&tools, &snap, work.path(), Plan::default(), &mut checks)
+            .await
+            .is_some();
         return Ok(Verified {
             manifest: None,
             snapshot: snap,
@@ -788,35 +790,26 @@ pub async fn verify(
             .is_some();
     }
     if ok {
-        let expect = Expect {
-            revision: Some(m.snapshot.revision),
-            keys: Some(m.snapshot.keys),
-        };
-        let none: Option<fn(i64) -> std::future::Ready<Result<(Option<u64>, String)>>> = None;
         let prepare = bump.map(|bump| snapshot::Prepare {
             bump,
             dest: work.path().join("prepared.db"),
         });
-        ok = snapshot::verify(
-            &tools,
-            &opened.snapshot,
-            work.path(),
-            expect,
-            &mut checks,
-            none,
-            prepare.as_ref(),
-        )
-        .await
-        .is_some();
-        if ok && let Some(p) = &prepare {
-            // The second trial: the prepared snapshot opens at the raised revision with every key.
+        let plan = Plan {
+            revision: Some(m.snapshot.revision),
+            keys: Some(m.snapshot.keys),
+            trailer: opened.trailer.clone(),
+            live: None,
+            prepare: prepare.clone(),
+        };
+        let facts =
+            snapshot::verify(&tools, &opened.snapshot, work.path(), plan, &mut checks).await;
+        ok = facts.is_some();
+        if let (Some(p), Some(sha)) = (&prepare, facts.and_then(|f| f.trial.prepared)) {
+            // The second trial: the prepared snapshot opens at the raised revision with every
+            // key (its etcdutl restore checks the rewritten trailer too).
             let t = Instant::now();
             let want = m.snapshot.revision + p.bump;
             let r = async {
-                let tr = snapshot::trailer(&p.dest)?;
-                if let Err(why) = &tr.verdict {
-                    bail!("{why}");
-                }
                 let tri =
                     snapshot::trial_restore(&tools, &p.dest, &work.path().join("second"), None)
                         .await?;
@@ -829,7 +822,7 @@ pub async fn verify(
                     );
                 }
                 Ok((
-                    tr.sha256,
+                    sha,
                     format!(
                         "revision raised to {want} and marked compacted; {} keys (second trial restore)",
                         tri.keys

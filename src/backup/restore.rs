@@ -351,18 +351,27 @@ async fn go(run: &mut Run<'_>, o: &Options) -> Result<()> {
         Some(State::lock(c)?)
     };
 
+    // The highest revision any member still knows, so that the restored one is above anything a
+    // client saw (each member answers alone: a serializable read needs no quorum).
+    if !run.dry && run.r.etcd == EtcdRunner::Systemd {
+        let tls = state.operator_etcd_tls()?;
+        run.r.revision_before = highest_revision(c, &tls).await;
+    }
+    if let (Some(before), Ok(m)) = (
+        run.r.revision_before,
+        super::archive::read_manifest(&o.backup),
+    ) {
+        run.r.bump = o.bump + (before - m.snapshot.revision).max(0);
+    }
+    let bump = run.r.bump;
+
     // 1. The backup, proven, and the snapshot to restore prepared from it.
     let log = run.log;
     let v: Verified = run
         .step(Step::Verify, async {
-            let v = super::verify(&o.backup, Some((c, &state)), Some(o.bump), log).await?;
+            let v = super::verify(&o.backup, Some((c, &state)), Some(bump), log).await?;
             for ch in &v.checks {
-                log(&format!(
-                    "    {} {:?}: {}",
-                    if ch.ok { "ok  " } else { "FAIL" },
-                    ch.check,
-                    ch.detail
-                ));
+                log(&format!("    {}", ch.line()));
             }
             if let Some(f) = v.failure() {
                 bail!(
@@ -379,7 +388,7 @@ async fn go(run: &mut Run<'_>, o: &Options) -> Result<()> {
     let (prepared, prepared_sha) = v.prepared.clone().context("no prepared snapshot")?;
     run.r.backup_created_at = Some(m.created_at.clone());
     run.r.snapshot_revision = Some(m.snapshot.revision);
-    let want_rev = m.snapshot.revision + o.bump;
+    let want_rev = m.snapshot.revision + bump;
     let size = std::fs::metadata(&prepared)?.len();
 
     // 2. Every control plane, reachable and ready.
@@ -465,12 +474,6 @@ async fn go(run: &mut Run<'_>, o: &Options) -> Result<()> {
         .collect::<Vec<_>>()
         .join(",");
 
-    // The live cluster's revision, when it still has a quorum (for the report).
-    if !run.dry && run.r.etcd == EtcdRunner::Systemd {
-        let tls = state.operator_etcd_tls()?;
-        run.r.revision_before = read_revision(c, &tls).await.ok().map(|x| x.0);
-    }
-
     // 3. The snapshot on every member, checked there, before anything stops.
     let snap = run.snap_path();
     let copy_script = format!(
@@ -525,8 +528,8 @@ async fn go(run: &mut Run<'_>, o: &Options) -> Result<()> {
                 Ok((
                     (),
                     format!(
-                        "{:.1} MiB to {} members, SHA-256 checked on each",
-                        super::mib(size),
+                        "{} to {} members, SHA-256 checked on each",
+                        super::human(size),
                         members.len()
                     ),
                 ))
@@ -927,9 +930,25 @@ fn stop_etcd_script(run: &Run<'_>) -> String {
     }
 }
 
+/// Members restored from one snapshot hold the same data by construction, and the data is
+/// checked right after they start; etcd's initial corruption check (on in hakube's etcd.env)
+/// would only stall this start: members started together cannot answer each other's hash
+/// requests before their own check ends, so each waits out its timeout per peer. It is off for
+/// this one start, through a runtime drop-in (gone at reboot at the latest) removed right after.
+const RESTORE_DROPIN: &str = "/run/systemd/system/etcd.service.d/50-hakube-restore.conf";
+const RESTORE_ENV: &str = "/run/hakube-restore-etcd.env";
+
 fn start_etcd_script(run: &Run<'_>) -> String {
     match run.r.etcd {
-        EtcdRunner::Systemd => "systemctl start etcd".into(),
+        EtcdRunner::Systemd => format!(
+            "set -e
+             trap 'rm -f {RESTORE_DROPIN} {RESTORE_ENV}; systemctl daemon-reload' EXIT
+             mkdir -p $(dirname {RESTORE_DROPIN})
+             echo ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK=false > {RESTORE_ENV}
+             printf '[Service]\nEnvironmentFile={RESTORE_ENV}\n' > {RESTORE_DROPIN}
+             systemctl daemon-reload
+             systemctl start etcd"
+        ),
         EtcdRunner::StaticPod => {
             let a = run.aside_dir();
             format!("mv {a}/etcd.yaml {MANIFESTS}/etcd.yaml")
@@ -1024,6 +1043,24 @@ async fn wait_healthy(
             Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
+}
+
+/// The highest revision of any member that answers, each read alone (serializable).
+async fn highest_revision(c: &Cluster, tls: &crate::etcd::Tls) -> Option<i64> {
+    let asks = c.etcd_client_urls().into_iter().map(|ep| async move {
+        let t = Duration::from_secs(2);
+        let mut cl = crate::etcd::connect(std::slice::from_ref(&ep), tls, t).await?;
+        let opts = etcd_client::GetOptions::new()
+            .with_count_only()
+            .with_serializable();
+        let r = tokio::time::timeout(t, cl.get("health", Some(opts))).await??;
+        anyhow::Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .max()
 }
 
 /// The cluster's revision and number of keys, read with hakube's client certificate.

@@ -55,52 +55,77 @@ pub struct Trailer {
 /// the SHA-256 of the rest (what etcd's snapshot API appends; `etcdutl snapshot restore`
 /// checks the same).
 pub fn trailer_of(mut r: impl Read, size: u64) -> std::io::Result<Trailer> {
-    let body_len = size.saturating_sub(TRAILER);
-    let mut whole = Sha256::new();
-    let mut body = Sha256::new();
-    let mut tail = Vec::with_capacity(TRAILER as usize);
+    let mut h = TrailerHasher::new(size);
     let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
     loop {
         let k = r.read(&mut buf)?;
         if k == 0 {
-            break;
+            return Ok(h.finish());
         }
-        let chunk = &buf[..k];
-        whole.update(chunk);
-        let end = at + k as u64;
-        let in_body = body_len.saturating_sub(at).min(k as u64) as usize;
-        body.update(&chunk[..in_body]);
-        if end > body_len {
-            tail.extend_from_slice(&chunk[in_body..]);
-        }
-        at = end;
+        h.update(&buf[..k]);
     }
-    let verdict = if at != size {
-        Err(format!("read {at} bytes, expected {size}"))
-    } else if size < TRAILER || size % 512 != TRAILER {
-        Err(format!(
-            "no SHA-256 trailer: {size} bytes is not a multiple of 512 plus 32, so the snapshot is \
-             truncated (or was not taken through etcd's snapshot API)"
-        ))
-    } else {
-        let want = hex::encode(&tail);
-        let got = hex::encode(body.finalize());
-        if want == got {
-            Ok(())
-        } else {
-            Err(format!(
-                "the SHA-256 of the data ({}…) is not the one etcd appended ({}…): the snapshot is corrupt",
-                &got[..12],
-                &want[..12]
-            ))
+}
+
+/// [`trailer_of`] fed chunk by chunk, so that a copy can check the trailer as it goes.
+pub struct TrailerHasher {
+    size: u64,
+    at: u64,
+    whole: Sha256,
+    body: Sha256,
+    tail: Vec<u8>,
+}
+
+impl TrailerHasher {
+    /// For a file of `size` bytes.
+    pub fn new(size: u64) -> TrailerHasher {
+        TrailerHasher {
+            size,
+            at: 0,
+            whole: Sha256::new(),
+            body: Sha256::new(),
+            tail: Vec::with_capacity(TRAILER as usize),
         }
-    };
-    Ok(Trailer {
-        size,
-        sha256: hex::encode(whole.finalize()),
-        verdict,
-    })
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        let body_len = self.size.saturating_sub(TRAILER);
+        self.whole.update(chunk);
+        let in_body = body_len.saturating_sub(self.at).min(chunk.len() as u64) as usize;
+        self.body.update(&chunk[..in_body]);
+        if self.at + chunk.len() as u64 > body_len {
+            self.tail.extend_from_slice(&chunk[in_body..]);
+        }
+        self.at += chunk.len() as u64;
+    }
+
+    pub fn finish(self) -> Trailer {
+        let (size, at) = (self.size, self.at);
+        let verdict = if at != size {
+            Err(format!("read {at} bytes, expected {size}"))
+        } else if size < TRAILER || size % 512 != TRAILER {
+            Err(format!(
+                "no SHA-256 trailer: {size} bytes is not a multiple of 512 plus 32, so the snapshot is \
+                 truncated (or was not taken through etcd's snapshot API)"
+            ))
+        } else {
+            let want = hex::encode(&self.tail);
+            let got = hex::encode(self.body.finalize());
+            if want == got {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the SHA-256 of the data ({}…) is not the one etcd appended ({}…): the snapshot is corrupt",
+                    &got[..12],
+                    &want[..12]
+                ))
+            }
+        };
+        Trailer {
+            size,
+            sha256: hex::encode(self.whole.finalize()),
+            verdict,
+        }
+    }
 }
 
 pub fn trailer(path: &Path) -> Result<Trailer> {
@@ -144,10 +169,12 @@ pub async fn status(tools: &Tools, path: &Path) -> Result<Status> {
 }
 
 /// What a trial restore read back.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Trial {
     pub revision: i64,
     pub keys: u64,
+    /// The SHA-256 of the prepared snapshot, when one was asked for.
+    pub prepared: Option<String>,
 }
 
 /// Two free loopback ports, held until both are chosen so that they differ.
@@ -247,8 +274,12 @@ async fn trial_once(
         .spawn()
         .with_context(|| format!("starting {}", tools.etcd.display()))?;
     let mut read = read_back(&client_url, &mut child, &log_path).await;
-    if let (Ok(t), Some(p)) = (&read, prepare) {
-        read = prepare_bumped(&client_url, t.revision, p).await.map(|_| *t);
+    if let (Ok(t), Some(p)) = (&mut read, prepare) {
+        let db = data.join("member/snap/db");
+        match prepare_bumped(&client_url, &mut child, &db, t.revision, p).await {
+            Ok(sha) => t.prepared = Some(sha),
+            Err(e) => read = Err(e),
+        }
     }
     // Killed by its own PID, whatever happened; the folder goes with the caller's temp dir.
     let _ = child.kill().await;
@@ -256,7 +287,15 @@ async fn trial_once(
     read
 }
 
-async fn prepare_bumped(url: &str, revision: i64, p: &Prepare) -> Result<()> {
+/// Compact and defragment the trial etcd, stop it cleanly, and turn its database `db` into the
+/// prepared snapshot. Returns the prepared snapshot's SHA-256.
+async fn prepare_bumped(
+    url: &str,
+    child: &mut tokio::process::Child,
+    db: &Path,
+    revision: i64,
+    p: &Prepare,
+) -> Result<String> {
     let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
     let mut c = Client::connect([url], Some(opts)).await?;
     match c
@@ -275,8 +314,20 @@ async fn prepare_bumped(url: &str, revision: i64, p: &Prepare) -> Result<()> {
     c.defragment()
         .await
         .context("defragmenting the trial etcd")?;
-    pull_client(&mut c, url, &p.dest, &|_, _| {}).await?;
-    patch_compacted(&p.dest, revision, revision + p.bump)
+    drop(c);
+    // SIGTERM: etcd commits and closes its database, which is then what its snapshot API would
+    // have streamed, without the copy.
+    let pid = child.id().context("the trial etcd has no PID")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .context("the trial etcd did not stop within 30 s")??;
+    std::fs::rename(db, &p.dest)
+        .with_context(|| format!("moving {} to {}", db.display(), p.dest.display()))?;
+    bump_db(&p.dest, revision, revision + p.bump)
 }
 
 async fn read_back(url: &str, child: &mut tokio::process::Child, log: &Path) -> Result<Trial> {
@@ -301,6 +352,7 @@ async fn read_back(url: &str, child: &mut tokio::process::Child, log: &Path) -> 
             anyhow::Ok(Trial {
                 revision,
                 keys: r.count().max(0) as u64,
+                prepared: None,
             })
         };
         match tokio::time::timeout(Duration::from_secs(12), attempt).await {
@@ -428,20 +480,23 @@ fn find_all(f: &mut std::fs::File, len: u64, pat: &[u8]) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Set the compaction revision recorded in a snapshot from `from` to `to`, and write the SHA-256
-/// trailer again. The snapshot must be defragmented (one copy of each record).
-pub fn patch_compacted(path: &Path, from: i64, to: i64) -> Result<()> {
+/// Set the compaction revision recorded in an etcd database from `from` to `to`, then append the
+/// SHA-256 trailer that makes it a snapshot. The database must be defragmented (one copy of each
+/// record). Returns the snapshot's SHA-256.
+pub fn bump_db(path: &Path, from: i64, to: i64) -> Result<String> {
     use std::io::{Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let size = f.metadata()?.len();
-    if size < TRAILER || size % 512 != TRAILER {
-        bail!("{}: no SHA-256 trailer to rewrite", path.display());
+    let body = f.metadata()?.len();
+    if body == 0 || body % 512 != 0 {
+        bail!(
+            "{}: {body} bytes is not a database of whole pages",
+            path.display()
+        );
     }
-    let body = size - TRAILER;
     for (name, required) in [
         (&b"finishedCompactRev"[..], true),
         (&b"scheduledCompactRev"[..], false),
@@ -474,10 +529,67 @@ pub fn patch_compacted(path: &Path, from: i64, to: i64) -> Result<()> {
         h.update(&buf[..k]);
         left -= k as u64;
     }
+    let mut whole = h.clone();
+    let digest = h.finalize();
+    whole.update(digest);
     f.seek(SeekFrom::Start(body))?;
-    f.write_all(&h.finalize())?;
+    f.write_all(&digest)?;
     f.sync_all()?;
-    Ok(())
+    Ok(hex::encode(whole.finalize()))
+}
+
+#[cfg(test)]
+mod bump_tests {
+    use super::*;
+
+    const SIZE: usize = (4 << 20) + 2 * 4096;
+
+    fn db_with(records: &[(usize, &[u8], i64)]) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let mut v = vec![0u8; SIZE];
+        for (at, name, rev) in records {
+            v[*at..*at + name.len()].copy_from_slice(name);
+            v[*at + name.len()..*at + name.len() + 17].copy_from_slice(&rev_bytes(*rev));
+        }
+        let p = d.path().join("db");
+        std::fs::write(&p, &v).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn the_recorded_compaction_is_raised_and_the_trailer_appended() {
+        // The finished record straddles the boundary between two reads (4 MiB each).
+        let fin = (4 << 20) - 10;
+        let (_d, p) = db_with(&[
+            (fin, b"finishedCompactRev", 42),
+            (9000, b"scheduledCompactRev", 42),
+        ]);
+        let sha = bump_db(&p, 42, 1_000_000_042).unwrap();
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(b.len(), SIZE + 32);
+        let at = fin + 18;
+        assert_eq!(&b[at..at + 17], &rev_bytes(1_000_000_042));
+        let at = 9000 + 19;
+        assert_eq!(&b[at..at + 17], &rev_bytes(1_000_000_042));
+        assert_eq!(sha, hex::encode(Sha256::digest(&b)));
+        assert_eq!(trailer(&p).unwrap().verdict, Ok(()));
+    }
+
+    #[test]
+    fn a_missing_or_doubled_record_is_refused() {
+        let (_d, p) = db_with(&[(100, b"scheduledCompactRev", 42)]);
+        let e = bump_db(&p, 42, 99).unwrap_err().to_string();
+        assert!(e.contains("found 0 records of finishedCompactRev"), "{e}");
+        let (_d, p) = db_with(&[
+            (100, b"finishedCompactRev", 42),
+            (5000, b"finishedCompactRev", 42),
+        ]);
+        let e = bump_db(&p, 42, 99).unwrap_err().to_string();
+        assert!(e.contains("found 2 records"), "{e}");
+        // Another revision is not this compaction's record.
+        let (_d, p) = db_with(&[(100, b"finishedCompactRev", 41)]);
+        assert!(bump_db(&p, 42, 99).is_err());
+    }
 }
 
 /// Live keys at `revision` on one member; `None` when that revision is compacted already.
@@ -554,30 +666,39 @@ pub struct Facts {
     pub trial: Trial,
 }
 
-/// What a snapshot must show, when it is known beforehand (from a manifest).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Expect {
+/// The key count at a revision on the live cluster the snapshot came from (`None`: compacted
+/// there already), and a line of detail.
+pub type LiveCount<'a> =
+    Box<dyn FnOnce(i64) -> crate::transport::BoxFut<'a, Result<(Option<u64>, String)>> + Send + 'a>;
+
+/// What the checks know beforehand and what they do besides.
+#[derive(Default)]
+pub struct Plan<'a> {
+    /// From a manifest: what the snapshot must show.
     pub revision: Option<i64>,
     pub keys: Option<u64>,
+    /// Computed while the snapshot was copied; read from the file when `None`.
+    pub trailer: Option<Trailer>,
+    /// Runs between `etcdutl snapshot status` and the trial restore.
+    pub live: Option<LiveCount<'a>>,
+    pub prepare: Option<Prepare>,
 }
 
-/// The trailer, `etcdutl snapshot status` and the trial restore, in that order; `live` (the
-/// key count at the snapshot's revision from the source cluster) runs between the last two.
-pub async fn verify<F, Fut>(
+/// The trailer, `etcdutl snapshot status`, the live count and the trial restore, in that order;
+/// the first failure ends the run.
+pub async fn verify(
     tools: &Tools,
     snapshot: &Path,
     work: &Path,
-    expect: Expect,
+    plan: Plan<'_>,
     checks: &mut Checks,
-    live: Option<F>,
-    prepare: Option<&Prepare>,
-) -> Option<Facts>
-where
-    F: FnOnce(i64) -> Fut,
-    Fut: std::future::Future<Output = Result<(Option<u64>, String)>>,
-{
+) -> Option<Facts> {
     let t = Instant::now();
-    let tr = trailer(snapshot).and_then(|tr| match &tr.verdict {
+    let tr = match plan.trailer {
+        Some(tr) => Ok(tr),
+        None => trailer(snapshot),
+    };
+    let tr = tr.and_then(|tr| match &tr.verdict {
         Ok(()) => {
             let d = format!("{} bytes, SHA-256 trailer matches", tr.size);
             Ok((tr, d))
@@ -587,7 +708,7 @@ where
     let tr = checks.record(CheckKind::Trailer, t, tr)?;
     let t = Instant::now();
     let st = status(tools, snapshot).await.and_then(|s| {
-        if let Some(r) = expect.revision
+        if let Some(r) = plan.revision
             && r != s.revision
         {
             bail!("revision {}, the manifest says {r}", s.revision);
@@ -599,14 +720,14 @@ where
         Ok((s, d))
     });
     let st = checks.record(CheckKind::Status, t, st)?;
-    let mut want_keys = expect.keys;
-    if let Some(f) = live {
+    let mut want_keys = plan.keys;
+    if let Some(f) = plan.live {
         let t = Instant::now();
         let n = checks.record(CheckKind::LiveCount, t, f(st.revision).await)?;
         want_keys = want_keys.or(n);
     }
     let t = Instant::now();
-    let trial = trial_restore(tools, snapshot, work, prepare)
+    let trial = trial_restore(tools, snapshot, work, plan.prepare.as_ref())
         .await
         .and_then(|tri| {
             if tri.revision != st.revision {
