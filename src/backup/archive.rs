@@ -349,14 +349,23 @@ pub fn open(path: &Path, work: &Path) -> Result<Opened> {
                 std::fs::File::create(&snapshot)
                     .with_context(|| format!("creating {}", snapshot.display()))?,
             );
-            let t = extract(&mut e, &mut out).map_err(|x| damaged(path, x))?;
+            let (t, n) = extract(&mut e, &mut out).map_err(|x| damaged(path, x))?;
             out.flush()?;
+            if n != e.size() {
+                return Err(damaged(path, ends_inside(&name, n, e.size())));
+            }
             let r = (t.size, t.sha256.clone());
             trailer = Some(t);
             r
         } else {
             let mut buf = Vec::new();
             e.read_to_end(&mut buf).map_err(|x| damaged(path, x))?;
+            if buf.len() as u64 != e.size() {
+                return Err(damaged(
+                    path,
+                    ends_inside(&name, buf.len() as u64, e.size()),
+                ));
+            }
             let r = (buf.len() as u64, hex::encode(Sha256::digest(&buf)));
             files.insert(name.clone(), buf);
             r
@@ -378,17 +387,24 @@ pub fn open(path: &Path, work: &Path) -> Result<Opened> {
     })
 }
 
+fn ends_inside(name: &str, got: u64, want: u64) -> String {
+    format!("the archive ends inside {name} ({got} of {want} bytes)")
+}
+
 /// Copy a tar entry to `w`, hashing it and checking etcd's trailer on the way.
-fn extract<R: Read>(e: &mut tar::Entry<R>, w: &mut impl Write) -> std::io::Result<Trailer> {
+/// Returns the bytes copied too.
+fn extract<R: Read>(e: &mut tar::Entry<R>, w: &mut impl Write) -> std::io::Result<(Trailer, u64)> {
     let mut h = TrailerHasher::new(e.size());
     let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
     loop {
         let k = e.read(&mut buf)?;
         if k == 0 {
-            return Ok(h.finish());
+            return Ok((h.finish(), n));
         }
         h.update(&buf[..k]);
         w.write_all(&buf[..k])?;
+        n += k as u64;
     }
 }
 

@@ -352,16 +352,20 @@ async fn go(run: &mut Run<'_>, o: &Options) -> Result<()> {
     };
 
     // The highest revision any member still knows, so that the restored one is above anything a
-    // client saw (each member answers alone: a serializable read needs no quorum).
-    if !run.dry && run.r.etcd == EtcdRunner::Systemd {
+    // client saw (each member answers alone: a serializable read needs no quorum). Asked only
+    // for a backup whose manifest claims this cluster; verification below decides.
+    let claimed = super::archive::read_manifest(&o.backup)
+        .ok()
+        .filter(|m| super::check_identity(m, c, &state).is_ok());
+    if let Some(m) = claimed
+        && !run.dry
+        && run.r.etcd == EtcdRunner::Systemd
+    {
         let tls = state.operator_etcd_tls()?;
         run.r.revision_before = highest_revision(c, &tls).await;
-    }
-    if let (Some(before), Ok(m)) = (
-        run.r.revision_before,
-        super::archive::read_manifest(&o.backup),
-    ) {
-        run.r.bump = o.bump + (before - m.snapshot.revision).max(0);
+        if let Some(before) = run.r.revision_before {
+            run.r.bump = o.bump + (before - m.snapshot.revision).max(0);
+        }
     }
     let bump = run.r.bump;
 
@@ -942,7 +946,7 @@ fn start_etcd_script(run: &Run<'_>) -> String {
     match run.r.etcd {
         EtcdRunner::Systemd => format!(
             "set -e
-             trap 'rm -f {RESTORE_DROPIN} {RESTORE_ENV}; systemctl daemon-reload' EXIT
+             trap 'rm -f {RESTORE_DROPIN} {RESTORE_ENV}; rmdir $(dirname {RESTORE_DROPIN}) 2>/dev/null; systemctl daemon-reload' EXIT
              mkdir -p $(dirname {RESTORE_DROPIN})
              echo ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK=false > {RESTORE_ENV}
              printf '[Service]\nEnvironmentFile={RESTORE_ENV}\n' > {RESTORE_DROPIN}
