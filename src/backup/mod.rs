@@ -143,6 +143,28 @@ fn private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One backup per folder at a time. Holding the lock, what an interrupted backup left (its
+/// staging folder, a `.partial` archive) is removed.
+fn lock_folder(dir: &Path) -> Result<crate::state::Lock> {
+    let lock = match crate::state::try_lock(&dir.join(".backup.lock"))? {
+        Ok(l) => l,
+        Err(e) => bail!(
+            "another hakube backup is writing to {} ({e})\n  help: wait for it to finish",
+            dir.display()
+        ),
+    };
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let p = e.path();
+        if name.starts_with('.') && name.contains(".staging-") && p.is_dir() {
+            let _ = std::fs::remove_dir_all(&p);
+        } else if name.ends_with(".partial") && p.is_file() {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    Ok(lock)
+}
+
 /// A temporary folder next to `near` (same disk, room for the snapshot), or in the system's.
 pub fn work_dir(near: &Path) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -265,7 +287,7 @@ fn state_members(c: &Cluster, skip: &Path) -> Result<Vec<Member>> {
             let md = std::fs::symlink_metadata(&p)?;
             if md.is_dir() {
                 stack.push(p);
-            } else if md.is_file() && !p.extension().is_some_and(|x| x == "lock") {
+            } else if md.is_file() && p.extension().is_none_or(|x| x != "lock") {
                 let rel = p.strip_prefix(&root).unwrap_or(&p).display().to_string();
                 let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                 out.push(Member::bytes(
@@ -298,6 +320,7 @@ pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
     let tools = Tools::find()?;
     let out_dir = o.out.clone().unwrap_or_else(|| default_dir(c));
     private_dir(&out_dir)?;
+    let _lock = lock_folder(&out_dir)?;
     let (created_at, created_unix) = now();
     let mut name = format!("{}-{}", c.name, crate::drill::stamp(SystemTime::now()));
     let mut n = 1;

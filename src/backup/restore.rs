@@ -395,7 +395,36 @@ async fn go(run: &mut Run<'_>, o: &Options) -> Result<()> {
     let want_rev = m.snapshot.revision + bump;
     let size = std::fs::metadata(&prepared)?.len();
 
-    // 2. Every control plane, reachable and ready.
+    // 2. Every control plane, reachable and ready, with the snapshot copied and checked there.
+    let members = ready_members(run, size).await?;
+    let initial: String = members
+        .iter()
+        .map(|mb| format!("{}={}", mb.name, mb.peer))
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Err(e) = copy_snapshot(run, &members, &prepared, &prepared_sha, size).await {
+        remove_copies(run, &members).await;
+        return Err(e);
+    }
+
+    // 3. From here on the cluster is down until the end.
+    let down = Instant::now();
+    run.touched = !run.dry;
+    let res = destructive(run, &members, &state, &initial, want_rev, m.snapshot.keys).await;
+    if res.is_err() && !run.dry {
+        remove_copies(run, &members).await;
+    }
+    res?;
+    if !run.dry {
+        run.r.downtime_ms = Some(down.elapsed().as_millis());
+    }
+    Ok(())
+}
+
+/// Connect to every control plane and check that it is ready for the restore; dry runs only
+/// show the checks.
+async fn ready_members<'c>(run: &mut Run<'c>, size: u64) -> Result<Vec<Member<'c>>> {
+    let c = run.c;
     let cps: Vec<&Host> = c.control_planes().collect();
     let hosts = if run.dry {
         BTreeMap::new()
@@ -472,13 +501,18 @@ async fn go(run: &mut Run<'_>, o: &Options) -> Result<()> {
             }
         }
     }
-    let initial: String = members
-        .iter()
-        .map(|mb| format!("{}={}", mb.name, mb.peer))
-        .collect::<Vec<_>>()
-        .join(",");
+    Ok(members)
+}
 
-    // 3. The snapshot on every member, checked there, before anything stops.
+/// Stream the prepared snapshot into every member's data dir and check its SHA-256 there,
+/// before anything stops.
+async fn copy_snapshot(
+    run: &mut Run<'_>,
+    members: &[Member<'_>],
+    prepared: &std::path::Path,
+    prepared_sha: &str,
+    size: u64,
+) -> Result<()> {
     let snap = run.snap_path();
     let copy_script = format!(
         "set -e; umask 077; mkdir -p {dd}; chmod 700 {dd}; cat > {p}.partial; mv -f {p}.partial {p}; sha256sum {p} | cut -d' ' -f1",
@@ -494,67 +528,48 @@ async fn go(run: &mut Run<'_>, o: &Options) -> Result<()> {
                 .collect::<Vec<_>>(),
         );
     } else {
-        let r = run
-            .step(Step::Copy, async {
-                all(members.iter().map(|mb| {
-                    let (s, p, want) = (&copy_script, &prepared, &prepared_sha);
-                    async move {
-                        let f = tokio::fs::File::open(p).await?;
-                        let input: transport::Input =
-                            Box::pin(tokio::io::BufReader::with_capacity(1 << 20, f));
-                        let t = mb.t()?;
-                        let o = tokio::time::timeout(
-                            Duration::from_secs(1800),
-                            t.exec_stream(s, input),
-                        )
-                        .await
-                        .map_err(|_| {
-                            anyhow!("{}: copying the snapshot timed out", mb.host.name)
-                        })??;
-                        if o.status != 0 {
-                            bail!(
-                                "{}: cannot write the snapshot: {}",
-                                mb.host.name,
-                                transport::tail(&o.stderr, 4)
-                            );
-                        }
-                        let got = o.stdout_str().trim().to_string();
-                        if &got != want {
-                            bail!(
-                                "{}: the copied snapshot has SHA-256 {got}, expected {want}",
-                                mb.host.name
-                            );
-                        }
-                        Ok(())
+        run.step(Step::Copy, async {
+            all(members.iter().map(|mb| {
+                let (s, p, want) = (&copy_script, prepared, prepared_sha);
+                async move {
+                    let f = tokio::fs::File::open(p).await?;
+                    let input: transport::Input =
+                        Box::pin(tokio::io::BufReader::with_capacity(1 << 20, f));
+                    let t = mb.t()?;
+                    let o =
+                        tokio::time::timeout(Duration::from_secs(1800), t.exec_stream(s, input))
+                            .await
+                            .map_err(|_| {
+                                anyhow!("{}: copying the snapshot timed out", mb.host.name)
+                            })??;
+                    if o.status != 0 {
+                        bail!(
+                            "{}: cannot write the snapshot: {}",
+                            mb.host.name,
+                            transport::tail(&o.stderr, 4)
+                        );
                     }
-                }))
-                .await?;
-                Ok((
-                    (),
-                    format!(
-                        "{} to {} members, SHA-256 checked on each",
-                        super::human(size),
-                        members.len()
-                    ),
-                ))
-            })
-            .await;
-        if let Err(e) = r {
-            remove_copies(run, &members).await;
-            return Err(e);
-        }
-    }
-
-    // 4. From here on the cluster is down until the end.
-    let down = Instant::now();
-    run.touched = !run.dry;
-    let res = destructive(run, &members, &state, &initial, want_rev, m.snapshot.keys).await;
-    if res.is_err() && !run.dry {
-        remove_copies(run, &members).await;
-    }
-    res?;
-    if !run.dry {
-        run.r.downtime_ms = Some(down.elapsed().as_millis());
+                    let got = o.stdout_str().trim().to_string();
+                    if got != want {
+                        bail!(
+                            "{}: the copied snapshot has SHA-256 {got}, expected {want}",
+                            mb.host.name
+                        );
+                    }
+                    Ok(())
+                }
+            }))
+            .await?;
+            Ok((
+                (),
+                format!(
+                    "{} to {} members, SHA-256 checked on each",
+                    super::human(size),
+                    members.len()
+                ),
+            ))
+        })
+        .await?;
     }
     Ok(())
 }

@@ -11,7 +11,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
 
 /// Size of the digest etcd appends to a snapshot from its API.
 const TRAILER: u64 = 32;
@@ -383,23 +382,18 @@ async fn stream_client(endpoint: &str, tls: &Tls) -> Result<Client> {
 
 /// Stream a snapshot from one member into `dest` (flushed to disk). `progress` gets the bytes
 /// so far and the total. Returns the size.
+///
+/// The disk writes run on their own thread, fed 1 MiB at a time, so that receiving never waits
+/// for the disk (as `etcdctl snapshot save` overlaps them too).
 pub async fn pull(
     endpoint: &str,
     tls: &Tls,
     dest: &Path,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<u64> {
-    let mut c = stream_client(endpoint, tls).await?;
-    pull_client(&mut c, endpoint, dest, progress).await
-}
-
-async fn pull_client(
-    c: &mut Client,
-    endpoint: &str,
-    dest: &Path,
-    progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<u64> {
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mut c = stream_client(endpoint, tls).await?;
     let mut stream = c
         .snapshot()
         .await
@@ -411,33 +405,54 @@ async fn pull_client(
         .mode(0o600)
         .open(dest)
         .with_context(|| format!("creating {}", dest.display()))?;
-    let mut w = tokio::io::BufWriter::with_capacity(4 << 20, tokio::fs::File::from_std(f));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let mut f = f;
+        while let Some(chunk) = rx.blocking_recv() {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    });
+    const BATCH: usize = 1 << 20;
+    let mut buf = Vec::with_capacity(BATCH);
     let mut got = 0u64;
     let mut done = false;
     let mut last = Instant::now();
-    while let Some(m) = stream
-        .message()
-        .await
-        .with_context(|| format!("{endpoint}: the snapshot stream broke after {got} bytes"))?
-    {
-        w.write_all(m.blob()).await?;
-        got += m.blob().len() as u64;
-        done = m.remaining_bytes() == 0;
-        if last.elapsed() >= Duration::from_secs(1) {
-            progress(got, got + m.remaining_bytes());
-            last = Instant::now();
+    let received: Result<()> =
+        async {
+            while let Some(m) = stream.message().await.with_context(|| {
+                format!("{endpoint}: the snapshot stream broke after {got} bytes")
+            })? {
+                buf.extend_from_slice(m.blob());
+                got += m.blob().len() as u64;
+                done = m.remaining_bytes() == 0;
+                if buf.len() >= BATCH {
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(BATCH));
+                    if tx.send(full).await.is_err() {
+                        break; // the writer failed: its error follows
+                    }
+                }
+                if last.elapsed() >= Duration::from_secs(1) {
+                    progress(got, got + m.remaining_bytes());
+                    last = Instant::now();
+                }
+            }
+            Ok(())
         }
+        .await;
+    if !buf.is_empty() {
+        let _ = tx.send(buf).await;
     }
+    drop(tx);
+    writer
+        .await?
+        .with_context(|| format!("writing {}", dest.display()))?;
+    received?;
     if !done {
         bail!(
             "{endpoint}: the snapshot stream ended after {got} bytes, before etcd said it was complete"
         );
     }
-    w.flush().await?;
-    w.into_inner()
-        .sync_all()
-        .await
-        .with_context(|| format!("flushing {}", dest.display()))?;
     progress(got, got);
     Ok(got)
 }
