@@ -152,27 +152,54 @@ fn bad_archives(good: &Path, dir: &Path) -> Vec<(PathBuf, &'static str)> {
 // ---------------------------------------------------------------------------------------------
 // The lab.
 
-fn put(lab: &Lab, key: &str, value: &str) {
-    let o = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
-        .arg(lab.cluster_ca())
-        .args(["-X", "PUT", "--data-binary", value])
-        .arg(format!("https://{}:6443/kv/{key}", lab.ip(100)))
-        .output()
-        .expect("curl");
-    assert!(o.status.success(), "PUT {key}: {}", text(&o));
+/// One lab test at a time: each brings up its own labs, and two cores run them all.
+fn lab_slot() -> std::sync::MutexGuard<'static, ()> {
+    static SLOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SLOT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `GET /kv?prefix=` through the VIP.
+/// The lab API server through the VIP, verified against the cluster CA of a state folder.
+struct Api {
+    ca: PathBuf,
+    vip: String,
+}
+
+impl Api {
+    fn of(lab: &Lab) -> Api {
+        Api {
+            ca: lab.cluster_ca(),
+            vip: lab.ip(100),
+        }
+    }
+    fn curl(&self, args: &[&str], path: &str) -> Output {
+        let o = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
+            .arg(&self.ca)
+            .args(args)
+            .arg(format!("https://{}:6443{path}", self.vip))
+            .output()
+            .expect("curl");
+        assert!(o.status.success(), "{path}: {}", text(&o));
+        o
+    }
+    fn put(&self, key: &str, value: &str) {
+        self.curl(
+            &["-X", "PUT", "--data-binary", value],
+            &format!("/kv/{key}"),
+        );
+    }
+    /// `GET /kv?prefix=`.
+    fn list(&self, prefix: &str) -> serde_json::Value {
+        json(&self.curl(&[], &format!("/kv?prefix={prefix}")))
+    }
+}
+
+fn put(lab: &Lab, key: &str, value: &str) {
+    Api::of(lab).put(key, value)
+}
+
 fn list(lab: &Lab, prefix: &str) -> serde_json::Value {
-    let o = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "5", "--cacert"])
-        .arg(lab.cluster_ca())
-        .arg(format!("https://{}:6443/kv?prefix={prefix}", lab.ip(100)))
-        .output()
-        .expect("curl");
-    assert!(o.status.success(), "GET /kv?prefix={prefix}: {}", text(&o));
-    json(&o)
+    Api::of(lab).list(prefix)
 }
 
 /// The cluster's revision, from the real etcdctl.
@@ -225,6 +252,7 @@ fn restore_after_quorum_loss_brings_back_the_backup() {
         eprintln!("skipped: needs root (CI runs as root)");
         return;
     }
+    let _slot = lab_slot();
     let lab = Lab::up("bkt1", "10.150.0");
     lab.apply();
     let spec = lab.spec().display().to_string();
@@ -339,6 +367,7 @@ fn backup_with_a_member_down_is_verified_and_bad_backups_are_refused_untouched()
         eprintln!("skipped: needs root (CI runs as root)");
         return;
     }
+    let _slot = lab_slot();
     let lab = Lab::up("bkt2", "10.151.0");
     lab.apply();
     let spec = lab.spec().display().to_string();
@@ -410,6 +439,134 @@ fn backup_with_a_member_down_is_verified_and_bad_backups_are_refused_untouched()
         assert_eq!(host_fingerprint(&lab), fp, "after restore {b}");
     }
     assert_eq!(list(&lab, "k/")["count"], 20);
+}
+
+/// A lab of two LBs and three control planes, no workers.
+fn small_lab(name: &str, net: &str) -> Lab {
+    let _ = hakube(&["lab", "down", "--name", name]);
+    let o = hakube(&[
+        "lab",
+        "up",
+        "--name",
+        name,
+        "--subnet",
+        &format!("{net}.0/24"),
+        "--workers",
+        "0",
+    ]);
+    assert!(o.status.success(), "lab up {name}: {}", text(&o));
+    Lab {
+        name: name.into(),
+        net: net.into(),
+    }
+}
+
+/// Copy a folder tree (the operator state), keeping modes.
+fn copy_tree(from: &Path, to: &Path) {
+    let o = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn restore_onto_new_hosts_with_other_addresses() {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    let _slot = lab_slot();
+    let keep = tempfile::tempdir().unwrap();
+    // The old hardware: a cluster "bkt3" on 10.152.0.0/24, backed up; then it is gone.
+    let (backup, state) = {
+        let old = small_lab("bkt3", "10.152.0");
+        old.apply();
+        let api = Api::of(&old);
+        for i in 0..15 {
+            api.put(&format!("hw/{i}"), "on the old hosts");
+        }
+        let o = old.hakube(&["backup", "-o", "json"]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        let file = PathBuf::from(json(&o)["file"].as_str().unwrap());
+        let backup = keep.path().join(file.file_name().unwrap());
+        std::fs::copy(&file, &backup).unwrap();
+        // The operator state, as `tar -xf BACKUP state/` would give it back; without backups.
+        let state = keep.path().join("state");
+        copy_tree(&old.state(), &state);
+        std::fs::remove_dir_all(state.join("backups")).unwrap();
+        (backup, state)
+    };
+
+    // New hosts on another network; the spec keeps the cluster's name, next to its state.
+    let new = small_lab("bkt4", "10.153.0");
+    let spec = std::fs::read_to_string(new.spec())
+        .unwrap()
+        .replace("name: bkt4", "name: bkt3");
+    std::fs::write(new.spec(), spec).unwrap();
+    std::fs::create_dir_all(new.dir().join(".hakube")).unwrap();
+    copy_tree(&state, &new.dir().join(".hakube/bkt3"));
+    new.apply(); // installs everything and forms an empty etcd cluster
+    let api = Api {
+        ca: new.dir().join(".hakube/bkt3/pki/cluster/ca.crt"),
+        vip: new.ip(100),
+    };
+    assert_eq!(api.list("hw/")["count"], 0);
+
+    let o = new.hakube(&["restore", backup.to_str().unwrap(), "--yes", "-o", "json"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let l = api.list("hw/");
+    assert_eq!(l["count"], 15, "{l}");
+    assert_eq!(l["items"][0]["value"], "on the old hosts");
+    // The members are the new hosts, at their new addresses.
+    let o = new.hakube(&["status", "-o", "json"]);
+    let s = json(&o);
+    let eps: Vec<&str> = s["etcd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["error"].is_null())
+        .map(|m| m["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            "https://10.153.0.101:2379",
+            "https://10.153.0.102:2379",
+            "https://10.153.0.103:2379"
+        ],
+        "{}",
+        s["etcd"]
+    );
+    let pki = new.dir().join(".hakube/bkt3/pki/etcd");
+    let o = Command::new(hakube::lab::prereq::find("etcdctl").expect("etcdctl"))
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{}:2379", new.ip(101)))
+        .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+        .arg(format!(
+            "--cert={}",
+            pki.join("hakube-operator.crt").display()
+        ))
+        .arg(format!(
+            "--key={}",
+            pki.join("hakube-operator.key").display()
+        ))
+        .args(["member", "list"])
+        .output()
+        .unwrap();
+    let members = text(&o);
+    assert!(o.status.success(), "{members}");
+    for last in [101, 102, 103] {
+        assert!(
+            members.contains(&format!("https://10.153.0.{last}:2380")),
+            "{members}"
+        );
+    }
+    assert!(!members.contains("10.152.0."), "{members}");
+    api.put("hw/new", "written on the new hosts");
+    assert_eq!(api.list("hw/")["count"], 16);
 }
 
 // ---------------------------------------------------------------------------------------------
