@@ -159,12 +159,15 @@ pub async fn status(tools: &Tools, path: &Path) -> Result<Status> {
             crate::transport::tail(&String::from_utf8_lossy(&out.stderr), 4)
         );
     }
-    serde_json::from_slice(&out.stdout).with_context(|| {
+    let mut st: Status = serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
             "etcdutl snapshot status printed no JSON: {}",
             String::from_utf8_lossy(&out.stdout).trim()
         )
-    })
+    })?;
+    // etcdutl says 0 for a store that never had a key; etcd serves such a store at revision 1.
+    st.revision = st.revision.max(1);
+    Ok(st)
 }
 
 /// What a trial restore read back.
