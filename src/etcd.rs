@@ -11,13 +11,16 @@ pub struct Tls {
     pub key_pem: String,
 }
 
+/// Client TLS with hakube's CA and a client certificate.
+pub fn tls_options(tls: &Tls) -> TlsOptions {
+    TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+}
+
 pub async fn connect(endpoints: &[String], tls: &Tls, timeout: Duration) -> Result<Client> {
     let opts = ConnectOptions::new()
-        .with_tls(
-            TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-                .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)),
-        )
+        .with_tls(tls_options(tls))
         .with_connect_timeout(timeout)
         .with_timeout(timeout);
     tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts)))

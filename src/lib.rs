@@ -5,6 +5,7 @@
 //! file for every host), [`pki`] (certificates) and [`lab`] (a real multi-host lab on one machine).
 
 pub mod apply;
+pub mod backup;
 pub mod certs;
 pub mod drill;
 pub mod etcd;

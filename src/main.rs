@@ -142,6 +142,8 @@ enum Command {
     /// A local lab: real haproxy, keepalived, etcd and sshd in Linux namespaces (needs root).
     Lab(lab::cli::LabArgs),
     Drill(hakube::drill::cli::DrillArgs),
+    Backup(hakube::backup::cli::BackupArgs),
+    Restore(hakube::backup::cli::RestoreArgs),
     /// Certificates: every one hakube issued and what the live endpoints serve, with expiry;
     /// renewal one host at a time behind health gates.
     Certs {
@@ -209,6 +211,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor { spec } => cmd_doctor(&spec),
         Command::Lab(a) => lab::cli::run(a),
         Command::Drill(a) => hakube::drill::cli::run(a),
+        Command::Backup(a) => hakube::backup::cli::run_backup(a),
+        Command::Restore(a) => hakube::backup::cli::run_restore(a),
         Command::Certs { command } => cmd_certs(command),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

@@ -309,15 +309,9 @@ impl State {
         let dir = Self::dir_of(c);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("apply.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(l) => Ok(Lock(l)),
-            Err((_, e)) => bail!(
+        match try_lock(&path)? {
+            Ok(l) => Ok(l),
+            Err(e) => bail!(
                 "another hakube apply is running on cluster {} ({}: {e})\n  help: wait for it to finish",
                 c.name,
                 path.display()
@@ -326,8 +320,23 @@ impl State {
     }
 }
 
-/// The apply lock: released by the kernel when the process dies, so a killed apply never
-/// leaves it behind.
+/// An exclusive `flock` on `path` (created when missing), or why another process holds it.
+pub fn try_lock(path: &Path) -> Result<std::result::Result<Lock, nix::Error>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map(Lock)
+            .map_err(|(_, e)| e),
+    )
+}
+
+/// A lock (apply's, backup's): released by the kernel when the process dies, so a killed run
+/// never leaves it behind.
 pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
 /// Which operator state built a cluster, as recorded on its control planes.

@@ -7,7 +7,7 @@ mod files;
 mod host;
 mod lifecycle;
 mod net;
-mod prereq;
+pub mod prereq;
 pub mod proc;
 pub mod state;
 pub mod systemctl;

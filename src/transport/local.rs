@@ -40,11 +40,59 @@ impl Transport for Local {
                 drop(pipe);
             }
             let out = child.wait_with_output().await?;
-            Ok(Output {
-                status: out.status.code().unwrap_or(-1),
-                stdout: out.stdout,
-                stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-            })
+            Ok(Output::from(out))
         })
+    }
+
+    fn exec_stream<'a>(
+        &'a self,
+        script: &'a str,
+        input: super::Input<'a>,
+    ) -> BoxFut<'a, Result<Output>> {
+        Box::pin(async move {
+            let mut child = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start sh")?;
+            let pipe = child.stdin.take().context("no stdin")?;
+            let wait = async { Ok(Output::from(child.wait_with_output().await?)) };
+            super::feed_and_wait(input, pipe, wait).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(bytes: Vec<u8>) -> super::super::Input<'static> {
+        Box::pin(std::io::Cursor::new(bytes))
+    }
+
+    #[tokio::test]
+    async fn a_stream_reaches_the_script_whole() {
+        let data: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+        let o = Local::new("here")
+            .exec_stream("sha256sum | cut -d' ' -f1", input(data))
+            .await
+            .unwrap();
+        assert_eq!(o.status, 0, "{}", o.stderr);
+        assert_eq!(o.stdout_str().trim(), want);
+    }
+
+    #[tokio::test]
+    async fn a_script_that_stops_reading_reports_its_own_failure() {
+        let o = Local::new("here")
+            .exec_stream("echo no room >&2; exit 7", input(vec![0u8; 8 << 20]))
+            .await
+            .unwrap();
+        assert_eq!(o.status, 7);
+        assert!(o.stderr.contains("no room"));
     }
 }

@@ -19,6 +19,16 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Output {
+        Output {
+            status: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+}
+
 impl Output {
     pub fn stdout_str(&self) -> String {
         String::from_utf8_lossy(&self.stdout).to_string()
@@ -30,6 +40,48 @@ pub trait Transport: Send + Sync {
     fn host(&self) -> &str;
     /// Run `script` with `sh -c` as root on the host, feeding `stdin`.
     fn exec<'a>(&'a self, script: &'a str, stdin: Option<&'a [u8]>) -> BoxFut<'a, Result<Output>>;
+    /// Like [`Transport::exec`], with stdin streamed from `input` as the script reads it, so that
+    /// a large file is never held in memory. The default reads it all first.
+    fn exec_stream<'a>(
+        &'a self,
+        script: &'a str,
+        mut input: Input<'a>,
+    ) -> BoxFut<'a, Result<Output>> {
+        Box::pin(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = Vec::new();
+            input.read_to_end(&mut buf).await?;
+            self.exec(script, Some(&buf)).await
+        })
+    }
+}
+
+/// A stream fed to a script's stdin.
+pub type Input<'a> = Pin<Box<dyn tokio::io::AsyncRead + Send + 'a>>;
+
+/// Feed `input` to a child's stdin while it runs; the child's own failure (it exited early, so
+/// the pipe broke) is what the caller sees.
+pub(crate) async fn feed_and_wait<W, F>(
+    mut input: Input<'_>,
+    mut pipe: W,
+    wait: F,
+) -> Result<Output>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    F: Future<Output = Result<Output>>,
+{
+    use tokio::io::AsyncWriteExt;
+    let feed = async move {
+        tokio::io::copy(&mut input, &mut pipe).await?;
+        pipe.shutdown().await?;
+        anyhow::Ok(())
+    };
+    let (fed, out) = tokio::join!(feed, wait);
+    let out = out?;
+    if out.status == 0 {
+        fed.context("feeding the script's stdin")?;
+    }
+    Ok(out)
 }
 
 /// Default per-command timeout.

@@ -149,15 +149,7 @@ impl Transport for Ssh {
 
     fn exec<'a>(&'a self, script: &'a str, stdin: Option<&'a [u8]>) -> BoxFut<'a, Result<Output>> {
         Box::pin(async move {
-            let mut cmd = if self.sudo {
-                let mut c = self.session.command("sudo");
-                c.args(["-n", "sh", "-c", script]);
-                c
-            } else {
-                let mut c = self.session.command("sh");
-                c.args(["-c", script]);
-                c
-            };
+            let mut cmd = self.command(script);
             cmd.stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -178,11 +170,51 @@ impl Transport for Ssh {
                 .wait_with_output()
                 .await
                 .map_err(|e| anyhow!("{}: ssh: {e}", self.name))?;
-            Ok(Output {
-                status: out.status.code().unwrap_or(-1),
-                stdout: out.stdout,
-                stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-            })
+            Ok(Output::from(out))
         })
+    }
+
+    fn exec_stream<'a>(
+        &'a self,
+        script: &'a str,
+        input: super::Input<'a>,
+    ) -> BoxFut<'a, Result<Output>> {
+        Box::pin(async move {
+            let mut cmd = self.command(script);
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .await
+                .map_err(|e| anyhow!("{}: ssh: {e}", self.name))?;
+            let pipe = child
+                .stdin()
+                .take()
+                .ok_or_else(|| anyhow!("{}: ssh: no stdin", self.name))?;
+            let wait = async {
+                child
+                    .wait_with_output()
+                    .await
+                    .map(Output::from)
+                    .map_err(|e| anyhow!("{}: ssh: {e}", self.name))
+            };
+            super::feed_and_wait(input, pipe, wait).await
+        })
+    }
+}
+
+impl Ssh {
+    /// `sh -c script` as root (through `sudo -n` for other users).
+    fn command(&self, script: &str) -> openssh::OwningCommand<&Session> {
+        if self.sudo {
+            let mut c = self.session.command("sudo");
+            c.args(["-n", "sh", "-c", script]);
+            c
+        } else {
+            let mut c = self.session.command("sh");
+            c.args(["-c", script]);
+            c
+        }
     }
 }
