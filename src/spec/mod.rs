@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod diag;
 pub mod model;
+pub mod ports;
 pub mod source_map;
 pub mod validate;
 

@@ -73,7 +73,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     let k8s = kubernetes(&s.kubernetes, kubernetes_pre, &name, lb.as_ref(), &cps, d);
 
     if let (Some(lb), Some(k)) = (&lb, &k8s) {
-        ports(lb, k, &etcd, &hosts, d);
+        super::ports::check(s, &hosts, lb, k, etcd.as_ref(), d);
     }
 
     Some(Cluster {
@@ -709,22 +709,6 @@ fn load_balancer(
         http_node_port: i.http_node_port.unwrap_or(30080),
         https_node_port: i.https_node_port.unwrap_or(30443),
     });
-    if let Some(i) = &l.ingress {
-        for (f, p) in [
-            ("httpNodePort", i.http_node_port),
-            ("httpsNodePort", i.https_node_port),
-        ] {
-            if let Some(p) = p
-                && !(30000..=32767).contains(&p)
-            {
-                d.warn(
-                    format!("spec.loadBalancer.ingress.{f}"),
-                    format!("{p} is outside the default NodePort range 30000-32767"),
-                    "make sure the API server's --service-node-port-range includes it",
-                );
-            }
-        }
-    }
     Some(LoadBalancer {
         vip: vip?,
         api_port,
@@ -1015,94 +999,6 @@ fn kubernetes(
             .clone()
             .unwrap_or_else(|| "unix:///var/run/containerd/containerd.sock".into()),
     })
-}
-
-/// Ports that must not collide on any one host.
-fn ports(
-    lb: &LoadBalancer,
-    k: &Kubernetes,
-    etcd: &Option<Etcd>,
-    hosts: &[Host],
-    d: &mut Diagnostics,
-) {
-    for h in hosts {
-        let mut used: Vec<(u16, String, &str)> = Vec::new();
-        if h.roles.loadbalancer {
-            used.push((
-                lb.api_port,
-                "spec.loadBalancer.apiPort".into(),
-                "HAProxy's API frontend",
-            ));
-            used.push((
-                lb.vrrp.track_port,
-                "spec.loadBalancer.vrrp.trackPort".into(),
-                "HAProxy's health endpoint for keepalived",
-            ));
-            if lb.stats.enabled {
-                used.push((
-                    lb.stats.port,
-                    "spec.loadBalancer.stats.port".into(),
-                    "HAProxy's stats page",
-                ));
-            }
-            if lb.metrics.enabled {
-                used.push((
-                    lb.metrics.port,
-                    "spec.loadBalancer.metrics.port".into(),
-                    "HAProxy's metrics",
-                ));
-            }
-            if let Some(i) = &lb.ingress {
-                used.push((
-                    i.http_port,
-                    "spec.loadBalancer.ingress.httpPort".into(),
-                    "the HTTP ingress frontend",
-                ));
-                used.push((
-                    i.https_port,
-                    "spec.loadBalancer.ingress.httpsPort".into(),
-                    "the HTTPS ingress frontend",
-                ));
-            }
-        }
-        if h.roles.control_plane {
-            used.push((
-                k.api_server_port,
-                "spec.kubernetes.apiServerPort".into(),
-                "the API server",
-            ));
-            if let Some(e) = etcd {
-                used.push((e.client_port, "spec.etcd.clientPort".into(), "etcd clients"));
-                used.push((e.peer_port, "spec.etcd.peerPort".into(), "etcd peers"));
-            }
-        }
-        for i in 0..used.len() {
-            for j in i + 1..used.len() {
-                if used[i].0 != used[j].0 {
-                    continue;
-                }
-                let (a, b) = (&used[i], &used[j]);
-                let api_clash = [a.2, b.2].contains(&"HAProxy's API frontend")
-                    && [a.2, b.2].contains(&"the API server");
-                let (path, help) = if api_clash {
-                    (
-                        "spec.loadBalancer.apiPort".to_string(),
-                        "the API server binds every address of its host; set spec.loadBalancer.apiPort: 8443",
-                    )
-                } else {
-                    (b.1.clone(), "give each listener its own port")
-                };
-                d.error(
-                    path,
-                    format!(
-                        "on host {}, {} and {} would both bind port {}",
-                        h.name, a.2, b.2, a.0
-                    ),
-                    help,
-                );
-            }
-        }
-    }
 }
 
 /// The closest candidate, if it is close enough to be a plausible typo.
