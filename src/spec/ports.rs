@@ -5,7 +5,7 @@ use super::cluster::*;
 use super::diag::Diagnostics;
 use super::model;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -390,11 +390,15 @@ pub fn check(
     };
     for h in hosts {
         let p = plan(h, lb, k, etcd);
-        let mut by_port: BTreeMap<(u16, Protocol), Vec<&Listener>> = BTreeMap::new();
-        for l in &p.listeners {
-            by_port.entry((l.port, l.protocol)).or_default().push(l);
-        }
-        for ((port, proto), ls) in &by_port {
+        // A host has a couple of dozen listeners: sort them (stable, so plan order is kept
+        // within a port) and compare neighbours with the same port.
+        let mut sorted: Vec<&Listener> = p.listeners.iter().collect();
+        sorted.sort_by_key(|l| (l.port, l.protocol));
+        for ls in sorted.chunk_by(|a, b| (a.port, a.protocol) == (b.port, b.protocol)) {
+            if ls.len() < 2 {
+                continue;
+            }
+            let (port, proto) = (&ls[0].port, ls[0].protocol);
             let mut seen: Vec<(Owner, Owner)> = Vec::new();
             for (j, b) in ls.iter().enumerate() {
                 for a in &ls[..j] {

@@ -4,7 +4,7 @@ use super::cluster::*;
 use super::diag::Diagnostics;
 use super::model::{self, Document};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -54,6 +54,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     let networks = networks(&s.networks, d);
     let hosts = hosts(s, networks.as_ref().map(|n| n.management), d);
     check_overlaps(&s.networks, d);
+    super::family::refuse_ipv6(s, d);
 
     let lbs: Vec<&Host> = hosts.iter().filter(|h| h.roles.loadbalancer).collect();
     let cps: Vec<&Host> = hosts.iter().filter(|h| h.roles.control_plane).collect();
@@ -289,7 +290,9 @@ fn hosts(s: &model::Spec, mgmt: Option<IpNet>, d: &mut Diagnostics) -> Vec<Host>
                     "every host needs its own address",
                 );
             }
+            // An address of the other family is refused by family::refuse_ipv6.
             if let Some(m) = mgmt
+                && m.addr().is_ipv4() == a.is_ipv4()
                 && !m.contains(&a)
             {
                 d.error(
@@ -440,6 +443,7 @@ fn load_balancer(
     };
     if let Some(v) = vip {
         if let Some(n) = networks
+            && n.management.addr().is_ipv4() == v.is_ipv4()
             && !n.management.contains(&v)
         {
             d.error(
@@ -867,21 +871,21 @@ fn kubernetes_version(
             return None;
         }
     };
-    if v.major != 1 || v.minor < OLDEST_MINOR {
+    if v.major == 0 || (v.major == 1 && v.minor < OLDEST_MINOR) {
         d.error(
             "spec.kubernetes.version",
             format!("Kubernetes {raw} is older than the oldest version hakube supports (1.{OLDEST_MINOR})"),
-            format!("upgrade one minor at a time, and use at least 1.{OLDEST_MAINTAINED_MINOR} (still maintained)"),
+            format!("use 1.{OLDEST_MINOR} or newer (1.{OLDEST_MAINTAINED_MINOR}-1.{NEWEST_MINOR} are maintained); upgrade a running cluster one minor at a time"),
         );
         return None;
     }
-    if v.minor > NEWEST_MINOR {
+    if v.major > 1 || v.minor > NEWEST_MINOR {
         d.error(
             "spec.kubernetes.version",
             format!(
-                "Kubernetes {raw} is newer than the newest version hakube knows (1.{NEWEST_MINOR})"
+                "Kubernetes {raw} is newer than the newest version hakube supports (1.{NEWEST_MINOR})"
             ),
-            "use a released version hakube knows, or upgrade hakube",
+            format!("use a 1.{NEWEST_MINOR} release (for example {DEFAULT_K8S_VERSION}) or older, or upgrade hakube"),
         );
         return None;
     }
@@ -920,32 +924,32 @@ fn kubernetes(
             None
         }
     };
+    // Sets, not list scans: 100 000 SANs must stay linear.
     let mut sans: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut ips: HashSet<IpAddr> = HashSet::new();
     for (i, s) in k.cert_sans.iter().enumerate() {
-        if s.parse::<IpAddr>().is_err() && !is_dns_name(s.trim_start_matches("*.")) {
-            d.error(
+        match s.parse::<IpAddr>() {
+            Ok(a) => {
+                ips.insert(a);
+            }
+            Err(_) if !is_dns_name(s.trim_start_matches("*.")) => d.error(
                 format!("spec.kubernetes.certSANs[{i}]"),
                 format!("{s:?} is neither an IP address nor a DNS name"),
                 "use an address such as 10.1.1.100 or a name such as k8s-api.company.local",
-            );
+            ),
+            Err(_) => {}
         }
-        if !sans.contains(s) {
+        if seen.insert(s) {
             sans.push(s.clone());
         }
     }
     let mut added = Vec::new();
-    let mut need: Vec<String> = Vec::new();
-    if let Some(lb) = lb {
-        need.push(lb.vip.to_string());
-    }
-    need.extend(cps.iter().map(|h| h.address.to_string()));
+    let need = lb.map(|lb| lb.vip).into_iter().chain(cps.iter().map(|h| h.address));
     for n in need {
-        if !sans
-            .iter()
-            .any(|s| s.parse::<IpAddr>().ok().map(|a| a.to_string()) == Some(n.clone()))
-        {
-            sans.push(n.clone());
-            added.push(n);
+        if ips.insert(n) {
+            sans.push(n.to_string());
+            added.push(n.to_string());
         }
     }
     if !added.is_empty() {
