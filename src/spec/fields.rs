@@ -180,9 +180,10 @@ impl<'de> Deserializer<'de> for Tracer<'_> {
     }
     /// Free-form maps (priorities, extra arguments) have no fixed keys: nothing to record.
     fn deserialize_map<V: de::Visitor<'de>>(self, v: V) -> Result<V::Value, Error> {
-        v.visit_map(de::value::MapDeserializer::new(
-            std::iter::empty::<(&str, &str)>(),
-        ))
+        v.visit_map(de::value::MapDeserializer::new(std::iter::empty::<(
+            &str,
+            &str,
+        )>()))
     }
     fn deserialize_struct<V: de::Visitor<'de>>(
         self,
@@ -240,7 +241,10 @@ struct TraceMap<'a> {
 
 impl<'de> MapAccess<'de> for TraceMap<'_> {
     type Error = Error;
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         let Some(f) = self.fields.get(self.next) else {
             return Ok(None);
         };
@@ -272,14 +276,22 @@ mod tests {
         let root = s.fields("").expect("root");
         assert_eq!(root, ["apiVersion", "kind", "metadata", "spec"]);
         assert!(s.fields("spec.hosts[7]").expect("hosts").contains(&"roles"));
-        assert!(s.fields("spec.hosts[0].ssh").expect("host ssh").contains(&"proxyJump"));
+        assert!(
+            s.fields("spec.hosts[0].ssh")
+                .expect("host ssh")
+                .contains(&"proxyJump")
+        );
         assert!(
             s.fields("spec.loadBalancer.healthCheck")
                 .expect("healthCheck")
                 .contains(&"type"),
             "renamed fields use their YAML names"
         );
-        assert!(s.fields("spec.kubernetes").expect("k8s").contains(&"certSANs"));
+        assert!(
+            s.fields("spec.kubernetes")
+                .expect("k8s")
+                .contains(&"certSANs")
+        );
         assert!(s.fields("spec.loadBalancer.ingress").is_some());
         // Free-form maps have no fixed fields.
         assert!(s.fields("spec.loadBalancer.vrrp.priorities").is_none());
@@ -305,7 +317,13 @@ mod tests {
                 ("spec.hosts[1].rolse", 6)
             ]
         );
-        assert!(d.items[1].help.as_deref().unwrap_or_default().contains("did you mean `address`"));
+        assert!(
+            d.items[1]
+                .help
+                .as_deref()
+                .unwrap_or_default()
+                .contains("did you mean `address`")
+        );
     }
 
     #[test]

@@ -121,9 +121,7 @@ fn load_doc(
                 "",
                 "a second YAML document starts here: hakube expects one cluster per file",
             )
-            .help(
-                "put each cluster in its own file, or remove this `---` and everything after it",
-            );
+            .help("put each cluster in its own file, or remove this `---` and everything after it");
             d.location = Some(l);
             diagnostics.items.push(d);
         }
@@ -195,7 +193,8 @@ fn parse_error(e: &serde_saphyr::Error) -> Diagnostic {
         d.message = "a key is given twice in the same block".into();
         d.help = Some("keep one of them: YAML allows each key once per block".into());
     } else if msg.contains("from_str_multiple") || msg.contains("multiple YAML documents") {
-        d.message = "a second YAML document starts here: hakube expects one cluster per file".into();
+        d.message =
+            "a second YAML document starts here: hakube expects one cluster per file".into();
         d.help = Some("put each cluster in its own file".into());
     } else if msg.starts_with("budget breached") {
         d.message = format!("the spec is too large for hakube to read ({msg})");

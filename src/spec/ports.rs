@@ -272,7 +272,10 @@ pub fn node_port_range(
     // kube-apiserver takes `a-b`, `a+n` (a to a+n) or a single port.
     let t = raw.trim();
     let parsed = if let Some((a, b)) = t.split_once('-') {
-        a.trim().parse::<u16>().ok().zip(b.trim().parse::<u16>().ok())
+        a.trim()
+            .parse::<u16>()
+            .ok()
+            .zip(b.trim().parse::<u16>().ok())
     } else if let Some((a, n)) = t.split_once('+') {
         a.trim()
             .parse::<u16>()
@@ -516,8 +519,8 @@ fn clash_fix(s: &model::Spec, a: &Listener, b: &Listener, port: u16) -> (String,
     }
     // Point at the later listener's field; at the earlier one's when only that one is written
     // in the spec or can be changed at all.
-    let b_first = b.field.is_some()
-        && (a.field.is_none() || written(s, b.owner) || !written(s, a.owner));
+    let b_first =
+        b.field.is_some() && (a.field.is_none() || written(s, b.owner) || !written(s, a.owner));
     let (moved, fixed) = if b_first { (b, a) } else { (a, b) };
     let field = moved.field.unwrap_or("spec");
     let help = match fixed.field {

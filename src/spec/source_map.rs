@@ -20,7 +20,11 @@ impl Hasher for Fnv {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for b in bytes {
             h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
@@ -119,9 +123,9 @@ fn join(parent: &str, key: &str) -> String {
 
 /// The mapping a merge key's aliases land in: `a.<<` and `a.<<[1]` both merge into `a`.
 fn merge_target(path: &str) -> Option<&str> {
-    let p = path.strip_suffix(']').map_or(path, |p| {
-        p.rfind('[').map_or(path, |i| &p[..i])
-    });
+    let p = path
+        .strip_suffix(']')
+        .map_or(path, |p| p.rfind('[').map_or(path, |i| &p[..i]));
     if p == "<<" {
         return Some("");
     }

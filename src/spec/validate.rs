@@ -577,10 +577,11 @@ fn load_balancer(
         }
     } else {
         let mut seen: HashMap<i64, &str> = HashMap::new();
+        let names: Vec<&str> = lbs.iter().map(|h| h.name.as_str()).collect();
+        let is_lb: HashSet<&str> = names.iter().copied().collect();
         for (name, p) in &v.priorities {
             let path = format!("spec.loadBalancer.vrrp.priorities.{name}");
-            if !lbs.iter().any(|h| &h.name == name) {
-                let names: Vec<&str> = lbs.iter().map(|h| h.name.as_str()).collect();
+            if !is_lb.contains(name.as_str()) {
                 let help = match did_you_mean(name, &names) {
                     Some(s) => format!("did you mean {s}? Load balancers: {}", names.join(", ")),
                     None => format!(
@@ -945,7 +946,10 @@ fn kubernetes(
         }
     }
     let mut added = Vec::new();
-    let need = lb.map(|lb| lb.vip).into_iter().chain(cps.iter().map(|h| h.address));
+    let need = lb
+        .map(|lb| lb.vip)
+        .into_iter()
+        .chain(cps.iter().map(|h| h.address));
     for n in need {
         if ips.insert(n) {
             sans.push(n.to_string());
