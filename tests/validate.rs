@@ -662,7 +662,9 @@ fn the_port_plan_covers_every_listener_by_role() {
             .iter()
             .any(|l| l.owner == owner && l.address.to_string() == addr && l.port == port)
     };
-    // Load balancer: HAProxy only.
+    // Every host: the sshd hakube connects to.
+    assert!(has("lb1", Owner::Sshd, "*", 22) && has("worker3", Owner::Sshd, "*", 22));
+    // Load balancer: HAProxy.
     assert!(has("lb1", Owner::HaproxyApi, "10.1.1.100", 6443));
     assert!(has("lb1", Owner::HaproxyTrack, "127.0.0.1", 8406));
     assert!(has("lb1", Owner::HaproxyStats, "10.1.1.11", 9000));
@@ -804,6 +806,31 @@ fn the_vip_clashes_with_a_listener_on_every_address() {
     );
     // lb1 is no worker: no clash there.
     assert_eq!(errors(&l).len(), 1, "{:?}", errors(&l));
+}
+
+#[test]
+fn sshd_is_a_listener_too() {
+    let src = seed_with(&[("httpsPort: 443", "httpsPort: 22")]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.ingress.httpsPort",
+        "on hosts lb1, lb2: sshd (every address) and the HTTPS ingress frontend (the VIP 10.1.1.100) would both bind port 22/tcp",
+    );
+    located(d, &src, "httpsPort: 22");
+    // A host's own SSH port counts for that host only.
+    let l = load(&seed_with(&[(
+        "{ name: lb2,     address: 10.1.1.12,  roles: [loadbalancer] }",
+        "{ name: lb2,     address: 10.1.1.12,  roles: [loadbalancer], ssh: { port: 9000 } }",
+    )]));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.stats.port",
+        "would both bind port 9000/tcp",
+    );
+    assert!(d.message.starts_with("on host lb2:"), "{}", d.message);
 }
 
 #[test]

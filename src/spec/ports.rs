@@ -73,6 +73,7 @@ impl Serialize for BindAddress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Owner {
+    Sshd,
     HaproxyApi,
     HaproxyTrack,
     HaproxyStats,
@@ -96,6 +97,7 @@ pub enum Owner {
 impl Owner {
     pub fn describe(self) -> &'static str {
         match self {
+            Owner::Sshd => "sshd",
             Owner::HaproxyApi => "HAProxy's API frontend",
             Owner::HaproxyTrack => "HAProxy's health endpoint for keepalived",
             Owner::HaproxyStats => "HAProxy's stats page",
@@ -120,6 +122,8 @@ impl Owner {
     /// The spec field that sets this port; `None` when the component fixes it.
     pub fn field(self) -> Option<&'static str> {
         Some(match self {
+            // A host's own `ssh.port` overrides it; the message names the host.
+            Owner::Sshd => "spec.ssh.port",
             Owner::HaproxyApi => "spec.loadBalancer.apiPort",
             Owner::HaproxyTrack => "spec.loadBalancer.vrrp.trackPort",
             Owner::HaproxyStats => "spec.loadBalancer.stats.port",
@@ -187,7 +191,8 @@ impl Listener {
     }
 }
 
-/// Every listener of one host, in spec order (load balancer, etcd, Kubernetes, node ports).
+/// Every listener of one host, in spec order (sshd, load balancer, etcd, Kubernetes, node
+/// ports).
 #[derive(Debug, Clone, Serialize)]
 pub struct PortPlan {
     pub host: String,
@@ -200,6 +205,8 @@ pub fn plan(h: &Host, lb: &LoadBalancer, k: &Kubernetes, etcd: Option<&Etcd>) ->
     let mut v = Vec::new();
     let mut add = |owner, address, port| v.push(Listener::new(owner, address, port));
     let own = Ip(h.address);
+    // hakube reaches every host over SSH; sshd listens on every address by default.
+    add(Owner::Sshd, Any, h.ssh.port);
     if h.roles.loadbalancer {
         add(Owner::HaproxyApi, Ip(lb.vip), lb.api_port);
         add(Owner::HaproxyTrack, Ip(LOOPBACK), lb.vrrp.track_port);
@@ -492,6 +499,7 @@ fn written(s: &model::Spec, owner: Owner) -> bool {
     let l = &s.load_balancer;
     let ingress = |f: fn(&model::Ingress) -> Option<u16>| l.ingress.as_ref().and_then(f).is_some();
     match owner {
+        Owner::Sshd => s.ssh.port.is_some() || s.hosts.iter().any(|h| h.ssh.port.is_some()),
         Owner::HaproxyApi => l.api_port.is_some(),
         Owner::HaproxyTrack => l.vrrp.track_port.is_some(),
         Owner::HaproxyStats => l.stats.port.is_some(),
