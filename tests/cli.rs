@@ -227,6 +227,15 @@ fn a_binary_file_is_not_text_and_no_flag_is_suggested() {
     assert!(err.contains("is not a cluster spec"), "{err}");
     assert!(err.contains("not UTF-8 text"), "{err}");
     assert!(!err.contains("-f"), "{err}");
+    std::fs::write(&f, b"\xff\xfea\x00:\x00").expect("write");
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "it is UTF-16 text; save it as UTF-8",
+        ));
     // NUL bytes are valid UTF-8, but no text file has them.
     std::fs::write(&f, b"apiVersion: x\0\0\0").expect("write");
     hakube()

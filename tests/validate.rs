@@ -1089,6 +1089,26 @@ fn every_unknown_field_is_reported_with_the_other_errors() {
 }
 
 #[test]
+fn a_misspelt_required_field_is_one_error() {
+    let src = seed_with(&[("    management: 10.1.1.0/24", "    managment: 10.1.1.0/24")]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.networks.managment",
+        "unknown field `managment`",
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("did you mean `management`?")
+    );
+    // Not also "missing field `management`".
+    assert_eq!(errors(&l).len(), 1, "{:?}", errors(&l));
+}
+
+#[test]
 fn an_unknown_field_in_a_host_and_through_an_alias_is_found() {
     let src = seed_with(&[
         (

@@ -94,20 +94,16 @@ fn check(
     d: &mut Diagnostics,
 ) {
     // `<<` is YAML's merge key, which the parser expands.
-    if k.name == "<<" {
+    if &*k.name == "<<" {
         return;
     }
     let Some(fields) = fields else {
         return;
     };
-    if fields.contains(&k.name.as_str()) {
+    if fields.contains(&&*k.name) {
         return;
     }
-    let path = if parent.is_empty() {
-        k.name.clone()
-    } else {
-        format!("{parent}.{}", k.name)
-    };
+    let path = super::source_map::join(parent, &k.name);
     let mut message = format!("unknown field `{}`", k.name);
     if let Some(l) = from {
         message.push_str(&format!(" (from the anchor on line {})", l.line));

@@ -46,6 +46,9 @@ pub fn load_file(path: &Path) -> anyhow::Result<Loaded> {
 
 /// The file as text, or why it is not text.
 fn text(bytes: &[u8]) -> Result<&str, String> {
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err("it is UTF-16 text; save it as UTF-8".into());
+    }
     let s = std::str::from_utf8(bytes).map_err(|e| {
         format!(
             "it is not UTF-8 text (byte {} is invalid), so probably a binary file",
@@ -129,14 +132,9 @@ fn load_doc(
     }
     for dup in &map.duplicates {
         let k = &dup.key;
-        let path = if k.parent.is_empty() {
-            k.name.clone()
-        } else {
-            format!("{}.{}", k.parent, k.name)
-        };
         let mut d = Diagnostic::new(
             Severity::Error,
-            path,
+            k.path(),
             format!(
                 "`{}` is given twice in the same block, on line {} and on line {}",
                 k.name, dup.first.line, k.location.line
@@ -155,7 +153,21 @@ fn load_doc(
             if diagnostics.has_errors() { None } else { c }
         }
         Err(e) => {
-            diagnostics.items.push(parse_error(&e));
+            let d = parse_error(&e);
+            // A misspelt required field is already reported with its right spelling.
+            let misspelt = d
+                .message
+                .strip_prefix("missing field ")
+                .map(|f| format!("did you mean {f}?"))
+                .is_some_and(|hint| {
+                    diagnostics
+                        .items
+                        .iter()
+                        .any(|x| x.help.as_deref().is_some_and(|h| h.starts_with(&hint)))
+                });
+            if !misspelt {
+                diagnostics.items.push(d);
+            }
             None
         }
     }

@@ -48,8 +48,14 @@ pub struct Key {
     /// Path of the mapping that holds it (`spec.hosts[2]`); empty for the root. Shared by the
     /// mapping's keys.
     pub parent: Rc<str>,
-    pub name: String,
+    pub name: Rc<str>,
     pub location: Location,
+}
+
+impl Key {
+    pub fn path(&self) -> String {
+        join(&self.parent, &self.name)
+    }
 }
 
 /// A key given twice in one mapping.
@@ -101,11 +107,11 @@ pub struct SourceMap {
 enum Frame {
     Map {
         path: Rc<str>,
-        key: Option<String>,
+        key: Option<Rc<str>>,
         /// A non-scalar key is being read; its end makes the next node the value.
         complex_key: bool,
         anchor: usize,
-        seen: FastMap<String, Location>,
+        seen: Seen,
     },
     Seq {
         path: String,
@@ -113,7 +119,40 @@ enum Frame {
     },
 }
 
-fn join(parent: &str, key: &str) -> String {
+/// The keys one mapping has shown so far: most mappings have a handful, so a list is faster
+/// than a map until it grows.
+enum Seen {
+    Few(Vec<(Rc<str>, Location)>),
+    Many(FastMap<Rc<str>, Location>),
+}
+
+impl Seen {
+    /// Record `k`; the location of its first appearance if it was there already.
+    fn insert(&mut self, k: &Rc<str>, loc: Location) -> Option<Location> {
+        match self {
+            Seen::Few(v) => {
+                if let Some((_, first)) = v.iter().find(|(x, _)| x == k) {
+                    return Some(*first);
+                }
+                v.push((k.clone(), loc));
+                if v.len() > 16 {
+                    *self = Seen::Many(v.drain(..).collect());
+                }
+                None
+            }
+            Seen::Many(m) => match m.get(k) {
+                Some(first) => Some(*first),
+                None => {
+                    m.insert(k.clone(), loc);
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// The path of `key` in the mapping at `parent`.
+pub fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
     } else {
@@ -135,8 +174,8 @@ fn merge_target(path: &str) -> Option<&str> {
 impl SourceMap {
     pub fn build(src: &str) -> SourceMap {
         let mut m = SourceMap::default();
-        // About one node per 16 bytes of YAML; saves rehashing a large map several times.
-        m.values.reserve(src.len() / 16);
+        // About one node per 6-16 bytes of YAML; saves rehashing a large map several times.
+        m.values.reserve(src.len() / 8);
         let mut stack: Vec<Frame> = Vec::new();
         let mut documents = 0;
         for ev in Parser::new_from_str(src) {
@@ -203,19 +242,17 @@ impl SourceMap {
                         if key.is_none() {
                             match &ev {
                                 Event::Scalar(k, ..) => {
-                                    let k = k.to_string();
+                                    let k: Rc<str> = Rc::from(&**k);
                                     let found = Key {
                                         parent: path.clone(),
                                         name: k.clone(),
                                         location: loc,
                                     };
-                                    if let Some(first) = seen.get(&k) {
+                                    if let Some(first) = seen.insert(&k, loc) {
                                         m.duplicates.push(Duplicate {
                                             key: found.clone(),
-                                            first: *first,
+                                            first,
                                         });
-                                    } else {
-                                        seen.insert(k.clone(), loc);
                                     }
                                     if *anchor != 0 {
                                         m.anchored_keys
@@ -252,8 +289,16 @@ impl SourceMap {
                         location: loc,
                     });
                 }
-                m.values.entry(path.clone()).or_insert(loc);
-                push(&mut stack, &ev, path);
+                // Scalars (most nodes) give their path to the map; collections keep it too.
+                match ev {
+                    Event::MappingStart(..) | Event::SequenceStart(..) => {
+                        m.values.entry(path.clone()).or_insert(loc);
+                        push(&mut stack, &ev, path);
+                    }
+                    _ => {
+                        m.values.entry(path).or_insert(loc);
+                    }
+                }
             } else if matches!(ev, Event::MappingEnd | Event::SequenceEnd) {
                 stack.pop();
                 if let Some(Frame::Map { complex_key, .. }) = stack.last_mut() {
@@ -295,7 +340,7 @@ fn push(stack: &mut Vec<Frame>, ev: &Event<'_>, path: String) {
             key: None,
             complex_key: false,
             anchor: *anchor,
-            seen: FastMap::default(),
+            seen: Seen::Few(Vec::new()),
         }),
         Event::SequenceStart(..) => stack.push(Frame::Seq { path, next: 0 }),
         _ => {}
@@ -329,11 +374,7 @@ mod tests {
         assert_eq!(m.locate("a.list[0].missing"), m.locate("a.list[0]"));
         assert!(!m.contains("a.list[0].missing"));
         assert_eq!(m.root, Some(Root::Mapping));
-        let names: Vec<(&str, &str)> = m
-            .keys
-            .iter()
-            .map(|k| (&*k.parent, k.name.as_str()))
-            .collect();
+        let names: Vec<(&str, &str)> = m.keys.iter().map(|k| (&*k.parent, &*k.name)).collect();
         assert_eq!(
             names,
             [
@@ -352,7 +393,7 @@ mod tests {
         let d: Vec<(&str, usize, usize)> = m
             .duplicates
             .iter()
-            .map(|d| (d.key.name.as_str(), d.first.line, d.key.location.line))
+            .map(|d| (&*d.key.name, d.first.line, d.key.location.line))
             .collect();
         assert_eq!(d, [("c", 3, 4), ("a", 1, 5)]);
         // The first document wins the map, and only a second one with content counts.
@@ -385,6 +426,6 @@ mod tests {
         let t: Vec<&str> = m.aliases.iter().map(|a| a.target.as_str()).collect();
         assert_eq!(t, ["one", "two", "three"]);
         let anchor = m.aliases[0].anchor;
-        assert_eq!(m.anchored_keys[&anchor][0].name, "x");
+        assert_eq!(&*m.anchored_keys[&anchor][0].name, "x");
     }
 }
