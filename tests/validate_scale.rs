@@ -101,13 +101,20 @@ fn large_specs_validate_and_duplicates_are_still_found() {
     );
 }
 
-/// `cargo test --test validate_scale -- --ignored --nocapture`: the time of each size.
+/// `cargo test --test validate_scale -- --ignored --nocapture`: the time of each size. With
+/// `HAKUBE_BENCH_DIR` set, the 100 000-entry specs are also written there for the CLI timing.
 #[test]
 #[ignore = "a benchmark: run by bench/validate.sh"]
 fn bench_validation_time() {
+    let out = std::env::var_os("HAKUBE_BENCH_DIR").map(std::path::PathBuf::from);
     for kind in ["hosts", "sans", "args"] {
         for n in [10_000, 100_000] {
             let src = spec_with(kind, n);
+            if let Some(dir) = &out
+                && n == 100_000
+            {
+                std::fs::write(dir.join(format!("{kind}.yaml")), &src).expect("write the spec");
+            }
             let t = Instant::now();
             let l = load(&src);
             let took = t.elapsed();
