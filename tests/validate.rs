@@ -834,6 +834,19 @@ fn sshd_is_a_listener_too() {
 }
 
 #[test]
+fn port_zero_is_no_port() {
+    let src = seed_with(&[("port: 8405", "port: 0")]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.metrics.port",
+        "on hosts lb1, lb2: HAProxy's metrics on port 0: the kernel would pick a random port",
+    );
+    located(d, &src, "port: 0");
+}
+
+#[test]
 fn one_clash_on_every_control_plane_is_one_error() {
     let src = seed_with(&[(
         "    bootstrap: kubeadm\n",

@@ -400,6 +400,18 @@ pub fn check(
     };
     for h in hosts {
         let p = plan(h, lb, k, etcd);
+        for l in p.listeners.iter().filter(|l| l.port == 0) {
+            note(
+                false,
+                l.field.unwrap_or("spec").to_string(),
+                format!(
+                    "{} on port 0: the kernel would pick a random port",
+                    l.description
+                ),
+                "give it a port in 1-65535".into(),
+                &h.name,
+            );
+        }
         // A host has a couple of dozen listeners: sort them (stable, so plan order is kept
         // within a port) and compare neighbours with the same port.
         let mut sorted: Vec<&Listener> = p.listeners.iter().collect();
