@@ -281,6 +281,7 @@ fn cmd_plan(a: &SpecArgs) -> anyhow::Result<i32> {
                 "valid": !loaded.diagnostics.has_errors(),
                 "diagnostics": loaded.diagnostics.items,
                 "plan": report,
+                "ports": loaded.cluster.as_ref().map(|c| c.port_plans()),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
         }

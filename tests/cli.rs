@@ -62,8 +62,8 @@ fn plan_exit_codes_follow_severity() {
         .stderr(predicate::str::contains("help:"));
 }
 
-#[test]
-fn plan_json_has_the_same_facts() {
+/// `plan -o json` on the seed, which must exit 0.
+fn seed_plan_json() -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tmp");
     let f = spec_in(dir.path(), SEED);
     let out = hakube()
@@ -72,7 +72,12 @@ fn plan_json_has_the_same_facts() {
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(0));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON on stdout");
+    serde_json::from_slice(&out.stdout).expect("valid JSON on stdout")
+}
+
+#[test]
+fn plan_json_has_the_same_facts() {
+    let v = seed_plan_json();
     assert_eq!(v["valid"], true);
     assert_eq!(v["plan"]["endpoint"], "10.1.1.100:6443");
     let layers = v["plan"]["layers"].as_array().expect("layers");
@@ -245,4 +250,134 @@ fn status_without_operator_state_fails_clearly_and_creates_nothing() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("cluster.yaml")]);
+}
+
+#[test]
+fn a_binary_file_is_not_text_and_no_flag_is_suggested() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("cluster.yaml");
+    std::fs::write(&f, b"\x7fELF\x02\x01\x01\x00\xff\xfe binary").expect("write");
+    let out = hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a cluster spec"), "{err}");
+    assert!(err.contains("not UTF-8 text"), "{err}");
+    assert!(!err.contains("-f"), "{err}");
+    std::fs::write(&f, b"\xff\xfea\x00:\x00").expect("write");
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "it is UTF-16 text; save it as UTF-8",
+        ));
+    // NUL bytes are valid UTF-8, but no text file has them.
+    std::fs::write(&f, b"apiVersion: x\0\0\0").expect("write");
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("NUL byte"));
+}
+
+#[test]
+fn an_empty_file_says_it_is_empty() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(dir.path(), "# TODO: write the cluster\n\n");
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "cluster.yaml: the spec is empty: it holds no YAML, only whitespace or comments",
+        ))
+        .stderr(predicate::str::contains("examples/seed.yaml"));
+}
+
+#[test]
+fn yaml_problems_are_said_in_the_users_terms() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(
+        dir.path(),
+        &SEED.replace("routerId: 51", "routerId: 51\n      routerId: 52"),
+    );
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "cluster.yaml:32:7: spec.loadBalancer.vrrp.routerId: `routerId` is given twice in the same block, on line 31 and on line 32",
+        ))
+        .stderr(predicate::str::contains("DuplicateKeyPolicy").not());
+    let f = spec_in(dir.path(), &format!("{SEED}---\n{SEED}"));
+    let line = SEED.lines().count() + 1;
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(format!(
+            "cluster.yaml:{line}:1: a second YAML document starts here: hakube expects one cluster per file"
+        )))
+        .stderr(predicate::str::contains("from_str_multiple").not());
+    // Two unknown fields, both reported, each with its suggestion.
+    let f = spec_in(
+        dir.path(),
+        &SEED
+            .replace("routerId: 51", "routerID: 51")
+            .replace("rise: 2", "rize: 2"),
+    );
+    hakube()
+        .args(["plan", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "cluster.yaml:31:7: spec.loadBalancer.vrrp.routerID: unknown field `routerID`",
+        ))
+        .stderr(predicate::str::contains("did you mean `routerId`?"))
+        .stderr(predicate::str::contains("unknown field `rize`"))
+        .stderr(predicate::str::contains("did you mean `rise`?"));
+}
+
+#[test]
+fn plan_json_has_every_hosts_port_plan() {
+    let v = seed_plan_json();
+    let plans = v["ports"].as_array().expect("ports");
+    assert_eq!(plans.len(), 8);
+    let lb1 = &plans[0];
+    assert_eq!(lb1["host"], "lb1");
+    assert!(
+        lb1["listeners"]
+            .as_array()
+            .expect("listeners")
+            .iter()
+            .any(|l| {
+                l["address"] == "10.1.1.100"
+                    && l["port"] == 6443
+                    && l["protocol"] == "tcp"
+                    && l["owner"] == "haproxy-api"
+                    && l["description"] == "HAProxy's API frontend"
+                    && l["field"] == "spec.loadBalancer.apiPort"
+            })
+    );
+    let master1 = plans
+        .iter()
+        .find(|p| p["host"] == "master1")
+        .expect("master1");
+    assert!(
+        master1["listeners"]
+            .as_array()
+            .expect("listeners")
+            .iter()
+            .any(|l| { l["address"] == "127.0.0.1" && l["port"] == 2381 && l["field"].is_null() })
+    );
 }

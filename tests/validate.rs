@@ -391,16 +391,7 @@ fn kubernetes_versions_pick_the_kubeadm_api() {
 
 #[test]
 fn colocated_lb_and_control_plane_port_clash() {
-    let src = seed_with(&[
-        (
-            "{ name: master1, address: 10.1.1.101, roles: [control-plane] }",
-            "{ name: master1, address: 10.1.1.101, roles: [control-plane, loadbalancer] }",
-        ),
-        (
-            "{ lb1: 110, lb2: 100 }",
-            "{ lb1: 110, lb2: 100, master1: 90 }",
-        ),
-    ]);
+    let src = colocated(&[]);
     let l = load(&src);
     let d = find(
         &l,
@@ -846,4 +837,676 @@ fn numbers_fit_what_haproxy_and_etcd_accept() {
         let src = seed_with(&[(from, to)]);
         refused_at(&src, path, msg, to);
     }
+}
+
+// --- Port plan (issue #10, item 4) ---
+
+/// `d` points at the line of `src` that holds `needle`.
+fn located(d: &spec::Diagnostic, src: &str, needle: &str) {
+    assert_eq!(
+        d.location.map(|x| x.line),
+        Some(line_of(src, needle)),
+        "{} should point at {needle:?}",
+        d.path
+    );
+}
+
+/// The seed with master1 also a load balancer.
+fn colocated(extra: &[(&str, &str)]) -> String {
+    let mut pairs = vec![
+        (
+            "{ name: master1, address: 10.1.1.101, roles: [control-plane] }",
+            "{ name: master1, address: 10.1.1.101, roles: [control-plane, loadbalancer] }",
+        ),
+        (
+            "{ lb1: 110, lb2: 100 }",
+            "{ lb1: 110, lb2: 100, master1: 90 }",
+        ),
+    ];
+    pairs.extend_from_slice(extra);
+    seed_with(&pairs)
+}
+
+fn errors(l: &Loaded) -> Vec<String> {
+    l.diagnostics
+        .items
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| format!("{} {}", d.path, d.message))
+        .collect()
+}
+
+#[test]
+fn the_port_plan_covers_every_listener_by_role() {
+    use hakube::spec::ports::{BindAddress, Owner};
+    let c = load(SEED).cluster.expect("valid");
+    let has = |host: &str, owner: Owner, addr: &str, port: u16| {
+        let h = c.host(host).expect("host");
+        let p = c.port_plan(h);
+        p.listeners
+            .iter()
+            .any(|l| l.owner == owner && l.address.to_string() == addr && l.port == port)
+    };
+    // Every host: the sshd hakube connects to.
+    assert!(has("lb1", Owner::Sshd, "*", 22) && has("worker3", Owner::Sshd, "*", 22));
+    // Load balancer: HAProxy.
+    assert!(has("lb1", Owner::HaproxyApi, "10.1.1.100", 6443));
+    assert!(has("lb1", Owner::HaproxyTrack, "127.0.0.1", 8406));
+    assert!(has("lb1", Owner::HaproxyStats, "10.1.1.11", 9000));
+    assert!(has("lb1", Owner::HaproxyMetrics, "10.1.1.11", 8405));
+    assert!(has("lb1", Owner::HaproxyIngressHttp, "10.1.1.100", 80));
+    assert!(has("lb1", Owner::HaproxyIngressHttps, "10.1.1.100", 443));
+    assert!(!has("lb1", Owner::Kubelet, "*", 10250));
+    // Control plane: etcd on its address and loopback, metrics on loopback (etcd.env.j2),
+    // the API server everywhere, and the kubeadm node components.
+    assert!(has("master1", Owner::EtcdClient, "10.1.1.101", 2379));
+    assert!(has("master1", Owner::EtcdClient, "127.0.0.1", 2379));
+    assert!(has("master1", Owner::EtcdPeer, "10.1.1.101", 2380));
+    assert!(has("master1", Owner::EtcdMetrics, "127.0.0.1", 2381));
+    assert!(has("master1", Owner::ApiServer, "*", 6443));
+    assert!(has("master1", Owner::KubeScheduler, "127.0.0.1", 10259));
+    assert!(has(
+        "master1",
+        Owner::KubeControllerManager,
+        "127.0.0.1",
+        10257
+    ));
+    assert!(has("master1", Owner::Kubelet, "*", 10250));
+    assert!(has("master1", Owner::KubeProxyMetrics, "127.0.0.1", 10249));
+    assert!(has("master1", Owner::KubeProxyHealthz, "*", 10256));
+    assert!(has("master1", Owner::NodePortHttp, "*", 30080));
+    // Worker: kubelet, kube-proxy, node ports; no etcd, no scheduler.
+    assert!(has("worker2", Owner::Kubelet, "*", 10250));
+    assert!(has("worker2", Owner::NodePortHttps, "*", 30443));
+    assert!(!has("worker2", Owner::EtcdClient, "10.1.1.202", 2379));
+    assert!(!has("worker2", Owner::KubeScheduler, "127.0.0.1", 10259));
+    // The lab bootstrap runs no kubelet.
+    let lab = load(&seed_with(&[("bootstrap: kubeadm", "bootstrap: lab")]))
+        .cluster
+        .expect("valid");
+    let m1 = lab.host("master1").expect("master1");
+    assert!(
+        lab.port_plan(m1)
+            .listeners
+            .iter()
+            .all(|l| l.owner != Owner::Kubelet)
+    );
+    // Wildcards overlap everything; loopback and the host address do not overlap.
+    let lo = BindAddress::Ip("127.0.0.1".parse().expect("ip"));
+    let host = BindAddress::Ip("10.1.1.101".parse().expect("ip"));
+    assert!(BindAddress::Any.overlaps(lo) && host.overlaps(BindAddress::Any));
+    assert!(!lo.overlaps(host));
+    assert_eq!(c.port_plans().len(), c.hosts.len());
+}
+
+#[test]
+fn a_port_clash_names_both_users_and_points_at_the_written_field() {
+    let src = colocated(&[
+        ("apiPort: 6443", "apiPort: 8443"),
+        ("port: 9000", "port: 2379"),
+    ]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.stats.port",
+        "would both bind port 2379/tcp",
+    );
+    assert!(d.message.contains("on host master1:"), "{}", d.message);
+    assert!(d.message.contains("HAProxy's stats page"));
+    assert!(d.message.contains("etcd clients"));
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("spec.etcd.clientPort")
+    );
+    located(d, &src, "port: 2379");
+    // Only master1 has both; lb1 and lb2 do not run etcd.
+    assert_eq!(errors(&l).len(), 1, "{:?}", errors(&l));
+}
+
+#[test]
+fn loopback_and_the_host_address_do_not_clash_but_loopback_twice_does() {
+    // keepalived's track endpoint (127.0.0.1) and etcd's peers (the host address) on 2380.
+    let track = |port: &str| {
+        colocated(&[
+            ("apiPort: 6443", "apiPort: 8443"),
+            (
+                "priorities: { lb1: 110, lb2: 100, master1: 90 }",
+                &format!(
+                    "priorities: {{ lb1: 110, lb2: 100, master1: 90 }}\n      trackPort: {port}"
+                ),
+            ),
+        ])
+    };
+    let l = load(&track("2380"));
+    assert!(l.cluster.is_some(), "{:?}", errors(&l));
+    // etcd's metrics listen on 127.0.0.1:2381 too.
+    let src = track("2381");
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vrrp.trackPort",
+        "would both bind port 2381/tcp",
+    );
+    assert!(
+        d.message.contains("etcd's metrics and /health (127.0.0.1)"),
+        "{}",
+        d.message
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("always uses port 2381")
+    );
+    located(d, &src, "trackPort: 2381");
+}
+
+#[test]
+fn the_vip_clashes_with_a_listener_on_every_address() {
+    // lb2 is also a worker: the kubelet binds every address, the VIP included.
+    let src = seed_with(&[
+        (
+            "{ name: lb2,     address: 10.1.1.12,  roles: [loadbalancer] }",
+            "{ name: lb2,     address: 10.1.1.12,  roles: [loadbalancer, worker] }",
+        ),
+        ("httpPort: 80", "httpPort: 10250"),
+    ]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.ingress.httpPort",
+        "the HTTP ingress frontend (the VIP 10.1.1.100) and the kubelet (every address) would both bind port 10250/tcp",
+    );
+    assert!(d.message.starts_with("on host lb2:"), "{}", d.message);
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the kubelet always uses port 10250")
+    );
+    // lb1 is no worker: no clash there.
+    assert_eq!(errors(&l).len(), 1, "{:?}", errors(&l));
+}
+
+#[test]
+fn sshd_is_a_listener_too() {
+    let src = seed_with(&[("httpsPort: 443", "httpsPort: 22")]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.ingress.httpsPort",
+        "on hosts lb1, lb2: sshd (every address) and the HTTPS ingress frontend (the VIP 10.1.1.100) would both bind port 22/tcp",
+    );
+    located(d, &src, "httpsPort: 22");
+    // A host's own SSH port counts for that host only.
+    let l = load(&seed_with(&[(
+        "{ name: lb2,     address: 10.1.1.12,  roles: [loadbalancer] }",
+        "{ name: lb2,     address: 10.1.1.12,  roles: [loadbalancer], ssh: { port: 9000 } }",
+    )]));
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.stats.port",
+        "would both bind port 9000/tcp",
+    );
+    assert!(d.message.starts_with("on host lb2:"), "{}", d.message);
+}
+
+#[test]
+fn port_zero_is_no_port() {
+    let src = seed_with(&[("port: 8405", "port: 0")]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.metrics.port",
+        "on hosts lb1, lb2: HAProxy's metrics on port 0: the kernel would pick a random port",
+    );
+    located(d, &src, "port: 0");
+}
+
+#[test]
+fn one_clash_on_every_control_plane_is_one_error() {
+    let src = seed_with(&[(
+        "    bootstrap: kubeadm\n",
+        "    bootstrap: kubeadm\n    apiServerPort: 2380\n",
+    )]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.kubernetes.apiServerPort",
+        "on hosts master1, master2, master3: etcd peers (the host's address) and the API server (every address) would both bind port 2380/tcp",
+    );
+    located(d, &src, "apiServerPort: 2380");
+    assert_eq!(errors(&l).len(), 1, "{:?}", errors(&l));
+}
+
+#[test]
+fn node_ports_are_checked_against_the_service_node_port_range() {
+    let src = seed_with(&[("httpNodePort: 30080", "httpNodePort: 8080")]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.ingress.httpNodePort",
+        "8080 is outside the default service node-port range 30000-32767",
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("service-node-port-range")
+    );
+    located(d, &src, "httpNodePort: 8080");
+    // A range given to the API server is the one that counts.
+    let src = seed_with(&[
+        ("httpNodePort: 30080", "httpNodePort: 8080"),
+        (
+            "audit-log-maxage: \"30\"",
+            "audit-log-maxage: \"30\"\n      service-node-port-range: 8000-8999",
+        ),
+    ]);
+    let l = load(&src);
+    let e = errors(&l);
+    assert!(!e.iter().any(|m| m.contains("httpNodePort:")), "{e:?}");
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.ingress.httpsNodePort",
+        "30443 is outside the service node-port range 8000-8999",
+    );
+    let l = load(&seed_with(&[(
+        "audit-log-maxage: \"30\"",
+        "audit-log-maxage: \"30\"\n      service-node-port-range: 9000-8000",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.kubernetes.apiServerExtraArgs.service-node-port-range",
+        "\"9000-8000\" is not a port range",
+    );
+    // The two node ports are two listeners on every node.
+    let l = load(&seed_with(&[(
+        "httpNodePort: 30080",
+        "httpNodePort: 30443",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.ingress.httpsNodePort",
+        "the ingress HTTP NodePort (every address) and the ingress HTTPS NodePort (every address) would both bind port 30443/tcp",
+    );
+}
+
+#[test]
+fn a_host_port_inside_the_node_port_range_is_a_warning() {
+    let src = seed_with(&[
+        (
+            "{ name: lb2,     address: 10.1.1.12,  roles: [loadbalancer] }",
+            "{ name: lb2,     address: 10.1.1.12,  roles: [loadbalancer, worker] }",
+        ),
+        ("port: 8405", "port: 30100"),
+    ]);
+    let l = load(&src);
+    assert!(l.cluster.is_some(), "{:?}", errors(&l));
+    let d = find(
+        &l,
+        Severity::Warning,
+        "spec.loadBalancer.metrics.port",
+        "on host lb2: HAProxy's metrics on port 30100 is inside the default service node-port range 30000-32767",
+    );
+    located(d, &src, "port: 30100");
+}
+
+#[test]
+fn kubeadm_etcd_ignores_custom_ports_so_they_are_refused() {
+    let src = seed_with(&[
+        ("management: hakube", "management: kubeadm"),
+        (
+            "quotaBackendBytes: 2GiB",
+            "quotaBackendBytes: 2GiB\n    clientPort: 12379",
+        ),
+    ]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.etcd.clientPort",
+        "kubeadm's stacked etcd always uses port 2379, not 12379",
+    );
+    located(d, &src, "clientPort: 12379");
+}
+
+// --- IPv6 (item 5): refused, one located message per field ---
+
+#[test]
+fn ipv6_is_refused_field_by_field() {
+    let v6 = SEED
+        .replace("10.1.1.0/24", "fd00:1::/64")
+        .replace("10.1.1.", "fd00:1::")
+        .replace("10.244.0.0/16", "fd00:244::/56")
+        .replace("10.96.0.0/12", "fd00:96::/108");
+    let l = load(&v6);
+    assert!(l.cluster.is_none());
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.networks.management",
+        "the management network fd00:1::/64 is IPv6; hakube supports IPv4 only",
+    );
+    located(d, &v6, "management: fd00");
+    for (i, name) in ["lb1", "lb2", "master1", "master2", "master3", "worker1"]
+        .iter()
+        .enumerate()
+    {
+        let d = find(
+            &l,
+            Severity::Error,
+            &format!("spec.hosts[{i}].address"),
+            &format!("host {name} has the IPv6 address"),
+        );
+        located(d, &v6, &format!("name: {name},"));
+    }
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vip",
+        "the VIP fd00:1::100 is IPv6",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.networks.pods",
+        "fd00:244::/56 is IPv6",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.networks.services",
+        "fd00:96::/108 is IPv6",
+    );
+    // One message per field: no "outside the management network" on top.
+    let e = errors(&l);
+    assert!(!e.iter().any(|m| m.contains("outside")), "{e:?}");
+    // Mixed families are refused as such; IPv6 storage is not rendered anywhere, so allowed.
+    let l = load(&seed_with(&[(
+        "pods: 10.244.0.0/16",
+        "pods: fd00:244::/56",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.networks.pods",
+        "the hosts are IPv4, and dual stack is not supported",
+    );
+    let l = load(&seed_with(&[(
+        "storage: 10.2.1.0/24",
+        "storage: fd00:2::/64",
+    )]));
+    assert!(l.cluster.is_some(), "{:?}", errors(&l));
+    // An IPv6 host in an IPv4 cluster.
+    let l = load(&seed_with(&[("address: 10.1.1.201", "address: fd00::201")]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.hosts[5].address",
+        "host worker1 has the IPv6 address fd00::201",
+    );
+    assert_eq!(errors(&l).len(), 1, "{:?}", errors(&l));
+}
+
+// --- Messages in the user's terms (item 6) ---
+
+#[test]
+fn every_unknown_field_is_reported_with_the_other_errors() {
+    let src = seed_with(&[
+        ("routerId: 51", "routerID: 51"),
+        ("fall: 2", "falls: 2"),
+        ("dnsDomain: cluster.local", "dnsdomain: cluster.local"),
+        ("electionTimeout: 1000ms", "electionTimeout: 100ms"),
+    ]);
+    let l = load(&src);
+    assert!(l.cluster.is_none());
+    for (path, field, suggestion, needle) in [
+        (
+            "spec.loadBalancer.vrrp.routerID",
+            "routerID",
+            "routerId",
+            "routerID: 51",
+        ),
+        (
+            "spec.loadBalancer.healthCheck.falls",
+            "falls",
+            "fall",
+            "falls: 2",
+        ),
+        (
+            "spec.networks.dnsdomain",
+            "dnsdomain",
+            "dnsDomain",
+            "dnsdomain:",
+        ),
+    ] {
+        let d = find(
+            &l,
+            Severity::Error,
+            path,
+            &format!("unknown field `{field}`"),
+        );
+        assert!(
+            d.help
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&format!("did you mean `{suggestion}`")),
+            "{:?}",
+            d.help
+        );
+        let loc = d.location.expect("located");
+        assert_eq!(loc.line, line_of(&src, needle));
+        // At the key itself.
+        let line = src.lines().nth(loc.line - 1).unwrap_or_default();
+        assert!(
+            line[loc.column - 1..].starts_with(field),
+            "{line:?} {loc:?}"
+        );
+    }
+    // The semantic checks still ran.
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.electionTimeout",
+        "less than 5 x the heartbeat",
+    );
+}
+
+#[test]
+fn a_misspelt_required_field_is_one_error() {
+    let src = seed_with(&[("    management: 10.1.1.0/24", "    managment: 10.1.1.0/24")]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.networks.managment",
+        "unknown field `managment`",
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("did you mean `management`?")
+    );
+    // Not also "missing field `management`".
+    assert_eq!(errors(&l).len(), 1, "{:?}", errors(&l));
+}
+
+#[test]
+fn an_unknown_field_in_a_host_and_through_an_alias_is_found() {
+    let src = seed_with(&[
+        (
+            "{ name: worker3, address: 10.1.1.203, roles: [worker] }",
+            "{ name: worker3, address: 10.1.1.203, role: [worker] }",
+        ),
+        (
+            "  ssh:\n    user: root\n",
+            "  ssh: &ssh\n    user: root\n    identity: k\n",
+        ),
+    ]);
+    let l = load(&src);
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.hosts[7].role",
+        "unknown field `role`",
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did you mean `roles`")
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.ssh.identity",
+        "unknown field `identity`",
+    );
+}
+
+#[test]
+fn a_duplicate_key_names_both_lines() {
+    let src = seed_with(&[("routerId: 51", "routerId: 51\n      routerId: 52")]);
+    let l = load(&src);
+    assert!(l.cluster.is_none());
+    let first = line_of(&src, "routerId: 51");
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.vrrp.routerId",
+        &format!(
+            "`routerId` is given twice in the same block, on line {first} and on line {}",
+            first + 1
+        ),
+    );
+    assert_eq!(d.location.map(|x| x.line), Some(first + 1));
+    assert!(!d.message.contains("DuplicateKeyPolicy"));
+    // In a flow mapping too.
+    let l = load(&seed_with(&[(
+        "{ name: lb1,     address: 10.1.1.11,",
+        "{ name: lb1,     address: 10.1.1.11, name: lb9,",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.hosts[0].name",
+        "`name` is given twice",
+    );
+}
+
+#[test]
+fn a_second_document_says_one_cluster_per_file() {
+    let src = format!("{SEED}---\n{SEED}");
+    let l = load(&src);
+    assert!(l.cluster.is_none());
+    let d = &l.diagnostics.items[0];
+    assert_eq!(d.severity, Severity::Error);
+    assert!(d.message.contains("one cluster per file"), "{}", d.message);
+    assert!(!d.message.contains("from_str_multiple"));
+    assert_eq!(
+        d.location.map(|x| x.line),
+        Some(SEED.lines().count() + 1),
+        "the line of the second `---`"
+    );
+    assert_eq!(l.diagnostics.count(Severity::Error), 1);
+    // A trailing `---` (or `---` and a comment) holds no second cluster.
+    let l = load(&format!("{SEED}---\n# nothing\n"));
+    assert!(l.cluster.is_some(), "{:?}", errors(&l));
+}
+
+#[test]
+fn an_empty_spec_says_it_is_empty() {
+    for src in [
+        "",
+        "\n\n  \n",
+        "# just a comment\n# and another\n",
+        "---\n",
+        "~\n",
+    ] {
+        let l = load(src);
+        assert!(l.cluster.is_none());
+        assert_eq!(l.diagnostics.count(Severity::Error), 1, "{src:?}");
+        let d = &l.diagnostics.items[0];
+        assert!(
+            d.message.contains("the spec is empty"),
+            "{src:?}: {}",
+            d.message
+        );
+    }
+    let l = load("- apiVersion: hakube.io/v1alpha1\n");
+    assert!(l.diagnostics.items[0].message.contains("is a list"));
+}
+
+#[test]
+fn versions_past_either_end_are_named_for_their_end() {
+    let c = |v: &str| {
+        load(&seed_with(&[(
+            "version: v1.37.0",
+            &format!("version: {v}"),
+        )]))
+    };
+    for newer in ["v1.38.0", "v2.0.0", "3.1.4"] {
+        let l = c(newer);
+        let d = find(
+            &l,
+            Severity::Error,
+            "spec.kubernetes.version",
+            "is newer than the newest version hakube supports (1.37)",
+        );
+        assert!(!d.message.contains("older"));
+    }
+    for older in ["v1.28.9", "v0.9.0"] {
+        find(
+            &c(older),
+            Severity::Error,
+            "spec.kubernetes.version",
+            "is older than the oldest version hakube supports (1.29)",
+        );
+    }
+}
+
+#[test]
+fn one_hundred_thousand_sans_validate_in_one_linear_pass() {
+    // Correctness only; bench/validate.sh measures the time.
+    let n = 100_000;
+    let mut list = String::new();
+    for i in 0..n {
+        // Every name twice, and the VIP once by hand.
+        list.push_str(&format!("      - san{}.example.com\n", i % (n / 2)));
+    }
+    list.push_str("      - 10.1.1.100\n");
+    let src = seed_with(&[(
+        "      - k8s-api.company.local\n",
+        &format!("      - k8s-api.company.local\n{list}"),
+    )]);
+    let l = load(&src);
+    let c = l.cluster.as_ref().expect("valid");
+    let sans = &c.kubernetes.cert_sans;
+    // 1 + n/2 names, the VIP, and the three control planes added.
+    assert_eq!(sans.len(), 1 + n / 2 + 1 + 3);
+    assert_eq!(sans[1], "san0.example.com");
+    assert_eq!(sans[n / 2], format!("san{}.example.com", n / 2 - 1));
+    let unique: std::collections::HashSet<&String> = sans.iter().collect();
+    assert_eq!(unique.len(), sans.len());
+    find(
+        &l,
+        Severity::Info,
+        "spec.kubernetes.certSANs",
+        "added to the API server certificate SANs: 10.1.1.101, 10.1.1.102, 10.1.1.103",
+    );
 }

@@ -3,6 +3,9 @@
 //! Everything a user can get wrong in a value (addresses, CIDRs, durations, versions) is kept as
 //! text here, so that `validate` can report every mistake at once with its location instead of
 //! stopping at the first parse failure. `validate` turns this into the typed [`crate::spec::Cluster`].
+//!
+//! No struct denies unknown fields: serde would stop at the first one. `fields` checks every key
+//! of the document against these structs' own field lists instead, and reports them all.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -11,7 +14,7 @@ pub const API_VERSION: &str = "hakube.io/v1alpha1";
 pub const KIND: &str = "Cluster";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Document {
     pub api_version: String,
     pub kind: String,
@@ -20,13 +23,13 @@ pub struct Document {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Metadata {
     pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Spec {
     #[serde(default)]
     pub ssh: Ssh,
@@ -42,7 +45,7 @@ pub struct Spec {
 
 /// SSH settings. On `spec.ssh` they are defaults; on a host they override those.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Ssh {
     pub user: Option<String>,
     pub port: Option<u16>,
@@ -55,7 +58,7 @@ pub struct Ssh {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Host {
     pub name: String,
     pub address: String,
@@ -67,7 +70,7 @@ pub struct Host {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Networks {
     pub management: String,
     pub pods: Option<String>,
@@ -77,7 +80,7 @@ pub struct Networks {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
     pub vip: String,
     /// The port HAProxy serves the Kubernetes API on (VIP:apiPort is the control-plane endpoint).
@@ -94,7 +97,7 @@ pub struct LoadBalancer {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Vrrp {
     pub router_id: Option<i64>,
     /// 2 or 3. Version 3 allows sub-second adverts but has no authentication.
@@ -115,7 +118,7 @@ pub struct Vrrp {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// `https` (GET /readyz over TLS, the default) or `tcp` (the runbook's plain connect check).
     #[serde(rename = "type")]
@@ -128,7 +131,7 @@ pub struct HealthCheck {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Stats {
     pub enabled: Option<bool>,
     pub port: Option<u16>,
@@ -138,14 +141,14 @@ pub struct Stats {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Metrics {
     pub enabled: Option<bool>,
     pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Ingress {
     pub http_port: Option<u16>,
     pub https_port: Option<u16>,
@@ -154,7 +157,7 @@ pub struct Ingress {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Etcd {
     /// `hakube` (systemd service and PKI managed by hakube) or `kubeadm` (static pods).
     pub management: Option<String>,
@@ -170,7 +173,7 @@ pub struct Etcd {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Kubernetes {
     pub version: Option<String>,
     /// `kubeadm` for real clusters, `lab` for the lab API server stand-in.

@@ -4,7 +4,7 @@ use super::cluster::*;
 use super::diag::Diagnostics;
 use super::model::{self, Document};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -54,6 +54,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     let networks = networks(&s.networks, d);
     let hosts = hosts(s, networks.as_ref().map(|n| n.management), d);
     check_overlaps(&s.networks, d);
+    super::family::refuse_ipv6(s, d);
 
     let lbs: Vec<&Host> = hosts.iter().filter(|h| h.roles.loadbalancer).collect();
     let cps: Vec<&Host> = hosts.iter().filter(|h| h.roles.control_plane).collect();
@@ -73,7 +74,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     let k8s = kubernetes(&s.kubernetes, kubernetes_pre, &name, lb.as_ref(), &cps, d);
 
     if let (Some(lb), Some(k)) = (&lb, &k8s) {
-        ports(lb, k, &etcd, &hosts, d);
+        super::ports::check(s, &hosts, lb, k, etcd.as_ref(), d);
     }
     super::limits::check(lb.as_ref(), etcd.as_ref(), k8s.as_ref(), d);
     super::grammar::check_document(doc, d);
@@ -291,7 +292,9 @@ fn hosts(s: &model::Spec, mgmt: Option<IpNet>, d: &mut Diagnostics) -> Vec<Host>
                     "every host needs its own address",
                 );
             }
+            // An address of the other family is refused by family::refuse_ipv6.
             if let Some(m) = mgmt
+                && m.addr().is_ipv4() == a.is_ipv4()
                 && !m.contains(&a)
             {
                 d.error(
@@ -433,6 +436,7 @@ fn load_balancer(
     };
     if let Some(v) = vip {
         if let Some(n) = networks
+            && n.management.addr().is_ipv4() == v.is_ipv4()
             && !n.management.contains(&v)
         {
             d.error(
@@ -563,10 +567,11 @@ fn load_balancer(
         }
     } else {
         let mut seen: HashMap<i64, &str> = HashMap::new();
+        let names: Vec<&str> = lbs.iter().map(|h| h.name.as_str()).collect();
+        let is_lb: HashSet<&str> = names.iter().copied().collect();
         for (name, p) in &v.priorities {
             let path = format!("spec.loadBalancer.vrrp.priorities.{name}");
-            if !lbs.iter().any(|h| &h.name == name) {
-                let names: Vec<&str> = lbs.iter().map(|h| h.name.as_str()).collect();
+            if !is_lb.contains(name.as_str()) {
                 let help = match did_you_mean(name, &names) {
                     Some(s) => format!("did you mean {s}? Load balancers: {}", names.join(", ")),
                     None => format!(
@@ -697,22 +702,6 @@ fn load_balancer(
         http_node_port: i.http_node_port.unwrap_or(30080),
         https_node_port: i.https_node_port.unwrap_or(30443),
     });
-    if let Some(i) = &l.ingress {
-        for (f, p) in [
-            ("httpNodePort", i.http_node_port),
-            ("httpsNodePort", i.https_node_port),
-        ] {
-            if let Some(p) = p
-                && !(30000..=32767).contains(&p)
-            {
-                d.warn(
-                    format!("spec.loadBalancer.ingress.{f}"),
-                    format!("{p} is outside the default NodePort range 30000-32767"),
-                    "make sure the API server's --service-node-port-range includes it",
-                );
-            }
-        }
-    }
     Some(LoadBalancer {
         vip: vip?,
         api_port,
@@ -871,21 +860,21 @@ fn kubernetes_version(
             return None;
         }
     };
-    if v.major != 1 || v.minor < OLDEST_MINOR {
+    if v.major == 0 || (v.major == 1 && v.minor < OLDEST_MINOR) {
         d.error(
             "spec.kubernetes.version",
             format!("Kubernetes {raw} is older than the oldest version hakube supports (1.{OLDEST_MINOR})"),
-            format!("upgrade one minor at a time, and use at least 1.{OLDEST_MAINTAINED_MINOR} (still maintained)"),
+            format!("use 1.{OLDEST_MINOR} or newer (1.{OLDEST_MAINTAINED_MINOR}-1.{NEWEST_MINOR} are maintained); upgrade a running cluster one minor at a time"),
         );
         return None;
     }
-    if v.minor > NEWEST_MINOR {
+    if v.major > 1 || v.minor > NEWEST_MINOR {
         d.error(
             "spec.kubernetes.version",
             format!(
-                "Kubernetes {raw} is newer than the newest version hakube knows (1.{NEWEST_MINOR})"
+                "Kubernetes {raw} is newer than the newest version hakube supports (1.{NEWEST_MINOR})"
             ),
-            "use a released version hakube knows, or upgrade hakube",
+            format!("use a 1.{NEWEST_MINOR} release (for example {DEFAULT_K8S_VERSION}) or older, or upgrade hakube"),
         );
         return None;
     }
@@ -924,32 +913,35 @@ fn kubernetes(
             None
         }
     };
+    // Sets, not list scans: 100 000 SANs must stay linear.
     let mut sans: Vec<String> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut ips: HashSet<IpAddr> = HashSet::new();
     for (i, s) in k.cert_sans.iter().enumerate() {
-        if s.parse::<IpAddr>().is_err() && !is_dns_name(s.trim_start_matches("*.")) {
-            d.error(
+        match s.parse::<IpAddr>() {
+            Ok(a) => {
+                ips.insert(a);
+            }
+            Err(_) if !is_dns_name(s.trim_start_matches("*.")) => d.error(
                 format!("spec.kubernetes.certSANs[{i}]"),
                 format!("{s:?} is neither an IP address nor a DNS name"),
                 "use an address such as 10.1.1.100 or a name such as k8s-api.company.local",
-            );
+            ),
+            Err(_) => {}
         }
-        if !sans.contains(s) {
+        if seen.insert(s) {
             sans.push(s.clone());
         }
     }
     let mut added = Vec::new();
-    let mut need: Vec<String> = Vec::new();
-    if let Some(lb) = lb {
-        need.push(lb.vip.to_string());
-    }
-    need.extend(cps.iter().map(|h| h.address.to_string()));
+    let need = lb
+        .map(|lb| lb.vip)
+        .into_iter()
+        .chain(cps.iter().map(|h| h.address));
     for n in need {
-        if !sans
-            .iter()
-            .any(|s| s.parse::<IpAddr>().ok().map(|a| a.to_string()) == Some(n.clone()))
-        {
-            sans.push(n.clone());
-            added.push(n);
+        if ips.insert(n) {
+            sans.push(n.to_string());
+            added.push(n.to_string());
         }
     }
     if !added.is_empty() {
@@ -1003,94 +995,6 @@ fn kubernetes(
             .clone()
             .unwrap_or_else(|| "unix:///var/run/containerd/containerd.sock".into()),
     })
-}
-
-/// Ports that must not collide on any one host.
-fn ports(
-    lb: &LoadBalancer,
-    k: &Kubernetes,
-    etcd: &Option<Etcd>,
-    hosts: &[Host],
-    d: &mut Diagnostics,
-) {
-    for h in hosts {
-        let mut used: Vec<(u16, String, &str)> = Vec::new();
-        if h.roles.loadbalancer {
-            used.push((
-                lb.api_port,
-                "spec.loadBalancer.apiPort".into(),
-                "HAProxy's API frontend",
-            ));
-            used.push((
-                lb.vrrp.track_port,
-                "spec.loadBalancer.vrrp.trackPort".into(),
-                "HAProxy's health endpoint for keepalived",
-            ));
-            if lb.stats.enabled {
-                used.push((
-                    lb.stats.port,
-                    "spec.loadBalancer.stats.port".into(),
-                    "HAProxy's stats page",
-                ));
-            }
-            if lb.metrics.enabled {
-                used.push((
-                    lb.metrics.port,
-                    "spec.loadBalancer.metrics.port".into(),
-                    "HAProxy's metrics",
-                ));
-            }
-            if let Some(i) = &lb.ingress {
-                used.push((
-                    i.http_port,
-                    "spec.loadBalancer.ingress.httpPort".into(),
-                    "the HTTP ingress frontend",
-                ));
-                used.push((
-                    i.https_port,
-                    "spec.loadBalancer.ingress.httpsPort".into(),
-                    "the HTTPS ingress frontend",
-                ));
-            }
-        }
-        if h.roles.control_plane {
-            used.push((
-                k.api_server_port,
-                "spec.kubernetes.apiServerPort".into(),
-                "the API server",
-            ));
-            if let Some(e) = etcd {
-                used.push((e.client_port, "spec.etcd.clientPort".into(), "etcd clients"));
-                used.push((e.peer_port, "spec.etcd.peerPort".into(), "etcd peers"));
-            }
-        }
-        for i in 0..used.len() {
-            for j in i + 1..used.len() {
-                if used[i].0 != used[j].0 {
-                    continue;
-                }
-                let (a, b) = (&used[i], &used[j]);
-                let api_clash = [a.2, b.2].contains(&"HAProxy's API frontend")
-                    && [a.2, b.2].contains(&"the API server");
-                let (path, help) = if api_clash {
-                    (
-                        "spec.loadBalancer.apiPort".to_string(),
-                        "the API server binds every address of its host; set spec.loadBalancer.apiPort: 8443",
-                    )
-                } else {
-                    (b.1.clone(), "give each listener its own port")
-                };
-                d.error(
-                    path,
-                    format!(
-                        "on host {}, {} and {} would both bind port {}",
-                        h.name, a.2, b.2, a.0
-                    ),
-                    help,
-                );
-            }
-        }
-    }
 }
 
 /// The closest candidate, if it is close enough to be a plausible typo.
