@@ -97,7 +97,7 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        set_validity(&mut params, 3650);
+        set_validity(&mut params, std::time::Duration::from_secs(3650 * 86400));
         let cert = params
             .self_signed(&key)
             .context("cannot self-sign the CA certificate")?;
@@ -126,7 +126,7 @@ impl Ca {
         cn: &str,
         sans: &[String],
         usage: Usage,
-        days: u32,
+        validity: std::time::Duration,
     ) -> Result<(String, String)> {
         let mut params = CertificateParams::new(sans.to_vec()).with_context(|| {
             format!("invalid subject alternative name in {sans:?} (use IP addresses or DNS names)")
@@ -146,7 +146,7 @@ impl Ca {
             ],
         };
         params.use_authority_key_identifier_extension = true;
-        set_validity(&mut params, days);
+        set_validity(&mut params, validity);
         let key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("cannot generate a key")?;
         let cert = params
@@ -163,9 +163,9 @@ impl Ca {
         cn: &str,
         sans: &[String],
         usage: Usage,
-        days: u32,
+        validity: std::time::Duration,
     ) -> Result<(PathBuf, PathBuf)> {
-        let (cert, key) = self.issue(cn, sans, usage, days)?;
+        let (cert, key) = self.issue(cn, sans, usage, validity)?;
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let cert_path = dir.join(format!("{name}.crt"));
         let key_path = dir.join(format!("{name}.key"));
@@ -181,11 +181,11 @@ fn dn(cn: &str) -> DistinguishedName {
     dn
 }
 
-fn set_validity(params: &mut CertificateParams, days: u32) {
+fn set_validity(params: &mut CertificateParams, validity: std::time::Duration) {
     let now = time::OffsetDateTime::now_utc();
     // An hour of slack for clocks that are a little behind.
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(i64::from(days));
+    params.not_after = now + time::Duration::seconds(validity.as_secs() as i64);
     let mut serial: [u8; 16] = rand::random();
     serial[0] &= 0x7f; // positive, as RFC 5280 asks
     params.serial_number = Some(SerialNumber::from_slice(&serial));
@@ -264,7 +264,14 @@ mod tests {
             "127.0.0.1".to_string(),
         ];
         let (cert_path, key_path) = ca
-            .issue_to(dir.path(), "peer", "master1", &sans, Usage::Peer, 365)
+            .issue_to(
+                dir.path(),
+                "peer",
+                "master1",
+                &sans,
+                Usage::Peer,
+                std::time::Duration::from_secs(365 * 86400),
+            )
             .unwrap();
         assert_eq!(
             fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
@@ -307,7 +314,14 @@ mod tests {
         let ca = Ca::load_or_create(dir.path(), "ca").unwrap();
         for (usage, server, client) in [(Usage::Server, true, false), (Usage::Client, false, true)]
         {
-            let (pem, _) = ca.issue("x", &["x.local".into()], usage, 1).unwrap();
+            let (pem, _) = ca
+                .issue(
+                    "x",
+                    &["x.local".into()],
+                    usage,
+                    std::time::Duration::from_secs(86400),
+                )
+                .unwrap();
             let (_, p) = parse_x509_pem(pem.as_bytes()).unwrap();
             let cert = p.parse_x509().unwrap();
             let eku = cert.extended_key_usage().unwrap().unwrap().value;

@@ -15,9 +15,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Leaf certificates hakube issues last this long.
-const LEAF_DAYS: u32 = 365;
-
 /// How a command may touch the state folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -40,7 +37,7 @@ pub struct State {
     /// Leaves to issue again this run (`etcd/master1-server`, ...), each once.
     renew: BTreeSet<String>,
     renewed: Mutex<BTreeSet<String>>,
-    leaf_days: u32,
+    leaf_validity: std::time::Duration,
 }
 
 /// A certificate and its key, PEM.
@@ -113,7 +110,7 @@ impl State {
             bootstrap: c.kubernetes.bootstrap,
             renew: BTreeSet::new(),
             renewed: Mutex::new(BTreeSet::new()),
-            leaf_days: LEAF_DAYS,
+            leaf_validity: c.pki.certificate_validity,
             access,
             dir,
         })
@@ -247,10 +244,10 @@ impl State {
                 .insert(id);
         }
         if self.access != Access::Write {
-            let (cert_pem, key_pem) = ca.issue(cn, sans, usage, self.leaf_days)?;
+            let (cert_pem, key_pem) = ca.issue(cn, sans, usage, self.leaf_validity)?;
             return Ok(Leaf { cert_pem, key_pem });
         }
-        ca.issue_to(&dir, name, cn, sans, usage, self.leaf_days)?;
+        ca.issue_to(&dir, name, cn, sans, usage, self.leaf_validity)?;
         pki::write_public(&sidecar, &want)?;
         let read = |p: &Path| {
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))

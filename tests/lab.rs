@@ -419,6 +419,7 @@ fn apiserver_readyz_follows_its_etcd() {
     );
     let addr = "10.78.3.101";
     let vip = "10.78.3.100";
+    const TWO_DAYS: Duration = Duration::from_secs(2 * 86400);
     let pki = tempfile::tempdir().expect("tempdir");
     let ca = Ca::load_or_create(pki.path(), "t-api-ca").expect("CA");
     let (server_crt, server_key) = ca
@@ -426,18 +427,18 @@ fn apiserver_readyz_follows_its_etcd() {
             "master1",
             &[addr.into(), "127.0.0.1".into(), "master1".into()],
             Usage::Server,
-            2,
+            TWO_DAYS,
         )
         .expect("etcd cert");
     let (client_crt, client_key) = ca
-        .issue("apiserver-etcd-client", &[], Usage::Client, 2)
+        .issue("apiserver-etcd-client", &[], Usage::Client, TWO_DAYS)
         .expect("client cert");
     let (api_crt, api_key) = ca
         .issue(
             "kube-apiserver",
             &[addr.into(), vip.into()],
             Usage::Server,
-            2,
+            TWO_DAYS,
         )
         .expect("api cert");
     for (path, content) in [

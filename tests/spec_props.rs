@@ -59,7 +59,12 @@ fn full_document() -> model::Document {
         load_balancer,
         etcd,
         kubernetes,
+        pki,
     } = spec;
+    let model::Pki {
+        certificate_validity,
+    } = pki;
+    *certificate_validity = Some("365d".into());
     fill_ssh(ssh);
     for h in hosts {
         let model::Host {
@@ -567,7 +572,8 @@ fn read_back(pat: &str, doc: &Value, at: &[Seg], files: &[RenderedFile]) -> Reac
         | "spec.etcd.electionTimeout"
         | "spec.etcd.quotaBackendBytes"
         | "spec.kubernetes.version"
-        | "spec.kubernetes.bootstrap" => return Reach::Parsed,
+        | "spec.kubernetes.bootstrap"
+        | "spec.pki.certificateValidity" => return Reach::Parsed,
         p if p.starts_with("spec.ssh.") || p.starts_with("spec.hosts[].ssh.") => {
             return Reach::Unrendered;
         }

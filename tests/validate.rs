@@ -1510,3 +1510,35 @@ fn one_hundred_thousand_sans_validate_in_one_linear_pass() {
         "added to the API server certificate SANs: 10.1.1.101, 10.1.1.102, 10.1.1.103",
     );
 }
+
+#[test]
+fn certificate_validity_is_bounded_and_short_ones_warn() {
+    let c = load(SEED).cluster.expect("valid");
+    assert_eq!(
+        c.pki.certificate_validity.as_secs(),
+        365 * 86400,
+        "the default"
+    );
+    let with = |v: &str| format!("{SEED}  pki:\n    certificateValidity: {v}\n");
+    let src = with("10m");
+    let l = load(&src);
+    assert_eq!(
+        l.cluster
+            .as_ref()
+            .map(|c| c.pki.certificate_validity.as_secs()),
+        Some(600)
+    );
+    find(
+        &l,
+        Severity::Warning,
+        "spec.pki.certificateValidity",
+        "only 10m",
+    );
+    for bad in ["30s", "20y", "soon"] {
+        let src = with(bad);
+        let l = load(&src);
+        assert!(l.cluster.is_none(), "{bad} accepted");
+        let d = find(&l, Severity::Error, "spec.pki.certificateValidity", "");
+        assert_eq!(d.location.map(|x| x.line), Some(line_of(&src, bad)), "{d}");
+    }
+}

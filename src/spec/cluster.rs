@@ -18,6 +18,14 @@ pub struct Cluster {
     pub lb: LoadBalancer,
     pub etcd: Etcd,
     pub kubernetes: Kubernetes,
+    pub pki: Pki,
+}
+
+/// Certificates hakube issues.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pki {
+    /// Lifetime of every leaf certificate (the CAs last 10 years).
+    pub certificate_validity: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

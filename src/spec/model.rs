@@ -41,6 +41,16 @@ pub struct Spec {
     pub etcd: Etcd,
     #[serde(default)]
     pub kubernetes: Kubernetes,
+    #[serde(default)]
+    pub pki: Pki,
+}
+
+/// Certificates hakube issues from its CAs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Pki {
+    /// How long leaf certificates last (`365d`; short ones, such as `10m`, for tests).
+    pub certificate_validity: Option<String>,
 }
 
 /// SSH settings. On `spec.ssh` they are defaults; on a host they override those.

@@ -78,6 +78,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     }
     super::limits::check(lb.as_ref(), etcd.as_ref(), k8s.as_ref(), d);
     super::grammar::check_document(doc, d);
+    let pki = pki(&s.pki, d);
 
     Some(Cluster {
         name,
@@ -87,7 +88,44 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
         lb: lb?,
         etcd: etcd?,
         kubernetes: k8s?,
+        pki: pki?,
     })
+}
+
+/// Leaf certificates last between a minute (tests) and the CAs' ten years.
+fn pki(p: &model::Pki, d: &mut Diagnostics) -> Option<Pki> {
+    const PATH: &str = "spec.pki.certificateValidity";
+    let raw = p.certificate_validity.as_deref().unwrap_or("365d");
+    match parse_duration(raw) {
+        Ok(v) if v < Duration::from_secs(60) || v > Duration::from_secs(3650 * 86400) => {
+            d.error(
+                PATH,
+                format!("{raw} is outside 1m-3650d"),
+                "leaf certificates must outlive a renewal (at least 1m) and not the CAs (10 years); 365d is usual",
+            );
+            None
+        }
+        Ok(v) => {
+            if v < Duration::from_secs(7 * 86400) {
+                d.warn(
+                    PATH,
+                    format!("certificates last only {raw}"),
+                    "fine for tests; in production renew with `hakube certs renew` well before they expire, or use 365d",
+                );
+            }
+            Some(Pki {
+                certificate_validity: v,
+            })
+        }
+        Err(err) => {
+            d.error(
+                PATH,
+                format!("not a duration: {err}"),
+                "write it like 365d or 10m",
+            );
+            None
+        }
+    }
 }
 
 pub fn is_dns_label(s: &str) -> bool {
