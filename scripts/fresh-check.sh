@@ -15,6 +15,7 @@
 # each run works on an overlay over it, so every check starts from a pristine root. Everything
 # runs in its own mount and PID namespaces: its mounts and processes end with it, even on kill -9,
 # and the run folder (with its build, several GB) is removed at the end (FRESH_KEEP=1 keeps it).
+# FRESH_SETUP_ONLY=1 stops after setup.sh (for working on it).
 set -euo pipefail
 
 CACHE=${FRESH_CACHE:-/var/cache/hakube-fresh}
@@ -153,6 +154,7 @@ if [ "${1-}" = "--inside" ]; then
   stage "git clone of HEAD" clone
   stage "scripts/setup.sh" in_root 'bash scripts/setup.sh'
   stage "scripts/setup.sh again (installs nothing)" setup_again
+  [ "${FRESH_SETUP_ONLY-}" = 1 ] && exit 0
   stage "cargo fmt --check" in_root 'cargo fmt --check'
   stage "cargo build --all-targets" in_root 'cargo build --all-targets'
   stage "cargo test $TESTS" in_root "cargo test $TESTS"
