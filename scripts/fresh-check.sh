@@ -8,8 +8,9 @@
 # and runs there, timing each stage:
 #   scripts/setup.sh, scripts/setup.sh again (it must install nothing), cargo fmt --check,
 #   cargo build --all-targets, and the tests that need no lab (FRESH_TESTS).
-# The only thing added to the root is /usr/sbin/policy-rc.d (exit 101), as in Debian's container
-# images: package scripts must not start haproxy, sshd or prometheus on this machine's network.
+# Added to the root: /usr/sbin/policy-rc.d (exit 101), as in Debian's container images, so that
+# package scripts do not start haproxy, sshd or prometheus on this machine's network; and this
+# machine's local CAs (/usr/local/share/ca-certificates), which any machine on its network has.
 #
 # Needs root. The debootstrap root is cached in $FRESH_CACHE (FRESH_REBUILD=1 makes it again);
 # each run works on an overlay over it, so every check starts from a pristine root. Everything
@@ -118,6 +119,12 @@ if [ "${1-}" = "--inside" ]; then
     mount -t overlay overlay \
       -o "lowerdir=$CARGO_DIR/registry,upperdir=$run/reg-upper,workdir=$run/reg-work" \
       "$root/root/.cargo/registry"
+    # The local CAs every machine on this network has (a TLS proxy may sit between it and the
+    # package registries); ca-certificates adds them to the system bundle once setup.sh
+    # installs it. They are the site's, not something hakube's setup installs.
+    if [ -d /usr/local/share/ca-certificates ]; then
+      cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+    fi
   }
 
   clone() {
