@@ -181,6 +181,15 @@ rev=$(git -C "$repo" rev-parse HEAD)
 mkdir -p "$CACHE"
 exec 9>"$CACHE/lock"
 flock -n 9 || die "another fresh-check is running (lock $CACHE/lock)"
+# A run killed with SIGKILL left its folder (its mounts and processes died with its namespaces).
+for stale in "$CACHE"/run.*; do
+  [ -d "$stale" ] || continue
+  if findmnt -rn -o TARGET | grep -qE "^$stale(/|$)"; then
+    echo "fresh-check: something is still mounted below $stale; not removing it" >&2
+  else
+    rm -rf "$stale"
+  fi
+done
 run=$(mktemp -d "$CACHE/run.XXXXXX")
 
 finish() {
