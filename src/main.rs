@@ -162,13 +162,55 @@ enum Command {
     },
 }
 
+/// `hakube … | head`: once the reader of stdout (or stderr) is gone, end quietly, killed by
+/// SIGPIPE as other command-line tools are, instead of panicking in `println!` (Rust ignores
+/// SIGPIPE). Not plain SIG_DFL: that would also kill hakube when a child it writes to (ssh)
+/// exits early, where the EPIPE is an error to report.
+fn end_quietly_when_stdout_is_gone() {
+    use nix::libc;
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    extern "C" fn on_sigpipe(_: libc::c_int) {
+        let mut fds = [1, 2].map(|fd| libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        });
+        // SAFETY: poll(2), signal(2) and raise(3) are async-signal-safe; `fds` is a valid array.
+        unsafe {
+            if libc::poll(fds.as_mut_ptr(), 2, 0) > 0
+                && fds
+                    .iter()
+                    .any(|f| f.revents & (libc::POLLERR | libc::POLLHUP) != 0)
+            {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE); // delivered when this handler returns
+            }
+        }
+    }
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigpipe),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only makes async-signal-safe calls.
+    let _ = unsafe { sigaction(Signal::SIGPIPE, &action) };
+}
+
 fn main() -> ExitCode {
     // On lab hosts the same binary stands in for systemctl (hosts there have no systemd).
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if Path::new(&argv0)
+    let systemctl = Path::new(&argv0)
         .file_name()
-        .is_some_and(|n| n == "systemctl")
+        .is_some_and(|n| n == "systemctl");
+    // The lab's service supervisor reports to a `systemctl start` that may be gone: it stays.
+    if !(systemctl
+        && std::env::args_os()
+            .nth(1)
+            .is_some_and(|a| a == "__supervise"))
     {
+        end_quietly_when_stdout_is_gone();
+    }
+    if systemctl {
         return ExitCode::from(lab::cli::systemctl_main() as u8);
     }
     let cli = Cli::parse();

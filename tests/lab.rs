@@ -730,3 +730,139 @@ fn refuses_a_subnet_that_collides_with_a_route() {
     assert!(!Path::new("/var/lib/hakube-lab/t-route2").exists());
     drop(lab);
 }
+
+/// Processes a test started, killed by PID when it ends.
+struct Killed(Vec<std::process::Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// More than gRPC's 4 MiB message limit under one prefix, as many small keys (several pages) and
+/// as a few values near the 1 MiB body limit (pages must shrink): `GET /kv?prefix=` lists them
+/// all, in order. etcd and the lab API server run on loopback; no lab, no root.
+#[test]
+fn apiserver_lists_more_than_a_grpc_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer, api) = (free_port(), free_port(), free_port());
+    let etcd = Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.path().join("etcd"))
+        .args([
+            &format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            &format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            &format!("--initial-cluster=t=http://127.0.0.1:{peer}"),
+            "--unsafe-no-fsync",
+            "--log-level=error",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run etcd (bash scripts/setup.sh installs it)");
+    let mut procs = Killed(vec![etcd]);
+    let ca = Ca::load_or_create(dir.path(), "t-list-ca").expect("CA");
+    let (crt, key) = ca
+        .issue("apiserver", &["127.0.0.1".into()], Usage::Server, 2)
+        .expect("server cert");
+    std::fs::write(dir.path().join("api.crt"), crt).expect("write cert");
+    std::fs::write(dir.path().join("api.key"), key).expect("write key");
+    let apiserver = Command::new(APISERVER)
+        .arg(format!("--listen=127.0.0.1:{api}"))
+        .arg("--cert")
+        .arg(dir.path().join("api.crt"))
+        .arg("--key")
+        .arg(dir.path().join("api.key"))
+        .arg(format!("--etcd-endpoints=http://127.0.0.1:{client}"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run the lab API server");
+    procs.0.push(apiserver);
+
+    let small: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("small/{i:05}"), format!("{i:05}").repeat(300)))
+        .collect();
+    let big: Vec<(String, String)> = (0..5)
+        .map(|i| {
+            (
+                format!("big/{i}"),
+                char::from(b'a' + i).to_string().repeat(1_000_000),
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([format!("http://127.0.0.1:{client}")], None)
+            .await
+            .expect("etcd client");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.status().await.is_err() {
+            assert!(Instant::now() < deadline, "etcd did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for chunk in small.chunks(100) {
+            let ops: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|(k, v)| {
+                    etcd_client::TxnOp::put(format!("/hakube-lab/kv/{k}"), v.as_str(), None)
+                })
+                .collect();
+            c.txn(etcd_client::Txn::new().and_then(ops))
+                .await
+                .expect("write the small keys");
+        }
+        for (k, v) in &big {
+            c.put(format!("/hakube-lab/kv/{k}"), v.as_str(), None)
+                .await
+                .expect("write a big key");
+        }
+    });
+    assert!(small.iter().map(|(_, v)| v.len()).sum::<usize>() > 4 << 20);
+
+    let ca_file = dir.path().join("ca.crt");
+    let list = |prefix: &str| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "60", "--cacert"])
+            .arg(&ca_file)
+            .arg(format!("https://127.0.0.1:{api}/kv?prefix={prefix}"))
+            .output()
+            .expect("run curl");
+        assert!(
+            out.status.success(),
+            "GET /kv?prefix={prefix}: {}",
+            text(&out)
+        );
+        serde_json::from_slice(&out.stdout).expect("list JSON")
+    };
+    wait_until("the API server answers", Duration::from_secs(20), || {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "--cacert"])
+            .arg(&ca_file)
+            .arg(format!("https://127.0.0.1:{api}/readyz"))
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    for (prefix, want) in [("small/", &small), ("big/", &big)] {
+        let got = list(prefix);
+        assert_eq!(got["count"], want.len(), "count for {prefix}");
+        let items = got["items"].as_array().expect("items");
+        assert_eq!(items.len(), want.len());
+        for (item, (k, v)) in items.iter().zip(want.iter()) {
+            assert_eq!(item["key"], k.as_str());
+            assert!(item["value"] == v.as_str(), "the value of {k} differs");
+        }
+    }
+}

@@ -215,3 +215,77 @@ fn unknown_units_and_oneshot() {
     assert_eq!(s.run(&["is-active", "once"]).status.code(), Some(0));
     assert!(s.run(&["daemon-reload"]).status.success());
 }
+
+/// `systemctl start UNIT` must fail within `bound` (else the test fails, after stopping the
+/// unit), saying "Job for UNIT.service failed because WHY", as systemd's systemctl does.
+fn start_fails_within(s: &Shim, unit: &str, bound: Duration, why: &str) {
+    let mut child = Command::new(&s.bin)
+        .args(["start", unit])
+        .env("HAKUBE_SYSTEMCTL_ROOT", &s.root)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run systemctl start");
+    let deadline = Instant::now() + bound;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            s.run(&["stop", unit]);
+            panic!("`systemctl start {unit}` did not return within {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let want = format!("Job for {unit}.service failed because {why}");
+    assert!(stderr.contains(&want), "want {want:?} in:\n{stderr}");
+}
+
+fn prop(s: &Shim, unit: &str, p: &str) -> String {
+    String::from_utf8_lossy(&s.run(&["show", "-p", p, "--value", unit]).stdout)
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn start_of_a_crash_looping_notify_service_fails_and_restart_goes_on() {
+    let s = Shim::new();
+    // Exits before READY=1; RestartSec= and the limit keep the start limit far away, so only
+    // the failed start job can end `start`.
+    s.unit(
+        "crashy.service",
+        "[Unit]\nStartLimitBurst=1000\n[Service]\nType=notify\nExecStart=/bin/sh -c 'echo starting; exit 1'\nRestart=always\nRestartSec=1s\n",
+    );
+    start_fails_within(
+        &s,
+        "crashy",
+        Duration::from_secs(30),
+        "the control process exited with error code",
+    );
+    assert_eq!(prop(&s, "crashy", "Result"), "exit-code");
+    // Restart= goes on trying, as in systemd: the unit is activating (auto-restart) again.
+    wait_until("a second restart", Duration::from_secs(10), || {
+        prop(&s, "crashy", "NRestarts")
+            .parse::<u32>()
+            .is_ok_and(|n| n >= 2)
+    });
+    assert_eq!(prop(&s, "crashy", "ActiveState"), "activating");
+    assert!(s.run(&["stop", "crashy"]).status.success());
+    assert_eq!(prop(&s, "crashy", "ActiveState"), "inactive");
+
+    // Exit status 0 before READY=1 is a failed start too (no restart: Restart=no).
+    s.unit(
+        "quitter.service",
+        "[Service]\nType=notify\nExecStart=/bin/true\n",
+    );
+    start_fails_within(
+        &s,
+        "quitter",
+        Duration::from_secs(30),
+        "the service did not take the steps required by its unit configuration",
+    );
+    assert_eq!(prop(&s, "quitter", "ActiveState"), "failed");
+    assert_eq!(prop(&s, "quitter", "Result"), "protocol");
+}

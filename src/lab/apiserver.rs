@@ -400,6 +400,66 @@ async fn delete(app: &App, key: &str) -> Resp {
     }
 }
 
+/// Keys per page of a list; halved while a page is larger than the gRPC client takes (4 MiB by
+/// default: one value can be up to MAX_BODY, so a single key always fits).
+const LIST_PAGE: i64 = 1000;
+
+/// The end of the range of keys that start with `prefix` (etcd's prefix range end).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+/// The page was larger than the client decodes (tonic's "decoded message length too large").
+fn too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("message length too large"))
+}
+
+/// Every key under `prefix`, in pages, all read at the revision of the first page so that the
+/// list is one consistent snapshot however long it is.
+async fn list_pages(app: &App, prefix: &[u8]) -> Result<(i64, Vec<etcd_client::KeyValue>), Resp> {
+    let mut c = app.kv.clone();
+    let end = prefix_end(prefix);
+    let mut from = prefix.to_vec();
+    let (mut rev, mut limit) = (0, LIST_PAGE);
+    let mut all = Vec::new();
+    loop {
+        let opts = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(limit)
+            .with_revision(rev);
+        let mut r = match tokio::time::timeout(KV_TIMEOUT, c.get(from.clone(), Some(opts))).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) if too_large(&e) && limit > 1 => {
+                limit /= 2;
+                continue;
+            }
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => return Err(unavailable(format!("no answer within {KV_TIMEOUT:?}"))),
+        };
+        if rev == 0 {
+            rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        let more = r.more();
+        let kvs = r.take_kvs();
+        let Some(last) = kvs.last() else { break };
+        // The next page starts right after the last key.
+        from = last.key().to_vec();
+        from.push(0);
+        all.extend(kvs);
+        if !more {
+            break;
+        }
+    }
+    Ok((rev, all))
+}
+
 async fn list(app: &App, query: &str) -> Resp {
     let prefix = query
         .split('&')
@@ -407,36 +467,26 @@ async fn list(app: &App, query: &str) -> Resp {
         .find(|(k, _)| *k == "prefix")
         .map(|(_, v)| percent_decode(&v.replace('+', " ")))
         .unwrap_or_default();
-    let mut c = app.kv.clone();
     let full = format!("{}{prefix}", app.prefix);
-    match tokio::time::timeout(
-        KV_TIMEOUT,
-        c.get(full, Some(GetOptions::new().with_prefix())),
+    let (rev, kvs) = match list_pages(app, full.as_bytes()).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let items: Vec<serde_json::Value> = kvs
+        .iter()
+        .map(|kv| {
+            let k = String::from_utf8_lossy(kv.key());
+            serde_json::json!({
+                "key": k.strip_prefix(app.prefix.as_str()).unwrap_or(&k),
+                "value": String::from_utf8_lossy(kv.value()),
+                "modRevision": kv.mod_revision(),
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "revision": rev, "count": items.len(), "items": items }),
     )
-    .await
-    {
-        Ok(Ok(r)) => {
-            let items: Vec<serde_json::Value> = r
-                .kvs()
-                .iter()
-                .map(|kv| {
-                    let k = String::from_utf8_lossy(kv.key());
-                    serde_json::json!({
-                        "key": k.strip_prefix(app.prefix.as_str()).unwrap_or(&k),
-                        "value": String::from_utf8_lossy(kv.value()),
-                        "modRevision": kv.mod_revision(),
-                    })
-                })
-                .collect();
-            let rev = r.header().map(|h| h.revision()).unwrap_or(0);
-            json(
-                StatusCode::OK,
-                serde_json::json!({ "revision": rev, "count": items.len(), "items": items }),
-            )
-        }
-        Ok(Err(e)) => unavailable(e),
-        Err(_) => unavailable(format!("no answer within {KV_TIMEOUT:?}")),
-    }
 }
 
 /// Decode `%XX` escapes; invalid escapes are kept as they are.
@@ -467,6 +517,14 @@ pub fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_range_end() {
+        assert_eq!(prefix_end(b"/kv/a"), b"/kv/b");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+    }
 
     #[test]
     fn decoding() {

@@ -455,11 +455,16 @@ fn start(ctx: &Ctx, u: &str, no_block: bool) -> Result<i32> {
     match lines.next() {
         Some(Ok(l)) if l == "ready" => Ok(0),
         Some(Ok(l)) => {
-            eprintln!(
-                "Job for {u} failed: {}.\nSee \"systemctl status {u}\" and {} for details.",
-                l.trim_start_matches("failed: "),
+            let l = l.trim_start_matches("failed: ");
+            let (result, detail) = l.split_once(": ").unwrap_or(("", l));
+            let see = format!(
+                "See \"systemctl status {u}\" and {} for details.",
                 ctx.log_path(u).display()
             );
+            match job_failed_because(result) {
+                None => eprintln!("Job for {u} canceled ({detail})."),
+                Some(why) => eprintln!("Job for {u} failed because {why} ({detail}).\n{see}"),
+            }
             Ok(1)
         }
         _ => {
@@ -469,6 +474,20 @@ fn start(ctx: &Ctx, u: &str, no_block: bool) -> Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// Why a start job failed, in systemctl's words for the service's result (None: canceled).
+fn job_failed_because(result: &str) -> Option<&'static str> {
+    Some(match result {
+        "success" => return None,
+        "exit-code" => "the control process exited with error code",
+        "signal" => "a fatal signal was delivered to the control process",
+        "timeout" => "a timeout was exceeded",
+        "start-limit-hit" => "start of the service was attempted too often",
+        "resources" => "of unavailable resources or another system error",
+        "protocol" => "the service did not take the steps required by its unit configuration",
+        _ => "the service failed",
+    })
 }
 
 fn stop(ctx: &Ctx, u: &str) -> Result<i32> {
@@ -1266,50 +1285,51 @@ impl Sup {
                 self.log("start request repeated too quickly; giving up (StartLimitBurst=)");
                 self.st.result = "start-limit-hit".into();
                 self.set("failed", "failed");
-                self.report("failed: start request repeated too quickly");
+                self.report_failure("start request repeated too quickly");
                 return 1;
             }
-            match self.start_once() {
+            // What fails the start job, if it is still waiting; reported once the state is
+            // recorded, so that `systemctl start` returns to a state that says so.
+            let failure = match self.start_once() {
                 Ok(Some(ws)) => {
                     if self.stop {
                         return self.finish_stopped();
                     }
-                    let clean = self.is_clean(&ws);
+                    // A start job still waiting means the main process died before it was
+                    // ready: that fails the job (exit status 0 included: no READY=1 came),
+                    // whatever Restart= does next, as in systemd.
+                    let starting = self.report.is_some();
+                    let clean = self.is_clean(&ws) && !starting;
                     self.st.last_exit = Some(describe(&ws));
                     self.st.main = None;
+                    self.st.result = if clean {
+                        "success".into()
+                    } else if starting && self.is_clean(&ws) {
+                        "protocol".into()
+                    } else {
+                        result_of(&ws)
+                    };
+                    self.log(&format!("main process exited, {}", describe(&ws)));
+                    let failure = format!(
+                        "the main process exited before it was ready ({})",
+                        describe(&ws)
+                    );
                     let again = match self.unit.restart {
                         Restart::Always => true,
                         Restart::OnFailure => !clean,
                         Restart::OnAbnormal => matches!(ws, WaitStatus::Signaled(..)) && !clean,
                         Restart::No => false,
                     };
-                    self.log(&format!("main process exited, {}", describe(&ws)));
                     if !again {
-                        self.st.result = if clean {
-                            "success".into()
-                        } else {
-                            result_of(&ws)
-                        };
                         if clean {
                             self.set("inactive", "dead");
                         } else {
                             self.set("failed", "failed");
                         }
-                        self.report("failed: the main process exited before the service was ready");
+                        self.report_failure(&failure);
                         return 0;
                     }
-                    self.st.result = result_of(&ws);
-                    self.st.n_restarts += 1;
-                    self.set("activating", "auto-restart");
-                    self.log(&format!(
-                        "scheduling restart in {:?} (Restart=)",
-                        self.unit.restart_sec
-                    ));
-                    if let Outcome::Stop =
-                        self.wait(None, Some(Instant::now() + self.unit.restart_sec), false)
-                    {
-                        return self.finish_stopped();
-                    }
+                    failure
                 }
                 Ok(None) => return 0, // oneshot done, or stopped
                 Err(e) => {
@@ -1322,12 +1342,38 @@ impl Sup {
                         self.st.result = "exit-code".into();
                     }
                     self.st.main = None;
-                    self.set("failed", "failed");
-                    self.report(&format!("failed: {msg}"));
-                    return 1;
+                    let again = match self.unit.restart {
+                        Restart::Always | Restart::OnFailure => true,
+                        Restart::OnAbnormal => self.st.result == "timeout",
+                        Restart::No => false,
+                    };
+                    if !again {
+                        self.set("failed", "failed");
+                        self.report_failure(&msg);
+                        return 1;
+                    }
+                    msg
                 }
+            };
+            self.st.n_restarts += 1;
+            self.set("activating", "auto-restart");
+            self.report_failure(&failure);
+            self.log(&format!(
+                "scheduling restart in {:?} (Restart=)",
+                self.unit.restart_sec
+            ));
+            if let Outcome::Stop =
+                self.wait(None, Some(Instant::now() + self.unit.restart_sec), false)
+            {
+                return self.finish_stopped();
             }
         }
+    }
+
+    /// Fail the pending start job (if any) with the recorded result and `detail`.
+    fn report_failure(&mut self, detail: &str) {
+        let msg = format!("failed: {}: {detail}", self.st.result);
+        self.report(&msg);
     }
 
     fn is_clean(&self, ws: &WaitStatus) -> bool {
@@ -1351,7 +1397,7 @@ impl Sup {
         self.st.result = "success".into();
         self.set("inactive", "dead");
         self.log("stopped");
-        self.report("failed: stopped before it was ready");
+        self.report_failure("stopped before it was ready");
         0
     }
 
