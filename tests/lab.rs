@@ -776,7 +776,12 @@ fn apiserver_lists_more_than_a_grpc_message() {
     let mut procs = Killed(vec![etcd]);
     let ca = Ca::load_or_create(dir.path(), "t-list-ca").expect("CA");
     let (crt, key) = ca
-        .issue("apiserver", &["127.0.0.1".into()], Usage::Server, 2)
+        .issue(
+            "apiserver",
+            &["127.0.0.1".into()],
+            Usage::Server,
+            Duration::from_secs(2 * 86400),
+        )
         .expect("server cert");
     std::fs::write(dir.path().join("api.crt"), crt).expect("write cert");
     std::fs::write(dir.path().join("api.key"), key).expect("write key");
