@@ -151,7 +151,7 @@ fn a_member_is_replaced_under_the_client_probe_with_nothing_failed_or_lost() {
         &["soak", "--force", "--duration", "45s"],
         reports.path(),
     );
-    probe.await_injected(Duration::from_secs(60));
+    let probe = probe.await_injected(Duration::from_secs(60));
     let o = apply(&lab);
     assert!(o.status.success(), "apply failed:\n{}", text(&o));
     assert!(

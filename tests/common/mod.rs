@@ -214,11 +214,16 @@ impl Background {
         }
     }
 
-    /// Wait until the probe runs and the fault (none for a soak) is in.
-    pub fn await_injected(&self, limit: Duration) {
-        self.injected
-            .recv_timeout(limit)
-            .expect("the drill probes through the VIP and injects");
+    /// Wait until the probe runs and the fault (none for a soak) is in; a drill that ends
+    /// first (refused, say) fails the test with what it printed.
+    pub fn await_injected(self, limit: Duration) -> Background {
+        match self.injected.recv_timeout(limit) {
+            Ok(()) => self,
+            Err(e) => {
+                let (code, v, log) = self.finish();
+                panic!("the drill did not inject ({e}): exit {code}\n{v}\n{log}");
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {
