@@ -328,15 +328,7 @@ fn cmd_apply(a: &SpecArgs, dry_run: bool, concurrency: usize, force: bool) -> an
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = rt.block_on(async {
-        let _lock = if dry_run {
-            None
-        } else {
-            Some(apply::lock(&cluster)?)
-        };
-        let hosts = apply::connect(&cluster, &opts).await?;
-        anyhow::Ok(apply::apply(cluster, opts, hosts).await)
-    })?;
+    let summary = rt.block_on(apply::run(cluster, opts));
     if json {
         println!(
             "{}",

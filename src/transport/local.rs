@@ -1,7 +1,6 @@
 //! Runs scripts on this machine. For tests, and for running hakube on a host itself.
 
-use super::{BoxFut, Output, Transport};
-use anyhow::{Context, Result};
+use super::{BoxFut, Error, Output, Result, Transport};
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 
@@ -21,6 +20,11 @@ impl Transport for Local {
     }
 
     fn exec<'a>(&'a self, script: &'a str, stdin: Option<&'a [u8]>) -> BoxFut<'a, Result<Output>> {
+        let spawn_err = |source: std::io::Error| Error::Spawn {
+            host: self.name.clone(),
+            command: "sh".into(),
+            source,
+        };
         Box::pin(async move {
             let mut child = tokio::process::Command::new("sh")
                 .arg("-c")
@@ -34,12 +38,12 @@ impl Transport for Local {
                 .stderr(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
-                .context("cannot start sh")?;
+                .map_err(spawn_err)?;
             if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-                pipe.write_all(data).await?;
+                pipe.write_all(data).await.map_err(spawn_err)?;
                 drop(pipe);
             }
-            let out = child.wait_with_output().await?;
+            let out = child.wait_with_output().await.map_err(spawn_err)?;
             Ok(Output {
                 status: out.status.code().unwrap_or(-1),
                 stdout: out.stdout,
