@@ -200,6 +200,9 @@ pub enum Conns<'a> {
 
 /// SSH connect timeout for probes.
 pub const SSH_CONNECT: Duration = Duration::from_secs(2);
+/// A probe's command over an open connection: generous, since a busy host is slow to fork a
+/// session but is not down.
+pub const SSH_COMMAND: Duration = Duration::from_secs(5);
 
 /// Run `script` on `h` over SSH, with a connection from `conns`.
 pub async fn ssh_run(
@@ -218,7 +221,7 @@ pub async fn ssh_run(
                 why: "no connection to it".into(),
                 help: String::new(),
             })?;
-            transport::run(t.as_ref(), script, display, Duration::from_secs(5))
+            transport::run(t.as_ref(), script, display, SSH_COMMAND)
                 .await
                 .map(|o| o.stdout_str())
                 .map_err(fail)
@@ -227,7 +230,7 @@ pub async fn ssh_run(
             let t = transport::ssh::Ssh::connect(h, &c.base_dir, SSH_CONNECT)
                 .await
                 .map_err(fail)?;
-            transport::run(&t, script, display, Duration::from_secs(3))
+            transport::run(&t, script, display, SSH_COMMAND)
                 .await
                 .map(|o| o.stdout_str())
                 .map_err(fail)
@@ -660,7 +663,7 @@ pub async fn on_hosts(
                 .await
                 .map_err(fail)?;
             let t0 = now_ms();
-            let d = transport::run(&t, "date +%s%3N", "date", Duration::from_secs(3))
+            let d = transport::run(&t, "date +%s%3N", "date", SSH_COMMAND)
                 .await
                 .map_err(fail)?;
             let t1 = now_ms();
@@ -672,7 +675,7 @@ pub async fn on_hosts(
             } else {
                 0
             };
-            let o = transport::run(&t, &script(h), "doctor checks", Duration::from_secs(5))
+            let o = transport::run(&t, &script(h), "doctor checks", SSH_COMMAND * 2)
                 .await
                 .map_err(fail)?;
             Ok((o.stdout_str(), off))

@@ -238,15 +238,16 @@ impl Drop for Ssh {
     }
 }
 
-/// Everything an `openssh` error says, its sources included (the master's log is in there).
+/// What an `openssh` error says: its innermost source holds the master's log; the outer
+/// layers only say that connecting failed.
 fn error_text(e: &openssh::Error) -> String {
-    let mut parts = vec![e.to_string()];
+    let mut text = e.to_string();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
-        parts.push(s.to_string());
+        text = s.to_string();
         src = s.source();
     }
-    parts.join(": ")
+    text
 }
 
 /// ssh's last meaningful lines, without the banner of a changed-key warning.
