@@ -889,38 +889,49 @@ pub fn convergence_limit(c: &Cluster) -> Duration {
     Duration::from_secs(30) + rise * 2
 }
 
+/// Healthy in every poll for this long counts as converged: VRRP may still hand the VIP over
+/// (a preempting master whose track scripts just passed), which one sample would miss.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// Poll the same probes and verdicts `status` uses, over apply's open connections, until the
-/// layers that converge are all healthy. Prints what it still waits for whenever that changes.
+/// layers that converge have been healthy for [`SETTLE`]. Prints what it still waits for
+/// whenever that changes.
 async fn converge(ctx: &Ctx, limit: Duration) -> Result<()> {
     use crate::status::{self, Conns, Creds, Scope};
     let creds = Creds::from_pki(&ctx.c, &ctx.pki)?;
     let start = Instant::now();
     let mut last = String::new();
+    let mut healthy_since: Option<Instant> = None;
     loop {
         let s = status::observe(&ctx.c, &creds, Conns::Open(&ctx.hosts), Scope::Convergence).await;
         let pending = s.unhealthy();
         if pending.is_empty() {
-            for v in &s.verdicts {
-                ctx.log("ok", "", &format!("{}: {}", v.layer, v.reason));
+            let since = *healthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SETTLE {
+                for v in &s.verdicts {
+                    ctx.log("ok", "", &format!("{}: {}", v.layer, v.reason));
+                }
+                return Ok(());
             }
-            return Ok(());
+        } else {
+            healthy_since = None;
         }
         let now = pending.join("; ");
         let waited = start.elapsed();
-        if waited >= limit {
+        if waited >= limit && !pending.is_empty() {
             bail!(
                 "the cluster did not converge within {}s: {now}\n  help: `hakube status` and `hakube doctor` show the details",
                 limit.as_secs()
             );
         }
-        if now != last {
+        if now != last && !pending.is_empty() {
             ctx.log(
                 "wait",
                 "",
                 &format!("{:.1}s: waiting for {now}", waited.as_secs_f64()),
             );
-            last = now;
         }
+        last = now;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

@@ -56,9 +56,12 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// This process's own socket folder name: `PID-STARTTIME`.
-fn own_name() -> String {
-    let pid = std::process::id();
-    format!("{pid}-{}", start_time(pid).unwrap_or(0))
+fn own_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let pid = std::process::id();
+        format!("{pid}-{}", start_time(pid).unwrap_or(0))
+    })
 }
 
 /// Whether a socket folder named `PID-STARTTIME` belongs to a process that is gone.
