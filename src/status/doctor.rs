@@ -1,7 +1,7 @@
 //! `hakube doctor`: the status probes plus checks over SSH, run through a table of rules. Each
 //! finding has a severity, the evidence, the likely cause and the exact fix.
 
-use super::{LbState, ProcessState, Status, Unobserved, lb_state, probes};
+use super::{LbState, ProcessState, StatsFailure, Status, Unobserved, lb_state, probes};
 use crate::spec::{Cluster, EtcdManagement, Host, url};
 use crate::transport::ConnectCause;
 use serde::Serialize;
@@ -342,10 +342,15 @@ fn haproxy_backends(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
                     "the load balancer itself does not answer: down or partitioned",
                     format!("check {h}'s power and network"),
                 ),
+                LbState::Unknown(why) if err.kind == StatsFailure::NotConfigured => (
+                    format!("HAProxy on {h} cannot be checked: {why}"),
+                    "HAProxy could not be checked",
+                    "enable the stats page (spec.loadBalancer.stats), and keep its password file next to the spec".into(),
+                ),
                 LbState::Unknown(why) => (
                     format!("{evidence}; {why}"),
                     "HAProxy could not be checked",
-                    "enable the stats page (spec.loadBalancer.stats), or fix SSH to the load balancer".into(),
+                    format!("fix SSH to {h} (see its ssh finding), then run doctor again"),
                 ),
             };
             out.push(f(
@@ -719,7 +724,6 @@ pub fn diagnose(c: &Cluster, e: &Evidence) -> Vec<Finding> {
 
 /// Gather the evidence: the status probes plus SSH checks on every host.
 pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
-    let status = super::gather(c).await?;
     let names: Vec<String> = c.hosts.iter().map(|h| h.name.clone()).collect();
     let common = "if [ -f /run/keepalived.pid ] && kill -USR1 \"$(cat /run/keepalived.pid)\" 2>/dev/null; then sleep 0.3; \
         grep -m1 'State = ' /tmp/keepalived.data 2>/dev/null || echo 'State = unknown'; else echo 'State = not running'; fi; \
@@ -734,7 +738,9 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
             common.to_string()
         }
     };
-    let results = probes::on_hosts(c, &names, script).await;
+    // At the same time, so that a host that does not answer costs one connect timeout.
+    let (status, results) = tokio::join!(super::gather(c), probes::on_hosts(c, &names, script));
+    let status = status?;
     let mut e = Evidence {
         status: Some(status),
         ..Default::default()

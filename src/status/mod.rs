@@ -351,6 +351,8 @@ pub enum LbState {
     Unknown(String),
 }
 
+/// The reasons describe HAProxy's process or host; the stats page's own error is shown next
+/// to them (status's table, doctor's evidence).
 pub fn lb_state(l: &LbProbe) -> LbState {
     let Some(e) = &l.error else {
         return LbState::Serving;
@@ -369,26 +371,21 @@ pub fn lb_state(l: &LbProbe) -> LbState {
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
-        (Some(p), StatsFailure::TimedOut) => LbState::Hung(format!(
-            "alive ({}), but its stats page timed out",
-            p.describe()
-        )),
+        (Some(p), StatsFailure::TimedOut) => {
+            LbState::Hung(format!("alive ({}) but not answering", p.describe()))
+        }
         (Some(p), _) => LbState::Dead(format!(
-            "running but not serving its stats page: {} ({})",
-            e.message,
+            "alive ({}) but not serving its stats page",
             p.describe()
         )),
         // The host answers but nothing listens: HAProxy is not running.
-        (None, StatsFailure::Refused) => LbState::Dead(format!("stats page: {}", e.message)),
+        (None, StatsFailure::Refused) => LbState::Dead("nothing listens on its stats port".into()),
         (None, _) => match &e.ssh {
             Some(u) if u.cause.is_some_and(|c| c.is_network()) => {
-                LbState::Unreachable(format!("stats page: {}; SSH: {}", e.message, u.why))
+                LbState::Unreachable(format!("its host does not answer SSH either: {}", u.why))
             }
-            Some(u) => LbState::Unknown(format!(
-                "stats page: {}; its process could not be checked: {}",
-                e.message, u.why
-            )),
-            None => LbState::Dead(format!("stats page: {}", e.message)),
+            Some(u) => LbState::Unknown(format!("its process could not be checked: {}", u.why)),
+            None => LbState::Dead("its service state could not be read".into()),
         },
     }
 }
