@@ -177,8 +177,8 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Status> {
 pub enum Scope {
     /// Everything `status` shows.
     Full,
-    /// What converges after a change (VIP, HAProxy, API servers, etcd): `apply`'s verify
-    /// polls this, so it skips certificates and nodes.
+    /// What converges after a change (VIP, HAProxy, API servers, and etcd when hakube runs
+    /// it): `apply`'s verify polls this, so it skips certificates and nodes.
     Convergence,
 }
 
@@ -222,8 +222,13 @@ pub async fn observe(c: &Cluster, creds: &Creds, conns: Conns<'_>, scope: Scope)
     merge_lb_views(&mut s, views);
     s.verdicts = verdicts(c, &s);
     if !full {
-        s.verdicts
-            .retain(|v| matches!(v.layer.as_str(), "vip" | "haproxy" | "api" | "etcd"));
+        // etcd that kubeadm runs has kubeadm's own CA, which hakube's client cannot use.
+        let etcd_ours = c.etcd.management == EtcdManagement::Hakube;
+        s.verdicts.retain(|v| match v.layer.as_str() {
+            "vip" | "haproxy" | "api" => true,
+            "etcd" => etcd_ours,
+            _ => false,
+        });
     }
     s.overall = s
         .verdicts
