@@ -437,46 +437,14 @@ fn cmd_apply(a: &SpecArgs, opts: apply::Options) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = rt.block_on(async {
-        let _lock = if dry_run {
-            None
-        } else {
-            Some(hakube::state::State::lock(&cluster)?)
-        };
-        let hosts = apply::connect(&cluster, &opts).await?;
-        anyhow::Ok(apply::apply(cluster, opts, hosts).await)
-    })?;
+    let summary = rt.block_on(apply::run(cluster, opts));
     if json {
         println!(
             "{}",
             serde_json::to_string(&serde_json::json!({"event": "summary", "summary": summary}))?
         );
     } else {
-        let mut t = comfy_table::Table::new();
-        t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
-        t.set_header(vec![
-            "host",
-            if dry_run { "would change" } else { "changed" },
-            "unchanged",
-            "failed",
-            "time",
-        ]);
-        for (h, s) in &summary.hosts {
-            t.add_row(vec![
-                h.clone(),
-                s.changed.to_string(),
-                s.unchanged.to_string(),
-                s.failed.to_string(),
-                format!("{:.1}s", s.ms as f64 / 1000.0),
-            ]);
-        }
-        println!("{t}");
-        let phases: Vec<String> = summary
-            .phases
-            .iter()
-            .map(|(p, ms)| format!("{p} {:.1}s", *ms as f64 / 1000.0))
-            .collect();
-        println!("phases: {}", phases.join(", "));
+        print_apply_table(&summary, dry_run);
         match &summary.error {
             Some(e) => eprintln!("error: {e}"),
             None if dry_run => println!(
@@ -487,6 +455,38 @@ fn cmd_apply(a: &SpecArgs, opts: apply::Options) -> anyhow::Result<i32> {
         }
     }
     Ok(if summary.error.is_some() { 2 } else { 0 })
+}
+
+/// Apply's per-host table and phase times (none when it stopped before reaching the hosts).
+fn print_apply_table(summary: &apply::Summary, dry_run: bool) {
+    if summary.hosts.is_empty() {
+        return;
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(vec![
+        "host",
+        if dry_run { "would change" } else { "changed" },
+        "unchanged",
+        "failed",
+        "time",
+    ]);
+    for (h, s) in &summary.hosts {
+        t.add_row(vec![
+            h.clone(),
+            s.changed.to_string(),
+            s.unchanged.to_string(),
+            s.failed.to_string(),
+            format!("{:.1}s", s.ms as f64 / 1000.0),
+        ]);
+    }
+    println!("{t}");
+    let phases: Vec<String> = summary
+        .phases
+        .iter()
+        .map(|(p, ms)| format!("{p} {:.1}s", *ms as f64 / 1000.0))
+        .collect();
+    println!("phases: {}", phases.join(", "));
 }
 
 /// A valid cluster and a runtime for commands that talk to it; `None` after printing why not.

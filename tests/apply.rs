@@ -227,11 +227,29 @@ fn apply_recovers_after_kill_9() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let masters = ssh_masters(&lab);
+    assert!(
+        !masters.is_empty(),
+        "apply runs over SSH master connections"
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
     );
     let _ = child.wait();
+    // Its SSH masters do not outlive it for long (ControlPersist after their last client).
+    eventually(
+        "the killed apply's ssh masters exit",
+        Duration::from_secs(30),
+        || {
+            let left = ssh_masters(&lab);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    );
     // No manual cleanup: the next apply completes.
     let (out, s) = apply(&spec, &[]);
     assert!(
@@ -242,8 +260,53 @@ fn apply_recovers_after_kill_9() {
     assert!(s["error"].is_null(), "{s}");
     let h = lab.etcdctl(&["endpoint", "health"]);
     assert_eq!(text(&h).matches("is healthy").count(), 3, "{}", text(&h));
+    // ... and removed the killed run's socket folders.
+    for (_, dir) in &masters {
+        let owner = dir.parent().expect("per-process folder");
+        assert!(!owner.exists(), "{} was left behind", owner.display());
+    }
     let (_, s) = apply(&spec, &[]);
     assert_eq!(s["changed"], 0, "{:?}", changed_per_host(&s));
+    eventually(
+        "a finished apply leaves no master",
+        Duration::from_secs(10),
+        || match ssh_masters(&lab) {
+            m if m.is_empty() => Ok(()),
+            m => Err(format!("{m:?}")),
+        },
+    );
+}
+
+/// The ssh master processes (`ssh ... -M ... -F <this lab's ssh_config>`) and their socket
+/// folders, read from /proc.
+fn ssh_masters(lab: &Lab) -> Vec<(u32, std::path::PathBuf)> {
+    let config = lab.dir().join("ssh_config").display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.first().map(String::as_str) != Some("ssh")
+            || !args.iter().any(|a| a == "-M")
+            || !args.contains(&config)
+        {
+            continue;
+        }
+        if let Some(i) = args.iter().position(|a| a == "-S")
+            && let Some(sock) = args.get(i + 1)
+            && let Some(dir) = std::path::Path::new(sock).parent()
+        {
+            out.push((pid, dir.to_path_buf()));
+        }
+    }
+    out
 }
 
 #[test]
@@ -281,13 +344,22 @@ fn unreachable_host_and_wrong_host_key_are_reported_before_any_change() {
     std::fs::write(&kh, tampered.join("\n") + "\n").expect("write known_hosts");
     // And an unreachable host.
     lab.fault(&["partition", "worker1"]);
+    let started = Instant::now();
     let out = Command::new(HAKUBE)
         .arg("apply")
         .arg("-f")
         .arg(&spec)
         .output()
         .expect("apply");
+    let took = started.elapsed();
     let t = text(&out);
+    // Reported from the one failed attempt, within apply's 10 s connect timeout (a second ssh
+    // run to diagnose it used to double that).
+    assert!(took < Duration::from_secs(18), "took {took:?}:\n{t}");
+    assert!(
+        t.contains("ssh-keygen -R '10.91.0.202' -f") && !t.contains("connect once"),
+        "the fix for a changed key works under strict checking:\n{t}"
+    );
     assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(
         t.contains("cannot reach 2 host(s); nothing was changed"),
@@ -301,4 +373,14 @@ fn unreachable_host_and_wrong_host_key_are_reported_before_any_change() {
             .success(),
         "nothing may change"
     );
+    // With -o json, the same failure is the summary object on stdout.
+    let (out, s) = apply(&spec, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = s["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("cannot reach 2 host(s)") && err.contains("worker1"),
+        "summary: {s}\n{}",
+        text(&out)
+    );
+    assert_eq!(s["changed"], 0, "{s}");
 }

@@ -278,7 +278,7 @@ impl Ctx {
             Ok(o) => Ok(Some(o)),
             Err(e) => {
                 self.stat(host, |s| s.failed += 1);
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -313,7 +313,7 @@ impl Ctx {
 /// Connect to every host in parallel. All failures are reported together.
 pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc<dyn Transport>>> {
     use futures::stream::StreamExt;
-    let results: Vec<(String, Result<Arc<dyn Transport>>)> =
+    let results: Vec<(String, transport::Result<Arc<dyn Transport>>)> =
         futures::stream::iter(c.hosts.iter().map(|h| async move {
             let r = transport::ssh::Ssh::connect(h, &c.base_dir, opts.connect_timeout)
                 .await
@@ -330,7 +330,7 @@ pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc
             Ok(t) => {
                 hosts.insert(name, t);
             }
-            Err(e) => errors.push(format!("{e:#}")),
+            Err(e) => errors.push(e.to_string()),
         }
     }
     if !errors.is_empty() {
@@ -342,6 +342,31 @@ pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc
         );
     }
     Ok(hosts)
+}
+
+/// The whole of `apply`: take the lock, connect, then the phases. Always a summary: whatever
+/// stops it early is its `error`, so that `-o json` prints the same object either way.
+pub async fn run(c: Cluster, opts: Options) -> Summary {
+    let started = Instant::now();
+    let failed = |e: anyhow::Error, dry_run: bool| Summary {
+        dry_run,
+        changed: 0,
+        hosts: BTreeMap::new(),
+        phases: vec![("total".into(), started.elapsed().as_millis())],
+        error: Some(format!("{e:#}")),
+    };
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        match State::lock(&c) {
+            Ok(l) => Some(l),
+            Err(e) => return failed(e, opts.dry_run),
+        }
+    };
+    match connect(&c, &opts).await {
+        Ok(hosts) => apply(c, opts, hosts).await,
+        Err(e) => failed(e, opts.dry_run),
+    }
 }
 
 /// Run apply (or its dry-run) on connected hosts.

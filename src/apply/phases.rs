@@ -1160,86 +1160,79 @@ impl Phase for Verify {
         "verify"
     }
     fn describe(&self) -> &'static str {
-        "/readyz through the VIP and on each control plane, every etcd member healthy, one VIP holder"
+        "wait until `status` would say healthy: one VIP holder that answers, every HAProxy rating every API server UP, /readyz through the VIP and on each control plane, every etcd member healthy"
     }
     fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
         Box::pin(async move {
+            let limit = convergence_limit(&ctx.c);
             if ctx.opts.dry_run {
-                ctx.log("wait", "", "would check /readyz through the VIP and on each control plane, etcd health, and the VIP holder");
+                ctx.log(
+                    "wait",
+                    "",
+                    &format!(
+                        "would wait up to {}s until status's VIP, HAProxy, API and etcd verdicts are healthy",
+                        limit.as_secs()
+                    ),
+                );
                 return Ok(());
             }
-            let mut problems = Vec::new();
-            if ctx.c.etcd.management == EtcdManagement::Hakube {
-                let tls = ctx.state.operator_etcd_tls()?;
-                match all_healthy(ctx, &tls).await {
-                    Ok(()) => ctx.log(
-                        "ok",
-                        "",
-                        &format!("etcd: {} members healthy", ctx.c.control_planes().count()),
-                    ),
-                    Err(e) => problems.push(format!("etcd: {e:#}")),
-                }
-            }
-            if ctx.c.kubernetes.bootstrap == Bootstrap::Lab {
-                let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
-                let mut targets: Vec<(String, SocketAddr)> = vec![(
-                    "VIP".into(),
-                    SocketAddr::new(ctx.c.lb.vip, ctx.c.lb.api_port),
-                )];
-                targets.extend(ctx.c.control_planes().map(|h| {
-                    (
-                        h.name.clone(),
-                        SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port),
-                    )
-                }));
-                for (who, addr) in targets {
-                    let r = wait_for(
-                        &format!("{who} /readyz"),
-                        Duration::from_secs(15),
-                        || async {
-                            let r = crate::probe::get(&ca, addr, "/readyz", Duration::from_secs(2))
-                                .await?;
-                            if r.status == 200 {
-                                Ok(())
-                            } else {
-                                bail!("status {}", r.status)
-                            }
-                        },
-                    )
-                    .await;
-                    match r {
-                        Ok(()) => {
-                            ctx.log("ok", "", &format!("https://{addr}/readyz ({who}) is 200"))
-                        }
-                        Err(e) => problems.push(format!("{who}: {e:#}")),
-                    }
-                }
-            }
-            let vip = ctx.c.lb.vip.to_string();
-            // VRRP may be mid-transition (a preempting master takes over as API servers come
-            // up), so wait for a settled single holder rather than trusting one sample.
-            let settled = wait_for(
-                "exactly one VIP holder",
-                Duration::from_secs(15),
-                || async {
-                    let h = vip_holders(ctx, &vip).await?;
-                    if h.len() == 1 {
-                        Ok(())
-                    } else {
-                        bail!("the VIP {vip} is on {} load balancers: {h:?}", h.len())
-                    }
-                },
-            )
-            .await;
-            match settled {
-                Ok(()) => ctx.log("ok", "", &format!("VIP {vip} on one load balancer")),
-                Err(e) => problems.push(format!("{e:#}")),
-            }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                bail!("{}", problems.join("\n"))
-            }
+            converge(ctx, limit).await
         })
+    }
+}
+
+/// How long verify waits: each HAProxy must see `rise` good checks in a row on every server
+/// (after a reload it starts over), VRRP must settle and etcd elect; twice the slowest rise,
+/// plus room for the rest.
+pub fn convergence_limit(c: &Cluster) -> Duration {
+    let hc = &c.lb.health_check;
+    let rise = hc.interval + (hc.fastinter() + hc.timeout) * hc.rise;
+    Duration::from_secs(30) + rise * 2
+}
+
+/// Healthy in every poll for this long counts as converged: VRRP may still hand the VIP over
+/// (a preempting master whose track scripts just passed), which one sample would miss.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Poll the same probes and verdicts `status` uses, over apply's open connections, until the
+/// layers that converge have been healthy for [`SETTLE`]. Prints what it still waits for
+/// whenever that changes.
+async fn converge(ctx: &Ctx, limit: Duration) -> Result<()> {
+    use crate::status::{self, Conns, Creds, Scope};
+    let creds = Creds::from_state(&ctx.state)?;
+    let start = Instant::now();
+    let mut last = String::new();
+    let mut healthy_since: Option<Instant> = None;
+    loop {
+        let s = status::observe(&ctx.c, &creds, Conns::Open(&ctx.hosts), Scope::Convergence).await;
+        let pending = s.unhealthy();
+        if pending.is_empty() {
+            let since = *healthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SETTLE {
+                for v in &s.verdicts {
+                    ctx.log("ok", "", &format!("{}: {}", v.layer, v.reason));
+                }
+                return Ok(());
+            }
+        } else {
+            healthy_since = None;
+        }
+        let now = pending.join("; ");
+        let waited = start.elapsed();
+        if waited >= limit && !pending.is_empty() {
+            bail!(
+                "the cluster did not converge within {}s: {now}\n  help: `hakube status` and `hakube doctor` show the details",
+                limit.as_secs()
+            );
+        }
+        if now != last && !pending.is_empty() {
+            ctx.log(
+                "wait",
+                "",
+                &format!("{:.1}s: waiting for {now}", waited.as_secs_f64()),
+            );
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

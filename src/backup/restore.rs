@@ -769,6 +769,7 @@ async fn remove_copies(run: &Run<'_>, members: &[Member<'_>]) {
             )
             .await
             .map(|_| ())
+            .map_err(anyhow::Error::from)
         }
     }))
     .await;
@@ -1050,6 +1051,7 @@ async fn wait_healthy(
                 transport::run(mb.t()?, &s, "etcdctl endpoint health", Duration::from_secs(10))
                     .await
                     .map(|_| ())
+                    .map_err(anyhow::Error::from)
             }))
             .await
             .map(|_| ()),

@@ -192,7 +192,7 @@ impl SshInjector {
         .await;
         match first {
             Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("ssh:") => {
+            Err(e) if e.is_session() => {
                 let t = self.session(host, true).await?;
                 transport::run(
                     t.as_ref() as &dyn Transport,
@@ -200,10 +200,10 @@ impl SshInjector {
                     display,
                     Duration::from_secs(60),
                 )
-                .await
-                .map(|_| ())
+                .await?;
+                Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -364,12 +364,7 @@ pub fn refusals(c: &Cluster, s: &Status, plan: &Plan) -> Vec<String> {
         ));
     }
     if s.overall != Health::Healthy {
-        let why: Vec<String> = s
-            .verdicts
-            .iter()
-            .filter(|v| v.health != Health::Healthy)
-            .map(|v| format!("{}: {}", v.layer, v.reason))
-            .collect();
+        let why = s.unhealthy();
         out.push(format!(
             "the cluster is not healthy ({}); a drill needs a healthy start to measure anything",
             why.join("; ")

@@ -1,9 +1,10 @@
 //! `hakube doctor`: the status probes plus checks over SSH, run through a table of rules. Each
 //! finding has a severity, the evidence, the likely cause and the exact fix.
 
-use super::{Status, probes};
-use crate::spec::{Cluster, url};
+use super::{LbState, ProcessState, StatsFailure, Status, Unobserved, lb_state, probes};
+use crate::spec::{Cluster, EtcdManagement, Host, url};
 use crate::state::State;
+use crate::transport::ConnectCause;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -35,8 +36,115 @@ pub struct Evidence {
     pub members: Option<Vec<String>>,
     /// Files on LBs that differ from what `render` produces: (host, path).
     pub drift: Vec<(String, String)>,
-    /// Hosts that could not be asked over SSH.
-    pub unreachable: Vec<String>,
+    /// Hosts that could not be asked over SSH, and why.
+    pub unreachable: Vec<Unobserved>,
+    /// What each control plane shows about its etcd over SSH.
+    pub etcd_hosts: BTreeMap<String, EtcdHost>,
+}
+
+/// etcd's service, the disk errors in its log, and the free space where its data lives.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdHost {
+    pub service: Option<ProcessState>,
+    /// Log lines that say the disk is full (ENOSPC), newest last.
+    pub enospc: Vec<String>,
+    pub disk: Option<DiskFree>,
+}
+
+/// One line of `df -Pk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFree {
+    pub filesystem: String,
+    pub size_kib: u64,
+    pub avail_kib: u64,
+    pub mount: String,
+}
+
+impl DiskFree {
+    pub fn parse(line: &str) -> Option<DiskFree> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 {
+            return None;
+        }
+        Some(DiskFree {
+            filesystem: f[0].into(),
+            size_kib: f[1].parse().ok()?,
+            avail_kib: f[3].parse().ok()?,
+            mount: f[5..].join(" "),
+        })
+    }
+    pub fn describe(&self) -> String {
+        format!(
+            "{} free of {} on {} ({})",
+            human(self.avail_kib),
+            human(self.size_kib),
+            self.mount,
+            self.filesystem
+        )
+    }
+}
+
+fn human(kib: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut v = kib as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{kib} KiB")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The SSH checks doctor runs on a control plane for its etcd: the service, the log lines that
+/// say the disk is full (`systemctl status` shows the journal on systemd hosts and the service
+/// log on lab hosts; `journalctl` is asked too where systemd runs), and `df` of the data dir
+/// (or of its nearest existing parent).
+pub fn etcd_script(data_dir: &str) -> String {
+    let q = crate::transport::quote(data_dir);
+    format!(
+        "{}{{ systemctl status etcd --no-pager -l -n 300 2>/dev/null; \
+         if [ \"$(cat /proc/1/comm 2>/dev/null)\" = systemd ]; then journalctl -u etcd -n 300 --no-pager -o cat 2>/dev/null; fi; }} \
+         | grep -i -e 'no space left on device' -e ENOSPC | tail -n 2 | sed 's/^/etcd.enospc /'\n\
+         d={q}; while [ ! -e \"$d\" ] && [ \"$d\" != / ]; do d=$(dirname \"$d\"); done; \
+         df -Pk \"$d\" 2>/dev/null | tail -n 1 | sed 's/^/etcd.df /'\n",
+        probes::service_script("etcd")
+    )
+}
+
+/// A log line, short: etcd logs JSON with a stack trace, of which the message and the error
+/// are what an operator needs. Prefixes (journal timestamps) are kept.
+fn log_line(line: &str) -> String {
+    let line = line.trim();
+    if let Some(i) = line.find('{')
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line[i..])
+        && let Some(msg) = v.get("msg").and_then(|m| m.as_str())
+    {
+        let err = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
+        let level = v.get("level").and_then(|e| e.as_str()).unwrap_or("");
+        return format!("{}{level} {msg}: {err}", &line[..i])
+            .trim()
+            .to_string();
+    }
+    line.chars().take(240).collect()
+}
+
+pub fn parse_etcd_host(text: &str) -> EtcdHost {
+    EtcdHost {
+        service: probes::parse_service(text, "etcd"),
+        enospc: text
+            .lines()
+            .filter_map(|l| l.strip_prefix("etcd.enospc "))
+            .map(log_line)
+            .collect(),
+        disk: text
+            .lines()
+            .find_map(|l| l.strip_prefix("etcd.df "))
+            .and_then(DiskFree::parse),
+    }
 }
 
 type Rule = fn(&Cluster, &Evidence) -> Vec<Finding>;
@@ -45,6 +153,7 @@ type Rule = fn(&Cluster, &Evidence) -> Vec<Finding>;
 pub const RULES: &[(&str, Rule)] = &[
     ("split-brain", split_brain),
     ("vip-missing", vip_missing),
+    ("vip-holder-unknown", vip_holder_unknown),
     ("keepalived-fault", keepalived_fault),
     ("haproxy-backends", haproxy_backends),
     ("etcd-member-unreachable", etcd_unreachable),
@@ -56,6 +165,9 @@ pub const RULES: &[(&str, Rule)] = &[
     ("certificate-expiry", cert_expiry),
     ("etcd-membership", membership),
     ("lb-config-drift", drift),
+    ("host-unreachable", host_unreachable),
+    ("ssh-host-key", ssh_host_key),
+    ("ssh-auth", ssh_auth),
 ];
 
 fn f(
@@ -113,18 +225,31 @@ fn split_brain(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
     out
 }
 
+/// Whether the VIP answers even though hakube cannot see who holds it.
+fn vip_answers(s: &Status) -> bool {
+    s.vip_answers
+        || s.api
+            .iter()
+            .any(|a| a.target == "VIP" && a.readyz == Some(200))
+}
+
 fn vip_missing(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
     let Some(s) = &e.status else { return vec![] };
-    if !s.vip_holders.is_empty() {
+    // Merely unobservable is not missing: that is vip-holder-unknown.
+    if !s.vip_holders.is_empty() || (!s.vip_unknown.is_empty() && vip_answers(s)) {
         return vec![];
     }
     let evidence = if s.vip_unknown.is_empty() {
         format!("no load balancer has {} on an interface", s.vip)
     } else {
         format!(
-            "no reachable load balancer has {}; unreachable: {}",
+            "nothing answers on {}, and no reachable load balancer has it; cannot ask: {}",
             s.vip,
-            s.vip_unknown.join(", ")
+            s.vip_unknown
+                .iter()
+                .map(Unobserved::short)
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     };
     vec![f(
@@ -133,6 +258,28 @@ fn vip_missing(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
         evidence,
         "keepalived is stopped or in FAULT on every load balancer, or every LB's track script fails (no API server ready)",
         "systemctl status keepalived on the LBs; journalctl -u keepalived; check that /readyz answers on the control planes".into(),
+    )]
+}
+
+fn vip_holder_unknown(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let Some(s) = &e.status else { return vec![] };
+    if !s.vip_holders.is_empty() || s.vip_unknown.is_empty() || !vip_answers(s) {
+        return vec![];
+    }
+    vec![f(
+        "vip-holder-unknown",
+        Severity::Warning,
+        format!(
+            "{} answers, but no load balancer could be asked whether it holds it: {}",
+            s.vip,
+            s.vip_unknown
+                .iter()
+                .map(|u| format!("{}: {}", u.host, u.why))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        "SSH to the load balancers fails; the VIP itself works, so some LB holds it, but split brain and failover readiness cannot be checked",
+        "fix SSH to each load balancer (see the ssh findings), then run doctor again".into(),
     )]
 }
 
@@ -152,23 +299,67 @@ fn keepalived_fault(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
         .collect()
 }
 
+/// A server that went down more often than this since its HAProxy started, and changed state
+/// within [`FLAP_WINDOW_S`], is flapping. Rising after a (re)start or reload is no transition.
+pub const FLAP_TRANSITIONS: u64 = 2;
+pub const FLAP_WINDOW_S: u64 = 30;
+
 fn haproxy_backends(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
     let Some(s) = &e.status else { return vec![] };
     let mut out = Vec::new();
     for l in &s.lbs {
         if let Some(err) = &l.error {
+            let h = &l.host;
+            let evidence = format!("HAProxy on {h} does not answer its stats page: {err}");
+            let (evidence, cause, fix) = match lb_state(l) {
+                LbState::Serving => continue,
+                LbState::Dead(why) => (
+                    format!("{evidence}; {why}"),
+                    "haproxy is stopped or crashed on this load balancer",
+                    format!("on {h}: systemctl status haproxy; journalctl -u haproxy; haproxy -c -f /etc/haproxy/haproxy.cfg; systemctl start haproxy"),
+                ),
+                LbState::Hung(why) => {
+                    let pids = err
+                        .process
+                        .as_ref()
+                        .map(|p| p.stopped())
+                        .unwrap_or_default();
+                    let cont = if pids.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "if it was stopped by hand: kill -CONT {}; otherwise ",
+                            pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+                        )
+                    };
+                    (
+                        format!("{evidence}; {why}"),
+                        "haproxy is hung: its process is alive but does not serve (stopped by a signal, or stuck)",
+                        format!("on {h}: {cont}systemctl restart haproxy; then journalctl -u haproxy for why it stalled"),
+                    )
+                }
+                LbState::Unreachable(why) => (
+                    format!("{evidence}; {why}"),
+                    "the load balancer itself does not answer: down or partitioned",
+                    format!("check {h}'s power and network"),
+                ),
+                LbState::Unknown(why) if err.kind == StatsFailure::NotConfigured => (
+                    format!("HAProxy on {h} cannot be checked: {why}"),
+                    "HAProxy could not be checked",
+                    "enable the stats page (spec.loadBalancer.stats), and keep its password file next to the spec".into(),
+                ),
+                LbState::Unknown(why) => (
+                    format!("{evidence}; {why}"),
+                    "HAProxy could not be checked",
+                    format!("fix SSH to {h} (see its ssh finding), then run doctor again"),
+                ),
+            };
             out.push(f(
                 "haproxy-backends",
                 Severity::Warning,
-                format!(
-                    "HAProxy on {} does not answer its stats page: {err}",
-                    l.host
-                ),
-                "haproxy is stopped or crashed on this load balancer",
-                format!(
-                    "on {}: systemctl status haproxy; haproxy -c -f /etc/haproxy/haproxy.cfg",
-                    l.host
-                ),
+                evidence,
+                cause,
+                fix,
             ));
             continue;
         }
@@ -181,12 +372,15 @@ fn haproxy_backends(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
                     "the API server fails GET /readyz: stopped, not ready (its etcd unavailable), or unreachable",
                     format!("on {}: systemctl status kube-apiserver (or hakube-lab-apiserver); curl -k https://<its address>:6443/readyz?verbose", sv.server),
                 ));
-            } else if sv.last_change_s < 30 {
+            } else if sv.last_change_s < FLAP_WINDOW_S && sv.transitions >= FLAP_TRANSITIONS {
                 out.push(f(
                     "haproxy-backends",
                     Severity::Warning,
-                    format!("{} saw API server {} change state {}s ago", l.host, sv.server, sv.last_change_s),
-                    "the server is flapping or just recovered",
+                    format!(
+                        "{} saw API server {} go down {} times since HAProxy started, the last change {}s ago",
+                        l.host, sv.server, sv.transitions, sv.last_change_s
+                    ),
+                    "the server is flapping: its /readyz fails now and then (overload, a slow etcd, or the network)",
                     format!("watch `hakube status --watch`; if {} keeps flapping, check its load and its etcd", sv.server),
                 ));
             }
@@ -195,26 +389,77 @@ fn haproxy_backends(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
     out
 }
 
-fn etcd_unreachable(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+fn etcd_unreachable(c: &Cluster, e: &Evidence) -> Vec<Finding> {
     let Some(s) = &e.status else { return vec![] };
     s.etcd
         .iter()
         .filter_map(|m| {
-            m.error.as_ref().map(|err| {
-                f(
+            let err = m.error.as_ref()?;
+            let h = &m.name;
+            let evidence = format!("etcd member {h} at {} does not answer: {err}", m.endpoint);
+            let generic = |cause: &str, fix: String| {
+                f("etcd-member-unreachable", Severity::Warning, evidence.clone(), cause, fix)
+            };
+            if let Some(u) = e.unreachable.iter().find(|u| &u.host == h) {
+                let cause = if u.cause.is_some_and(ConnectCause::is_network) {
+                    "the host is down or partitioned (it does not answer over SSH either)"
+                } else {
+                    "etcd is stopped, or the host is partitioned; SSH to it fails, so hakube cannot tell which"
+                };
+                return Some(f(
                     "etcd-member-unreachable",
                     Severity::Warning,
-                    format!(
-                        "etcd member {} at {} does not answer: {err}",
-                        m.name, m.endpoint
-                    ),
+                    format!("{evidence}; SSH: {}", u.why),
+                    cause,
+                    format!("check {h}'s power and network; {}", if u.help.is_empty() { "fix SSH to it" } else { &u.help }),
+                ));
+            }
+            let Some(eh) = e.etcd_hosts.get(h) else {
+                return Some(generic(
                     "etcd is stopped on that control plane, or the host is partitioned",
+                    format!("on {h}: systemctl status etcd; journalctl -u etcd; check the network to it"),
+                ));
+            };
+            let svc = eh.service.clone().unwrap_or_default();
+            let disk = eh
+                .disk
+                .as_ref()
+                .map(|d| format!("; {}: {}", c.etcd.data_dir, d.describe()))
+                .unwrap_or_default();
+            if let Some(line) = eh.enospc.last() {
+                let mount = eh.disk.as_ref().map(|d| d.mount.as_str()).unwrap_or(c.etcd.data_dir.as_str());
+                return Some(f(
+                    "etcd-member-unreachable",
+                    Severity::Critical,
+                    format!("{evidence}; etcd is {} and its log says: {line}{disk}", svc.active),
+                    "etcd crashed on a full disk: the filesystem that holds its data dir has no space left (ENOSPC)",
                     format!(
-                        "on {}: systemctl status etcd; journalctl -u etcd; check the network to it",
-                        m.name
+                        "on {h}: free space on {mount} (df -h {dd}; du -xsh {mount}/* | sort -h), or grow it; then systemctl restart etcd. If the member's data is damaged, remove the member (etcdctl member remove) and run `hakube apply` to add it back",
+                        dd = c.etcd.data_dir
                     ),
-                )
-            })
+                ));
+            }
+            if !svc.running() {
+                return Some(f(
+                    "etcd-member-unreachable",
+                    Severity::Warning,
+                    format!("{evidence}; etcd is {}{disk}", svc.active),
+                    "etcd is stopped or crashed on that control plane",
+                    format!("on {h}: systemctl status etcd; journalctl -u etcd -n 50 for why; systemctl start etcd"),
+                ));
+            }
+            let stopped = svc.stopped();
+            Some(f(
+                "etcd-member-unreachable",
+                Severity::Warning,
+                format!("{evidence}; etcd runs ({}){disk}", svc.describe()),
+                if stopped.is_empty() {
+                    "etcd runs but does not answer on its client port: stuck, overloaded, or the port is filtered"
+                } else {
+                    "etcd runs but is stopped by a signal (SIGSTOP): hung"
+                },
+                format!("on {h}: systemctl restart etcd; check its log (journalctl -u etcd) and the firewall on port {}", c.etcd.client_port),
+            ))
         })
         .collect()
 }
@@ -411,32 +656,92 @@ fn drift(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
         .collect()
 }
 
+/// SSH failures of one kind, each as a finding whose cause and fix come from the transport's
+/// classification.
+fn ssh_findings(
+    e: &Evidence,
+    rule: &'static str,
+    pick: impl Fn(Option<ConnectCause>) -> Option<(Severity, &'static str)>,
+) -> Vec<Finding> {
+    e.unreachable
+        .iter()
+        .filter_map(|u| {
+            let (sev, cause) = pick(u.cause)?;
+            Some(f(
+                rule,
+                sev,
+                format!("{} cannot be asked over SSH: {}", u.host, u.why),
+                cause,
+                if u.help.is_empty() {
+                    format!("check that `ssh` to {} works by hand", u.host)
+                } else {
+                    u.help.clone()
+                },
+            ))
+        })
+        .collect()
+}
+
+fn host_unreachable(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    ssh_findings(e, "host-unreachable", |c| match c {
+        Some(c) if c.is_network() => Some((Severity::Warning, "the host is down or partitioned")),
+        Some(ConnectCause::UnknownName) => {
+            Some((Severity::Warning, "the host's name does not resolve"))
+        }
+        Some(ConnectCause::Other) | None => Some((Severity::Warning, "SSH to the host fails")),
+        _ => None,
+    })
+}
+
+fn ssh_host_key(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    ssh_findings(e, "ssh-host-key", |c| match c {
+        Some(ConnectCause::HostKeyChanged) => Some((
+            Severity::Critical,
+            "the host presents a different key than the one recorded: it was reinstalled, or someone is intercepting the connection",
+        )),
+        Some(ConnectCause::HostKeyUnknown) => Some((
+            Severity::Warning,
+            "no key is recorded for the host, and hakube checks keys strictly",
+        )),
+        _ => None,
+    })
+}
+
+fn ssh_auth(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    ssh_findings(e, "ssh-auth", |c| match c {
+        Some(ConnectCause::AuthFailed) => {
+            Some((Severity::Warning, "the host refuses hakube's key or user"))
+        }
+        _ => None,
+    })
+}
+
 /// Run every rule.
 pub fn diagnose(c: &Cluster, e: &Evidence) -> Vec<Finding> {
     let mut out: Vec<Finding> = RULES.iter().flat_map(|(_, r)| r(c, e)).collect();
-    for h in &e.unreachable {
-        out.push(f(
-            "host-unreachable",
-            Severity::Warning,
-            format!("{h} does not answer over SSH"),
-            "the host is down or partitioned",
-            format!("check {h}'s power and network"),
-        ));
-    }
     out.sort_by_key(|x| std::cmp::Reverse(x.severity));
     out
 }
 
 /// Gather the evidence: the status probes plus SSH checks on every host.
 pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
-    let status = super::gather(c).await?;
     let names: Vec<String> = c.hosts.iter().map(|h| h.name.clone()).collect();
-    let script = "if [ -f /run/keepalived.pid ] && kill -USR1 \"$(cat /run/keepalived.pid)\" 2>/dev/null; then sleep 0.3; \
+    let common = "if [ -f /run/keepalived.pid ] && kill -USR1 \"$(cat /run/keepalived.pid)\" 2>/dev/null; then sleep 0.3; \
         grep -m1 'State = ' /tmp/keepalived.data 2>/dev/null || echo 'State = unknown'; else echo 'State = not running'; fi; \
         for p in /etc/haproxy/haproxy.cfg /etc/keepalived/keepalived.conf /etc/keepalived/check_apiserver.sh /etc/keepalived/check_haproxy.sh; do \
         [ -f $p ] && echo \"sum $p $(sha256sum < $p | cut -d' ' -f1)\"; done; \
-        ip -o addr show | awk '{split($4, a, \"/\"); print \"addr \" $2 \" \" a[1]}'; true";
-    let results = probes::on_hosts(c, &names, script).await;
+        ip -o addr show | awk '{split($4, a, \"/\"); print \"addr \" $2 \" \" a[1]}'; true\n";
+    let etcd = etcd_script(&c.etcd.data_dir);
+    let script = |h: &Host| {
+        if h.roles.control_plane && c.etcd.management == EtcdManagement::Hakube {
+            format!("{common}{etcd}true\n")
+        } else {
+            common.to_string()
+        }
+    };
+    // At the same time, so that a host that does not answer costs one connect timeout.
+    let (status, results) = tokio::join!(super::gather(c), probes::on_hosts(c, &names, script));
+    let status = status?;
     let mut e = Evidence {
         status: Some(status),
         ..Default::default()
@@ -445,11 +750,17 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
     // Render with the interfaces the hosts really use, as apply does.
     let mut wanted_cluster = c.clone();
     for (host, r) in results {
-        let Ok((text, offset)) = r else {
-            e.unreachable.push(host);
-            continue;
+        let (text, offset) = match r {
+            Ok(x) => x,
+            Err(u) => {
+                e.unreachable.push(u);
+                continue;
+            }
         };
         e.clocks.insert(host.clone(), offset);
+        if c.host(&host).is_some_and(|h| h.roles.control_plane) {
+            e.etcd_hosts.insert(host.clone(), parse_etcd_host(&text));
+        }
         if let Some(h) = wanted_cluster.hosts.iter_mut().find(|h| h.name == host)
             && h.interface.is_none()
         {
@@ -547,7 +858,10 @@ pub fn exit_code(findings: &[Finding]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{ApiProbe, Cert, EtcdMember, HaproxyServer, Health, LbProbe};
+    use crate::status::{
+        ApiProbe, Cert, EtcdMember, HaproxyServer, Health, LbProbe, StatsError, StatsFailure,
+    };
+    use crate::transport::ConnectCause;
 
     const SEED: &str = include_str!("../../examples/seed.yaml");
 
@@ -583,6 +897,7 @@ mod tests {
                     status: "UP".into(),
                     check: "L7OK".into(),
                     last_change_s: lag,
+                    transitions: 0,
                 })
                 .collect::<Vec<_>>()
         };
@@ -642,6 +957,23 @@ mod tests {
             members: Some(vec!["master1".into(), "master2".into(), "master3".into()]),
             drift: vec![],
             unreachable: vec![],
+            etcd_hosts: ["master1", "master2", "master3"]
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.to_string(), etcd_host(100 + i as u32, 'S')))
+                .collect(),
+        }
+    }
+
+    /// etcd running on a control plane with room on its disk.
+    fn etcd_host(pid: u32, state: char) -> EtcdHost {
+        EtcdHost {
+            service: Some(ProcessState {
+                active: "active".into(),
+                procs: vec![(pid, state)],
+            }),
+            enospc: vec![],
+            disk: DiskFree::parse("/dev/sda1 41152736 9046544 30006616 24% /"),
         }
     }
 
@@ -693,7 +1025,11 @@ mod tests {
         ),
         (
             "backend flapping",
-            |e| st(e).lbs[1].servers[0].last_change_s = 4,
+            |e| {
+                // Flapping is repeated transitions, not a recent change alone.
+                st(e).lbs[1].servers[0].last_change_s = 4;
+                st(e).lbs[1].servers[0].transitions = 3;
+            },
             "haproxy-backends",
             Severity::Warning,
         ),
@@ -796,7 +1132,224 @@ mod tests {
             "lb-config-drift",
             Severity::Warning,
         ),
+        (
+            "VIP answers but no LB can be asked",
+            |e| {
+                st(e).vip_holders.clear();
+                st(e).vip_unknown = vec![
+                    unobserved("lb1", ConnectCause::HostKeyChanged),
+                    unobserved("lb2", ConnectCause::TimedOut),
+                ];
+            },
+            "vip-holder-unknown",
+            Severity::Warning,
+        ),
+        (
+            "host partitioned",
+            |e| {
+                e.unreachable
+                    .push(unobserved("worker1", ConnectCause::TimedOut))
+            },
+            "host-unreachable",
+            Severity::Warning,
+        ),
+        (
+            "host key changed",
+            |e| {
+                e.unreachable
+                    .push(unobserved("worker2", ConnectCause::HostKeyChanged))
+            },
+            "ssh-host-key",
+            Severity::Critical,
+        ),
+        (
+            "key refused",
+            |e| {
+                e.unreachable
+                    .push(unobserved("lb2", ConnectCause::AuthFailed))
+            },
+            "ssh-auth",
+            Severity::Warning,
+        ),
+        (
+            "etcd crashed on a full disk",
+            |e| {
+                st(e).etcd[2].error = Some("connection refused".into());
+                e.etcd_hosts.insert("master3".into(), full_disk());
+            },
+            "etcd-member-unreachable",
+            Severity::Critical,
+        ),
+        (
+            "haproxy hung",
+            |e| st(e).lbs[1].error = Some(hung()),
+            "haproxy-backends",
+            Severity::Warning,
+        ),
     ];
+
+    fn unobserved(host: &str, cause: ConnectCause) -> Unobserved {
+        Unobserved {
+            host: host.into(),
+            cause: Some(cause),
+            why: format!("{} (ssh's words)", cause.summary()),
+            help: format!("the fix for {}", cause.summary()),
+        }
+    }
+
+    /// What the lab's master3 showed after its etcd hit a full tmpfs (captured).
+    fn full_disk() -> EtcdHost {
+        parse_etcd_host(
+            "etcd.active activating\n\
+             etcd.enospc {\"level\":\"fatal\",\"ts\":\"2026-12-01T23:09:51.928Z\",\"caller\":\"backend/batch_tx.go:256\",\"msg\":\"failed to commit tx\",\"error\":\"write /var/lib/etcd/member/snap/db: no space left on device\",\"stacktrace\":\"go.etcd.io/etcd/server/v3/mvcc/backend.(*batchTx).commit\\n\\t/tmp/etcd-release-3.5.1/etcd/release/etcd/server/mvcc/backend/batch_tx.go:256\"}\n\
+             etcd.df tmpfs               153600 153600         0     100% /var/lib/etcd\n",
+        )
+    }
+
+    /// lb2's HAProxy after SIGSTOP of its master and worker (captured).
+    fn hung() -> StatsError {
+        StatsError {
+            kind: StatsFailure::TimedOut,
+            message: "timed out after 800 ms".into(),
+            process: probes::parse_service(
+                "haproxy.active active\nhaproxy.proc 29875 T\nhaproxy.proc 7832 T\n",
+                "haproxy",
+            ),
+            ssh: None,
+        }
+    }
+
+    fn find<'a>(f: &'a [Finding], rule: &str) -> Vec<&'a Finding> {
+        f.iter().filter(|x| x.rule == rule).collect()
+    }
+
+    #[test]
+    fn an_unobservable_vip_holder_is_not_a_missing_vip() {
+        let c = cluster();
+        let mut e = healthy();
+        st(&mut e).vip_holders.clear();
+        st(&mut e).vip_unknown = vec![
+            unobserved("lb1", ConnectCause::HostKeyChanged),
+            unobserved("lb2", ConnectCause::HostKeyChanged),
+        ];
+        let found = diagnose(&c, &e);
+        assert!(find(&found, "vip-missing").is_empty(), "{found:#?}");
+        let hit = find(&found, "vip-holder-unknown");
+        assert!(
+            hit[0].evidence.contains("lb1: host key CHANGED"),
+            "{hit:#?}"
+        );
+        // status agrees: unknown, exit 1, not down.
+        let v = crate::status::vip_verdict(e.status.as_ref().expect("status"));
+        assert_eq!(v.health, Health::Unknown, "{v:?}");
+        assert_eq!(v.health.exit_code(), 1);
+        assert!(v.reason.contains("lb1 (host key CHANGED)"), "{v:?}");
+
+        // When the VIP does not answer either, it is missing after all.
+        let s = st(&mut e);
+        s.vip_answers = false;
+        s.api[0].readyz = None;
+        let found = diagnose(&c, &e);
+        assert_eq!(find(&found, "vip-missing").len(), 1, "{found:#?}");
+        assert!(find(&found, "vip-holder-unknown").is_empty());
+        let v = crate::status::vip_verdict(e.status.as_ref().expect("status"));
+        assert_eq!(v.health, Health::Down);
+    }
+
+    #[test]
+    fn a_changed_host_key_is_not_called_down_or_partitioned() {
+        let mut e = healthy();
+        e.unreachable
+            .push(unobserved("master2", ConnectCause::HostKeyChanged));
+        st(&mut e).etcd[1].error = Some("timed out".into());
+        let found = diagnose(&cluster(), &e);
+        assert!(find(&found, "host-unreachable").is_empty(), "{found:#?}");
+        let key = find(&found, "ssh-host-key");
+        assert_eq!(key.len(), 1);
+        assert_eq!(key[0].fix, "the fix for host key CHANGED");
+        let m = find(&found, "etcd-member-unreachable");
+        assert!(!m[0].cause.contains("down or partitioned"), "{m:#?}");
+    }
+
+    #[test]
+    fn etcd_on_a_full_disk_names_the_disk_and_its_free_space() {
+        let mut e = healthy();
+        st(&mut e).etcd[2].error = Some("connection refused".into());
+        e.etcd_hosts.insert("master3".into(), full_disk());
+        let found = diagnose(&cluster(), &e);
+        let m = find(&found, "etcd-member-unreachable");
+        assert_eq!(m.len(), 1);
+        let m = m[0];
+        assert!(
+            m.evidence.contains(
+                "fatal failed to commit tx: write /var/lib/etcd/member/snap/db: no space left on device"
+            ),
+            "{m:#?}"
+        );
+        assert!(
+            m.evidence
+                .contains("0 KiB free of 150.0 MiB on /var/lib/etcd (tmpfs)"),
+            "{m:#?}"
+        );
+        assert!(m.cause.contains("full disk"), "{m:#?}");
+        assert!(!m.cause.contains("stopped"), "{m:#?}");
+        assert!(m.fix.contains("free space on /var/lib/etcd"), "{m:#?}");
+
+        // Stopped without a disk error: named as stopped, with the state.
+        let mut e = healthy();
+        st(&mut e).etcd[2].error = Some("connection refused".into());
+        e.etcd_hosts.get_mut("master3").expect("master3").service = Some(ProcessState {
+            active: "inactive".into(),
+            procs: vec![],
+        });
+        let found = diagnose(&cluster(), &e);
+        let m = find(&found, "etcd-member-unreachable")[0];
+        assert!(m.evidence.contains("etcd is inactive"), "{m:#?}");
+        assert_eq!(m.severity, Severity::Warning);
+    }
+
+    #[test]
+    fn a_hung_haproxy_is_told_from_a_dead_one() {
+        let mut e = healthy();
+        st(&mut e).lbs[1].error = Some(hung());
+        let found = diagnose(&cluster(), &e);
+        let h = find(&found, "haproxy-backends")[0];
+        assert!(h.cause.contains("hung"), "{h:#?}");
+        assert!(h.fix.contains("kill -CONT 29875 7832"), "{h:#?}");
+
+        let mut dead = hung();
+        dead.kind = StatsFailure::Refused;
+        dead.message = "Connection refused (os error 111)".into();
+        dead.process = probes::parse_service("haproxy.active inactive\n", "haproxy");
+        st(&mut e).lbs[1].error = Some(dead);
+        let found = diagnose(&cluster(), &e);
+        let h = find(&found, "haproxy-backends")[0];
+        assert!(h.cause.contains("stopped or crashed"), "{h:#?}");
+        assert!(
+            h.evidence.contains("not running (systemctl: inactive)"),
+            "{h:#?}"
+        );
+    }
+
+    #[test]
+    fn rising_after_a_reload_is_not_flapping() {
+        // Right after a reload: every server changed state seconds ago, none went down.
+        let mut e = healthy();
+        for l in &mut st(&mut e).lbs {
+            for sv in &mut l.servers {
+                sv.last_change_s = 3;
+                sv.transitions = 0;
+            }
+        }
+        assert!(diagnose(&cluster(), &e).is_empty());
+        // A cold apply: each server went down once while its API server was not there yet.
+        for l in &mut st(&mut e).lbs {
+            for sv in &mut l.servers {
+                sv.transitions = 1;
+            }
+        }
+        assert!(diagnose(&cluster(), &e).is_empty());
+    }
 
     #[test]
     fn a_healthy_cluster_has_no_findings() {

@@ -10,25 +10,80 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use probes::{Cert, EtcdMember, HaproxyServer, LbProbe};
+pub use probes::{
+    Cert, Conns, EtcdMember, HaproxyServer, LbProbe, ProcessState, StatsError, StatsFailure,
+};
 
 /// Per-probe timeout.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// A layer's verdict. `Unknown` is a layer hakube could not check (it says what and why): not
+/// healthy, but not known to be broken either. The order is how the overall verdict is the
+/// worst of the layers: a known degradation outranks not knowing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Healthy,
+    Unknown,
     Degraded,
     Down,
 }
 
 impl Health {
+    /// 0 healthy, 1 degraded or unknown, 2 down.
     pub fn exit_code(self) -> i32 {
         match self {
             Health::Healthy => 0,
-            Health::Degraded => 1,
+            Health::Unknown | Health::Degraded => 1,
             Health::Down => 2,
+        }
+    }
+
+    /// The `hakube_layer_health` value: 0 healthy, 1 degraded, 2 down, 3 unknown.
+    pub fn metric(self) -> i32 {
+        match self {
+            Health::Unknown => 3,
+            h => h.exit_code(),
+        }
+    }
+}
+
+/// A host that could not be asked, and why, in the terms of [`crate::transport::Error`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Unobserved {
+    pub host: String,
+    /// The SSH failure's cause, when the connection was what failed.
+    pub cause: Option<crate::transport::ConnectCause>,
+    /// What went wrong, short.
+    pub why: String,
+    /// How to fix it.
+    pub help: String,
+}
+
+impl Unobserved {
+    pub fn from_transport(host: &str, e: &crate::transport::Error) -> Unobserved {
+        use crate::transport::Error;
+        match e {
+            Error::Connect(ce) => Unobserved {
+                host: host.into(),
+                cause: Some(ce.cause),
+                why: format!("{} ({})", ce.cause.summary(), ce.detail),
+                help: ce.help(),
+            },
+            other => Unobserved {
+                host: host.into(),
+                cause: None,
+                why: other.to_string(),
+                help: String::new(),
+            },
+        }
+    }
+
+    /// `host (why)`, for verdict lines.
+    pub fn short(&self) -> String {
+        match self.cause {
+            Some(c) => format!("{} ({})", self.host, c.summary()),
+            None => format!("{} ({})", self.host, self.why),
         }
     }
 }
@@ -54,9 +109,10 @@ pub struct ApiProbe {
 pub struct Status {
     pub cluster: String,
     pub vip: String,
-    /// Load balancers whose interfaces carry the VIP (None where the host could not be asked).
+    /// Load balancers whose interfaces carry the VIP.
     pub vip_holders: Vec<String>,
-    pub vip_unknown: Vec<String>,
+    /// Load balancers that could not be asked, and why.
+    pub vip_unknown: Vec<Unobserved>,
     pub vip_answers: bool,
     pub lbs: Vec<LbProbe>,
     pub api: Vec<ApiProbe>,
@@ -71,29 +127,78 @@ pub struct Status {
     pub took_ms: u128,
 }
 
+impl Status {
+    /// `layer: reason` for every layer that is not healthy.
+    pub fn unhealthy(&self) -> Vec<String> {
+        self.verdicts
+            .iter()
+            .filter(|v| v.health != Health::Healthy)
+            .map(|v| format!("{}: {}", v.layer, v.reason))
+            .collect()
+    }
+}
+
+/// What status needs to read the cluster: client TLS for etcd, the CA the API servers'
+/// certificates chain to, and the stats password.
+pub struct Creds {
+    pub etcd_tls: crate::etcd::Tls,
+    pub api_ca: Option<String>,
+    pub stats_pw: Option<String>,
+}
+
+impl Creds {
+    /// From the operator state (status, doctor, and apply's verify alike).
+    pub fn from_state(state: &State) -> anyhow::Result<Creds> {
+        Ok(Creds {
+            etcd_tls: state.operator_etcd_tls()?,
+            api_ca: state.api_ca_pem(),
+            stats_pw: state.stats_password(),
+        })
+    }
+}
+
 /// Gather everything, in parallel.
 pub async fn gather(c: &Cluster) -> anyhow::Result<Status> {
+    let creds = Creds::from_state(&State::open(c)?)?;
+    Ok(observe(c, &creds, Conns::Fresh, Scope::Full).await)
+}
+
+/// How much to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything `status` shows.
+    Full,
+    /// What converges after a change (VIP, HAProxy, API servers, and etcd when hakube runs
+    /// it): `apply`'s verify polls this, so it skips certificates and nodes.
+    Convergence,
+}
+
+/// Probe every layer in parallel and give each its verdict.
+pub async fn observe(c: &Cluster, creds: &Creds, conns: Conns<'_>, scope: Scope) -> Status {
     let start = std::time::Instant::now();
-    let state = State::open(c)?;
-    let etcd_tls = state.operator_etcd_tls()?;
-    let api_ca = state.api_ca_pem();
-    let stats_pw = state.stats_password();
-    let (vip, lbs, api, etcd, certs, nodes) = tokio::join!(
-        probes::vip(c),
-        probes::haproxy(c, stats_pw.as_deref()),
-        probes::api(c, api_ca.as_deref()),
-        probes::etcd(c, &etcd_tls),
-        probes::certs(c, api_ca.as_deref(), &etcd_tls),
-        probes::nodes(c),
+    let full = scope == Scope::Full;
+    let (views, answers, lbs, api, etcd, certs, nodes) = tokio::join!(
+        probes::lb_views(c, conns),
+        probes::vip_answers(c),
+        probes::haproxy(c, creds.stats_pw.as_deref()),
+        probes::api(c, creds.api_ca.as_deref()),
+        probes::etcd(c, &creds.etcd_tls),
+        async {
+            if full {
+                probes::certs(c, creds.api_ca.as_deref(), &creds.etcd_tls).await
+            } else {
+                vec![]
+            }
+        },
+        async { if full { probes::nodes(c).await } else { None } },
     );
-    let (vip_holders, vip_unknown, vip_answers) = vip;
     let (etcd, etcd_alarms) = etcd;
     let mut s = Status {
         cluster: c.name.clone(),
         vip: c.control_plane_endpoint(),
-        vip_holders,
-        vip_unknown,
-        vip_answers,
+        vip_holders: vec![],
+        vip_unknown: vec![],
+        vip_answers: answers,
         lbs,
         api,
         etcd,
@@ -105,7 +210,17 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Status> {
         overall: Health::Healthy,
         took_ms: 0,
     };
+    merge_lb_views(&mut s, views);
     s.verdicts = verdicts(c, &s);
+    if !full {
+        // etcd that kubeadm runs has kubeadm's own CA, which hakube's client cannot use.
+        let etcd_ours = c.etcd.management == EtcdManagement::Hakube;
+        s.verdicts.retain(|v| match v.layer.as_str() {
+            "vip" | "haproxy" | "api" => true,
+            "etcd" => etcd_ours,
+            _ => false,
+        });
+    }
     s.overall = s
         .verdicts
         .iter()
@@ -113,7 +228,35 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Status> {
         .max()
         .unwrap_or(Health::Healthy);
     s.took_ms = start.elapsed().as_millis();
-    Ok(s)
+    s
+}
+
+/// Put what SSH showed on each LB into the status: the VIP's holders, and HAProxy's process
+/// next to a stats page that did not answer.
+fn merge_lb_views(s: &mut Status, views: Vec<(String, Result<probes::LbView, Unobserved>)>) {
+    for (host, view) in views {
+        let stats_err = s
+            .lbs
+            .iter_mut()
+            .find(|l| l.host == host)
+            .and_then(|l| l.error.as_mut());
+        match view {
+            Ok(v) => {
+                if v.holds_vip {
+                    s.vip_holders.push(host.clone());
+                }
+                if let Some(e) = stats_err {
+                    e.process = v.haproxy;
+                }
+            }
+            Err(u) => {
+                if let Some(e) = stats_err {
+                    e.ssh = Some(u.clone());
+                }
+                s.vip_unknown.push(u);
+            }
+        }
+    }
 }
 
 fn v(layer: &str, health: Health, reason: impl Into<String>) -> Verdict {
@@ -124,30 +267,61 @@ fn v(layer: &str, health: Health, reason: impl Into<String>) -> Verdict {
     }
 }
 
-pub fn verdicts(c: &Cluster, s: &Status) -> Vec<Verdict> {
-    let mut out = Vec::new();
-    // VIP
-    out.push(match (s.vip_holders.len(), s.vip_answers) {
-        (1, true) => v(
-            "vip",
-            Health::Healthy,
-            format!("on {}, answering", s.vip_holders[0]),
-        ),
-        (1, false) => v(
+/// Where the VIP is. Not knowing where it is (no LB could be asked) while it answers is
+/// `Unknown`, not `Down`.
+pub fn vip_verdict(s: &Status) -> Verdict {
+    let unknown = || {
+        s.vip_unknown
+            .iter()
+            .map(Unobserved::short)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let via_vip_ready = s
+        .api
+        .iter()
+        .any(|a| a.target == "VIP" && a.readyz == Some(200));
+    let answering = s.vip_answers || via_vip_ready;
+    match s.vip_holders.len() {
+        1 if !answering => v(
             "vip",
             Health::Down,
             format!("on {} but nothing answers on {}", s.vip_holders[0], s.vip),
         ),
-        (0, _) if !s.vip_unknown.is_empty() => v(
+        1 if s.vip_unknown.is_empty() => v(
+            "vip",
+            Health::Healthy,
+            format!("on {}, answering", s.vip_holders[0]),
+        ),
+        1 => v(
+            "vip",
+            Health::Healthy,
+            format!(
+                "on {}, answering; not checked: {}",
+                s.vip_holders[0],
+                unknown()
+            ),
+        ),
+        0 if s.vip_unknown.is_empty() => v("vip", Health::Down, "on no load balancer"),
+        0 if answering => v(
+            "vip",
+            Health::Unknown,
+            format!(
+                "answers on {}, but its holder is unknown: cannot ask {}",
+                s.vip,
+                unknown()
+            ),
+        ),
+        0 => v(
             "vip",
             Health::Down,
             format!(
-                "on no reachable LB ({} unreachable)",
-                s.vip_unknown.join(", ")
+                "nothing answers on {}, and no reachable LB holds it (cannot ask {})",
+                s.vip,
+                unknown()
             ),
         ),
-        (0, _) => v("vip", Health::Down, "on no load balancer"),
-        (n, _) => v(
+        n => v(
             "vip",
             Health::Degraded,
             format!(
@@ -155,11 +329,89 @@ pub fn verdicts(c: &Cluster, s: &Status) -> Vec<Verdict> {
                 s.vip_holders.join(", ")
             ),
         ),
-    });
-    // HAProxy
-    let up_lbs: Vec<&LbProbe> = s.lbs.iter().filter(|l| l.error.is_none()).collect();
-    let down_servers: Vec<String> = up_lbs
+    }
+}
+
+/// What an LB's HAProxy is doing, from its stats page and (when that fails) its process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LbState {
+    /// The stats page answered.
+    Serving,
+    /// Not running.
+    Dead(String),
+    /// Running, but not answering: stopped by a signal, or stuck.
+    Hung(String),
+    /// Neither the stats page nor SSH answers: the LB host is down or cut off.
+    Unreachable(String),
+    /// Could not be checked (no stats page, or its process could not be seen).
+    Unknown(String),
+}
+
+/// The reasons describe HAProxy's process or host; the stats page's own error is shown next
+/// to them (status's table, doctor's evidence).
+pub fn lb_state(l: &LbProbe) -> LbState {
+    let Some(e) = &l.error else {
+        return LbState::Serving;
+    };
+    if e.kind == StatsFailure::NotConfigured {
+        return LbState::Unknown(e.message.clone());
+    }
+    match (&e.process, e.kind) {
+        (Some(p), _) if !p.running() => LbState::Dead(format!("not running ({})", p.describe())),
+        (Some(p), _) if !p.stopped().is_empty() => LbState::Hung(format!(
+            "systemctl: {}, but its processes are stopped by a signal (pid state: {})",
+            p.active,
+            p.procs
+                .iter()
+                .map(|(pid, st)| format!("{pid} {st}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        (Some(p), StatsFailure::TimedOut) => {
+            LbState::Hung(format!("alive ({}) but not answering", p.describe()))
+        }
+        (Some(p), _) => LbState::Dead(format!(
+            "alive ({}) but not serving its stats page",
+            p.describe()
+        )),
+        // The host answers but nothing listens: HAProxy is not running.
+        (None, StatsFailure::Refused) => LbState::Dead("nothing listens on its stats port".into()),
+        (None, _) => match &e.ssh {
+            Some(u) if u.cause.is_some_and(|c| c.is_network()) => {
+                LbState::Unreachable(format!("its host does not answer SSH either: {}", u.why))
+            }
+            Some(u) => LbState::Unknown(format!("its process could not be checked: {}", u.why)),
+            None => LbState::Dead("its service state could not be read".into()),
+        },
+    }
+}
+
+/// The HAProxy layer: every LB serving, every API backend UP in each.
+pub fn haproxy_verdict(lbs: &[LbProbe]) -> Verdict {
+    let states: Vec<(&str, LbState)> = lbs.iter().map(|l| (l.host.as_str(), lb_state(l))).collect();
+    let serving = states
         .iter()
+        .filter(|(_, st)| *st == LbState::Serving)
+        .count();
+    let not_serving: Vec<String> = states
+        .iter()
+        .filter_map(|(h, st)| match st {
+            LbState::Serving | LbState::Unknown(_) => None,
+            LbState::Dead(why) => Some(format!("HAProxy down on {h} ({why})")),
+            LbState::Hung(why) => Some(format!("HAProxy hung on {h} ({why})")),
+            LbState::Unreachable(why) => Some(format!("{h} unreachable ({why})")),
+        })
+        .collect();
+    let unknown: Vec<String> = states
+        .iter()
+        .filter_map(|(h, st)| match st {
+            LbState::Unknown(why) => Some(format!("{h}: {why}")),
+            _ => None,
+        })
+        .collect();
+    let down_servers: Vec<String> = lbs
+        .iter()
+        .filter(|l| l.error.is_none())
         .flat_map(|l| {
             l.servers
                 .iter()
@@ -167,37 +419,41 @@ pub fn verdicts(c: &Cluster, s: &Status) -> Vec<Verdict> {
                 .map(move |sv| format!("{}@{} {}", sv.server, l.host, sv.status))
         })
         .collect();
-    out.push(if up_lbs.is_empty() {
+    if serving == 0 && !not_serving.is_empty() {
+        let mut all = not_serving;
+        all.extend(unknown);
         v(
             "haproxy",
             Health::Down,
-            "no load balancer's HAProxy answers",
+            format!("no load balancer's HAProxy answers: {}", all.join("; ")),
         )
-    } else if up_lbs.len() < s.lbs.len() {
-        let dead: Vec<&str> = s
-            .lbs
-            .iter()
-            .filter(|l| l.error.is_some())
-            .map(|l| l.host.as_str())
-            .collect();
-        v(
-            "haproxy",
-            Health::Degraded,
-            format!("HAProxy down on {}", dead.join(", ")),
-        )
+    } else if !not_serving.is_empty() {
+        v("haproxy", Health::Degraded, not_serving.join("; "))
     } else if !down_servers.is_empty() {
         v(
             "haproxy",
             Health::Degraded,
             format!("backends not UP: {}", down_servers.join(", ")),
         )
+    } else if !unknown.is_empty() {
+        v(
+            "haproxy",
+            Health::Unknown,
+            format!("not checked: {}", unknown.join("; ")),
+        )
     } else {
         v(
             "haproxy",
             Health::Healthy,
-            format!("{} LBs, every API backend UP", up_lbs.len()),
+            format!("{serving} LBs, every API backend UP"),
         )
-    });
+    }
+}
+
+pub fn verdicts(c: &Cluster, s: &Status) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    out.push(vip_verdict(s));
+    out.push(haproxy_verdict(&s.lbs));
     // API servers
     let via_vip = s.api.iter().find(|a| a.target == "VIP");
     let bad: Vec<&str> = s
@@ -363,6 +619,7 @@ pub fn verdicts(c: &Cluster, s: &Status) -> Vec<Verdict> {
 fn mark(h: Health) -> &'static str {
     match h {
         Health::Healthy => "✓ healthy",
+        Health::Unknown => "? unknown",
         Health::Degraded => "! degraded",
         Health::Down => "✗ down",
     }
@@ -398,11 +655,18 @@ pub fn render_text(s: &Status) -> String {
     let mut t = table(vec!["lb", "server", "status", "check", "since change"]);
     for l in &s.lbs {
         if let Some(e) = &l.error {
+            let what = match lb_state(l) {
+                LbState::Serving => "-",
+                LbState::Dead(_) => "down",
+                LbState::Hung(_) => "hung",
+                LbState::Unreachable(_) => "unreachable",
+                LbState::Unknown(_) => "unknown",
+            };
             t.add_row(vec![
                 l.host.clone(),
                 "-".into(),
-                "unreachable".into(),
-                e.clone(),
+                what.into(),
+                e.message.clone(),
                 "-".into(),
             ]);
         }
@@ -522,13 +786,13 @@ pub fn render_prometheus(s: &Status) -> String {
     );
     emit(
         "hakube_layer_health",
-        "Health per layer: 0 healthy, 1 degraded, 2 down.",
+        "Health per layer: 0 healthy, 1 degraded, 2 down, 3 unknown (could not be checked).",
         s.verdicts
             .iter()
             .map(|v| {
                 (
                     format!(",layer=\"{}\"", v.layer),
-                    v.health.exit_code().to_string(),
+                    v.health.metric().to_string(),
                 )
             })
             .collect(),
@@ -596,4 +860,123 @@ pub fn verdict_map(s: &Status) -> BTreeMap<String, Health> {
         .iter()
         .map(|v| (v.layer.clone(), v.health))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lb(host: &str, error: Option<StatsError>) -> LbProbe {
+        LbProbe {
+            host: host.into(),
+            servers: vec![],
+            error,
+        }
+    }
+
+    fn failure(kind: StatsFailure, process: Option<&str>, ssh: Option<Unobserved>) -> StatsError {
+        StatsError {
+            kind,
+            message: format!("{kind:?}"),
+            process: process.and_then(|t| probes::parse_service(t, "haproxy")),
+            ssh,
+        }
+    }
+
+    fn unreachable(host: &str) -> Unobserved {
+        Unobserved {
+            host: host.into(),
+            cause: Some(crate::transport::ConnectCause::TimedOut),
+            why: "unreachable (connection timed out)".into(),
+            help: String::new(),
+        }
+    }
+
+    #[test]
+    fn unknown_is_worse_than_healthy_better_than_degraded_and_exits_1() {
+        let worst = [Health::Healthy, Health::Unknown]
+            .into_iter()
+            .max()
+            .expect("max");
+        assert_eq!(worst, Health::Unknown);
+        assert_eq!(
+            [Health::Unknown, Health::Degraded].into_iter().max(),
+            Some(Health::Degraded)
+        );
+        assert_eq!(Health::Unknown.exit_code(), 1);
+        assert_eq!(Health::Unknown.metric(), 3);
+        assert_eq!(Health::Down.exit_code(), 2);
+    }
+
+    #[test]
+    fn hung_dead_unreachable_and_unchecked_haproxy_are_told_apart() {
+        let cases = [
+            (
+                failure(
+                    StatsFailure::TimedOut,
+                    Some("haproxy.active active\nhaproxy.proc 7 T\n"),
+                    None,
+                ),
+                "hung",
+            ),
+            (
+                failure(
+                    StatsFailure::TimedOut,
+                    Some("haproxy.active active\nhaproxy.proc 7 S\n"),
+                    None,
+                ),
+                "hung",
+            ),
+            (
+                failure(
+                    StatsFailure::Refused,
+                    Some("haproxy.active inactive\n"),
+                    None,
+                ),
+                "dead",
+            ),
+            (
+                failure(StatsFailure::Refused, None, Some(unreachable("lb2"))),
+                "dead",
+            ),
+            (
+                failure(StatsFailure::TimedOut, None, Some(unreachable("lb2"))),
+                "unreachable",
+            ),
+            (failure(StatsFailure::NotConfigured, None, None), "unknown"),
+        ];
+        for (err, want) in cases {
+            let got = match lb_state(&lb("lb2", Some(err.clone()))) {
+                LbState::Serving => "serving",
+                LbState::Dead(_) => "dead",
+                LbState::Hung(_) => "hung",
+                LbState::Unreachable(_) => "unreachable",
+                LbState::Unknown(_) => "unknown",
+            };
+            assert_eq!(got, want, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn haproxy_verdicts_name_the_state() {
+        let hung = failure(
+            StatsFailure::TimedOut,
+            Some("haproxy.active active\nhaproxy.proc 7 T\n"),
+            None,
+        );
+        let v = haproxy_verdict(&[lb("lb1", None), lb("lb2", Some(hung))]);
+        assert_eq!(v.health, Health::Degraded);
+        assert!(v.reason.starts_with("HAProxy hung on lb2"), "{v:?}");
+
+        let dead = failure(StatsFailure::Refused, Some("haproxy.active failed\n"), None);
+        let v = haproxy_verdict(&[lb("lb1", None), lb("lb2", Some(dead.clone()))]);
+        assert!(v.reason.starts_with("HAProxy down on lb2"), "{v:?}");
+        let v = haproxy_verdict(&[lb("lb1", Some(dead.clone())), lb("lb2", Some(dead))]);
+        assert_eq!(v.health, Health::Down);
+
+        // A stats page hakube cannot read is not a dead HAProxy.
+        let off = failure(StatsFailure::NotConfigured, None, None);
+        let v = haproxy_verdict(&[lb("lb1", Some(off.clone())), lb("lb2", Some(off))]);
+        assert_eq!(v.health, Health::Unknown, "{v:?}");
+    }
 }

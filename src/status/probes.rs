@@ -1,12 +1,13 @@
 //! The live probes behind `status` and `doctor`. Each has a short timeout and reports its own
 //! failure instead of failing the whole status.
 
-use super::{ApiProbe, PROBE_TIMEOUT};
-use crate::spec::{Cluster, url};
+use super::{ApiProbe, PROBE_TIMEOUT, Unobserved};
+use crate::spec::{Cluster, Host, url};
 use crate::transport::{self, Transport};
 use base64::Engine;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +19,17 @@ pub struct HaproxyServer {
     pub status: String,
     pub check: String,
     pub last_change_s: u64,
+    /// UP to DOWN transitions since this HAProxy process started (`chkdown`): a process that
+    /// just (re)started and is still rising has none.
+    #[serde(default)]
+    pub transitions: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LbProbe {
     pub host: String,
     pub servers: Vec<HaproxyServer>,
-    pub error: Option<String>,
+    pub error: Option<StatsError>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -51,6 +56,210 @@ pub struct Cert {
     pub days_left: i64,
 }
 
+/// Why an LB's stats page could not be read, and what its HAProxy process was doing then.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsError {
+    pub kind: StatsFailure,
+    pub message: String,
+    /// HAProxy's service and processes, as seen over SSH at the same time.
+    pub process: Option<ProcessState>,
+    /// Why the process could not be seen, when SSH failed.
+    pub ssh: Option<Unobserved>,
+}
+
+/// A failure known only by its message.
+impl From<&str> for StatsError {
+    fn from(message: &str) -> StatsError {
+        StatsError {
+            kind: StatsFailure::Other,
+            message: message.into(),
+            process: None,
+            ssh: None,
+        }
+    }
+}
+
+impl std::fmt::Display for StatsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatsFailure {
+    /// Nothing listens on the stats port.
+    Refused,
+    /// No answer in time: a hung process, or a host that does not answer at all.
+    TimedOut,
+    /// The spec turns the stats page off, or hakube has no password for it.
+    NotConfigured,
+    /// Anything else: an HTTP error, a reset, an unreadable answer.
+    Other,
+}
+
+/// A service's state from `systemctl` and its processes' states from /proc.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ProcessState {
+    /// `systemctl is-active`: active, inactive, failed, activating, reloading, ...
+    pub active: String,
+    /// (pid, state letter from /proc/PID/stat: R, S, D, T, Z, ...) of the main process and
+    /// its children.
+    pub procs: Vec<(u32, char)>,
+}
+
+impl ProcessState {
+    /// systemd counts the service as running.
+    pub fn running(&self) -> bool {
+        matches!(self.active.as_str(), "active" | "reloading")
+    }
+    /// Processes stopped by a signal (SIGSTOP, SIGTSTP) or a tracer.
+    pub fn stopped(&self) -> Vec<u32> {
+        self.procs
+            .iter()
+            .filter(|(_, st)| matches!(st, 'T' | 't'))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+    pub fn describe(&self) -> String {
+        let procs = self
+            .procs
+            .iter()
+            .map(|(p, st)| format!("{p} {st}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if procs.is_empty() {
+            format!("systemctl: {}", self.active)
+        } else {
+            format!("systemctl: {}; processes (pid state): {procs}", self.active)
+        }
+    }
+}
+
+/// A service's state and its processes': one script fragment for any unit, on systemd hosts
+/// and on the lab's systemctl alike. Lines: `NAME.active STATE`, `NAME.proc PID STATE`.
+pub fn service_script(unit: &str) -> String {
+    format!(
+        "echo \"{unit}.active $(systemctl is-active {unit} 2>/dev/null)\"; \
+         pid=$(systemctl show -p MainPID --value {unit} 2>/dev/null); \
+         if [ -n \"$pid\" ] && [ \"$pid\" != 0 ]; then \
+         for p in $pid $(cat /proc/$pid/task/*/children 2>/dev/null); do \
+         st=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f1); \
+         [ -n \"$st\" ] && echo \"{unit}.proc $p $st\"; done; fi\n"
+    )
+}
+
+/// Read what [`service_script`] printed for `unit`.
+pub fn parse_service(text: &str, unit: &str) -> Option<ProcessState> {
+    let mut st: Option<ProcessState> = None;
+    for l in text.lines() {
+        if let Some(a) = l.strip_prefix(&format!("{unit}.active ")) {
+            st.get_or_insert_with(Default::default).active = a.trim().to_string();
+        } else if let Some(p) = l.strip_prefix(&format!("{unit}.proc "))
+            && let Some((pid, state)) = p.trim().split_once(' ')
+            && let (Ok(pid), Some(state)) = (pid.parse(), state.chars().next())
+        {
+            st.get_or_insert_with(Default::default)
+                .procs
+                .push((pid, state));
+        }
+    }
+    st
+}
+
+/// What one SSH round trip to a load balancer shows: whether it holds the VIP, and HAProxy.
+#[derive(Debug, Clone, Default)]
+pub struct LbView {
+    pub holds_vip: bool,
+    pub haproxy: Option<ProcessState>,
+}
+
+fn lb_script() -> String {
+    format!(
+        "ip -o addr show 2>/dev/null | awk '{{split($4, a, \"/\"); print \"addr \" a[1]}}'\n{}true\n",
+        service_script("haproxy")
+    )
+}
+
+pub fn parse_lb_view(text: &str, vip: &str) -> LbView {
+    LbView {
+        holds_vip: text
+            .lines()
+            .any(|l| l.strip_prefix("addr ").map(str::trim) == Some(vip)),
+        haproxy: parse_service(text, "haproxy"),
+    }
+}
+
+/// Where probes get their SSH connections from: fresh ones (`status`, `doctor`), or the open
+/// ones of a running `apply`.
+#[derive(Clone, Copy)]
+pub enum Conns<'a> {
+    Fresh,
+    Open(&'a BTreeMap<String, Arc<dyn Transport>>),
+}
+
+/// SSH connect timeout for probes.
+pub const SSH_CONNECT: Duration = Duration::from_secs(2);
+/// A probe's command over an open connection: generous, since a busy host is slow to fork a
+/// session but is not down.
+pub const SSH_COMMAND: Duration = Duration::from_secs(5);
+
+/// Run `script` on `h` over SSH, with a connection from `conns`.
+pub async fn ssh_run(
+    c: &Cluster,
+    h: &Host,
+    conns: Conns<'_>,
+    script: &str,
+    display: &str,
+) -> Result<String, Unobserved> {
+    let fail = |e: transport::Error| Unobserved::from_transport(&h.name, &e);
+    match conns {
+        Conns::Open(m) => {
+            let t = m.get(&h.name).ok_or_else(|| Unobserved {
+                host: h.name.clone(),
+                cause: None,
+                why: "no connection to it".into(),
+                help: String::new(),
+            })?;
+            transport::run(t.as_ref(), script, display, SSH_COMMAND)
+                .await
+                .map(|o| o.stdout_str())
+                .map_err(fail)
+        }
+        Conns::Fresh => {
+            let t = transport::ssh::Ssh::connect(h, &c.base_dir, SSH_CONNECT)
+                .await
+                .map_err(fail)?;
+            transport::run(&t, script, display, SSH_COMMAND)
+                .await
+                .map(|o| o.stdout_str())
+                .map_err(fail)
+        }
+    }
+}
+
+/// Each load balancer's view over SSH (VIP, HAProxy's process), or why it could not be asked.
+pub async fn lb_views(c: &Cluster, conns: Conns<'_>) -> Vec<(String, Result<LbView, Unobserved>)> {
+    let vip = c.lb.vip.to_string();
+    let script = lb_script();
+    futures::future::join_all(c.load_balancers().map(|h| {
+        let (vip, script) = (&vip, &script);
+        async move {
+            let r = ssh_run(
+                c,
+                h,
+                conns,
+                script,
+                "ip -o addr show; systemctl is-active haproxy",
+            )
+            .await
+            .map(|text| parse_lb_view(&text, vip));
+            (h.name.clone(), r)
+        }
+    }))
+    .await
+}
+
 async fn with_timeout<T>(
     d: Duration,
     f: impl std::future::Future<Output = anyhow::Result<T>>,
@@ -60,55 +269,20 @@ async fn with_timeout<T>(
         .map_err(|_| anyhow::anyhow!("timed out after {} ms", d.as_millis()))?
 }
 
-/// Which load balancers carry the VIP (over SSH), and whether anything answers on it.
-pub async fn vip(c: &Cluster) -> (Vec<String>, Vec<String>, bool) {
-    let vip = c.lb.vip.to_string();
-    let checks = futures::future::join_all(c.load_balancers().map(|h| {
-        let vip = vip.clone();
-        async move {
-            let r = with_timeout(Duration::from_millis(2500), async {
-                let t =
-                    transport::ssh::Ssh::connect(h, &c.base_dir, Duration::from_secs(2)).await?;
-                let o = transport::run(
-                    &t,
-                    "ip -o addr show",
-                    "ip -o addr show",
-                    Duration::from_secs(2),
-                )
-                .await?;
-                Ok(o.stdout_str()
-                    .split_whitespace()
-                    .any(|w| w.split('/').next() == Some(vip.as_str())))
-            })
-            .await;
-            (h.name.clone(), r)
-        }
-    }));
-    let answers = async {
-        let addr = SocketAddr::new(c.lb.vip, c.lb.api_port);
-        matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
-            Ok(Ok(_))
-        )
-    };
-    let (results, answers) = tokio::join!(checks, answers);
-    let mut holders = Vec::new();
-    let mut unknown = Vec::new();
-    for (h, r) in results {
-        match r {
-            Ok(true) => holders.push(h),
-            Ok(false) => {}
-            Err(_) => unknown.push(h),
-        }
-    }
-    (holders, unknown, answers)
+/// Whether anything accepts connections on the VIP's API port.
+pub async fn vip_answers(c: &Cluster) -> bool {
+    let addr = SocketAddr::new(c.lb.vip, c.lb.api_port);
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn http_get(
     addr: SocketAddr,
     path: &str,
     auth: Option<(&str, &str)>,
-) -> anyhow::Result<(u16, String)> {
+) -> std::io::Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
     if let Some((u, p)) = auth {
@@ -172,6 +346,7 @@ pub fn parse_stats_csv(csv: &str) -> Vec<HaproxyServer> {
     ) else {
         return vec![];
     };
+    let down = idx("chkdown");
     lines
         .map(|l| l.split(',').collect::<Vec<&str>>())
         .filter(|f| {
@@ -183,6 +358,10 @@ pub fn parse_stats_csv(csv: &str) -> Vec<HaproxyServer> {
             status: f.get(st).unwrap_or(&"").to_string(),
             check: f.get(ck).unwrap_or(&"").to_string(),
             last_change_s: f.get(lc).and_then(|x| x.parse().ok()).unwrap_or(0),
+            transitions: down
+                .and_then(|i| f.get(i))
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0),
         })
         .collect()
 }
@@ -190,42 +369,75 @@ pub fn parse_stats_csv(csv: &str) -> Vec<HaproxyServer> {
 /// Each LB's view of the API backends, from its stats page (CSV).
 pub async fn haproxy(c: &Cluster, password: Option<&str>) -> Vec<LbProbe> {
     futures::future::join_all(c.load_balancers().map(|h| async move {
-        let r = async {
-            if !c.lb.stats.enabled {
-                anyhow::bail!("the stats page is disabled (spec.loadBalancer.stats.enabled)");
-            }
-            let pw = password.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no stats password file at {}",
-                    c.lb.stats.password_file.display()
-                )
-            })?;
-            let addr = SocketAddr::new(h.address, c.lb.stats.port);
-            let (code, body) = with_timeout(
-                PROBE_TIMEOUT,
-                http_get(addr, "/stats;csv", Some((&c.lb.stats.user, pw))),
-            )
-            .await?;
-            if code != 200 {
-                anyhow::bail!("stats page answered {code}");
-            }
-            Ok(parse_stats_csv(&body))
-        }
-        .await;
+        let r = stats(c, h, password).await;
         match r {
             Ok(servers) => LbProbe {
                 host: h.name.clone(),
                 servers,
                 error: None,
             },
-            Err(e) => LbProbe {
+            Err((kind, message)) => LbProbe {
                 host: h.name.clone(),
                 servers: vec![],
-                error: Some(format!("{e:#}")),
+                error: Some(StatsError {
+                    kind,
+                    message,
+                    process: None,
+                    ssh: None,
+                }),
             },
         }
     }))
     .await
+}
+
+async fn stats(
+    c: &Cluster,
+    h: &Host,
+    password: Option<&str>,
+) -> Result<Vec<HaproxyServer>, (StatsFailure, String)> {
+    if !c.lb.stats.enabled {
+        return Err((
+            StatsFailure::NotConfigured,
+            "the stats page is disabled (spec.loadBalancer.stats.enabled)".into(),
+        ));
+    }
+    let Some(pw) = password else {
+        return Err((
+            StatsFailure::NotConfigured,
+            format!(
+                "no stats password file at {}",
+                c.lb.stats.password_file.display()
+            ),
+        ));
+    };
+    let addr = SocketAddr::new(h.address, c.lb.stats.port);
+    let got = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        http_get(addr, "/stats;csv", Some((&c.lb.stats.user, pw))),
+    )
+    .await;
+    let (code, body) = match got {
+        Err(_) => {
+            return Err((
+                StatsFailure::TimedOut,
+                format!("timed out after {} ms", PROBE_TIMEOUT.as_millis()),
+            ));
+        }
+        Ok(Err(e)) => {
+            let kind = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => StatsFailure::Refused,
+                std::io::ErrorKind::TimedOut => StatsFailure::TimedOut,
+                _ => StatsFailure::Other,
+            };
+            return Err((kind, e.to_string()));
+        }
+        Ok(Ok(r)) => r,
+    };
+    if code != 200 {
+        return Err((StatsFailure::Other, format!("stats page answered {code}")));
+    }
+    Ok(parse_stats_csv(&body))
 }
 
 /// /readyz and /livez through the VIP and on every control plane.
@@ -429,30 +641,31 @@ pub async fn certs(c: &Cluster, api_ca: Option<&str>, etcd: &crate::etcd::Tls) -
     .collect()
 }
 
-/// Run a read-only command on every host in `names` (doctor's SSH checks). Each result carries
-/// the host's clock offset, from a `date` round trip timed on its own. Unreachable hosts come
-/// back as errors.
+/// Run a read-only script on every host in `names` (doctor's SSH checks), the script chosen
+/// per host. Each result carries the host's clock offset, from a `date` round trip timed on its
+/// own. Hosts that cannot be asked come back with why.
 pub async fn on_hosts(
     c: &Cluster,
     names: &[String],
-    script: &str,
-) -> Vec<(String, anyhow::Result<(String, i64)>)> {
+    script: impl Fn(&Host) -> String,
+) -> Vec<(String, Result<(String, i64), Unobserved>)> {
+    let script = &script;
     futures::future::join_all(names.iter().map(|n| async move {
         let r = async {
-            let h = c.host(n).ok_or_else(|| anyhow::anyhow!("no host {n}"))?;
-            let t = with_timeout(
-                Duration::from_millis(2500),
-                transport::ssh::Ssh::connect(h, &c.base_dir, Duration::from_secs(2)),
-            )
-            .await?;
+            let h = c.host(n).ok_or_else(|| Unobserved {
+                host: n.clone(),
+                cause: None,
+                why: "not in the spec".into(),
+                help: String::new(),
+            })?;
+            let fail = |e: transport::Error| Unobserved::from_transport(n, &e);
+            let t = transport::ssh::Ssh::connect(h, &c.base_dir, SSH_CONNECT)
+                .await
+                .map_err(fail)?;
             let t0 = now_ms();
-            let d = transport::run(
-                &t as &dyn Transport,
-                "date +%s%3N",
-                "date",
-                Duration::from_secs(3),
-            )
-            .await?;
+            let d = transport::run(&t, "date +%s%3N", "date", SSH_COMMAND)
+                .await
+                .map_err(fail)?;
             let t1 = now_ms();
             let remote: i64 = d.stdout_str().trim().parse().unwrap_or((t0 + t1) / 2);
             let off = remote - (t0 + t1) / 2;
@@ -462,8 +675,9 @@ pub async fn on_hosts(
             } else {
                 0
             };
-            let o = transport::run(&t as &dyn Transport, script, script, Duration::from_secs(3))
-                .await?;
+            let o = transport::run(&t, &script(h), "doctor checks", SSH_COMMAND * 2)
+                .await
+                .map_err(fail)?;
             Ok((o.stdout_str(), off))
         }
         .await;
@@ -486,8 +700,9 @@ pub async fn nodes(c: &Cluster) -> Option<Vec<(String, bool)>> {
         return None;
     }
     let names: Vec<String> = c.control_planes().map(|h| h.name.clone()).take(1).collect();
-    let script =
-        "kubectl --kubeconfig=/etc/kubernetes/admin.conf get nodes --no-headers 2>/dev/null";
+    let script = |_: &Host| {
+        "kubectl --kubeconfig=/etc/kubernetes/admin.conf get nodes --no-headers 2>/dev/null".into()
+    };
     let (_, r) = on_hosts(c, &names, script).await.into_iter().next()?;
     let (text, _) = r.ok()?;
     let nodes = parse_nodes(&text);
@@ -535,6 +750,54 @@ mod tests {
                 ("worker2".into(), true)
             ]
         );
+    }
+
+    /// HAProxy 2.6's stats CSV on the lab, seconds after a cold apply (captured): each server
+    /// went down once while its API server was not up yet (`chkdown` 1), then rose.
+    const STATS_AFTER_COLD_APPLY: &str = concat!(
+        "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,need_conn_est,uweight,agg_server_status,agg_server_check_status,agg_check_status,-,ssl_sess,ssl_reused_sess,ssl_failed_handshake,h2_headers_rcvd,h2_data_rcvd,h2_settings_rcvd,h2_rst_stream_rcvd,h2_goaway_rcvd,h2_detected_conn_protocol_errors,h2_detected_strm_protocol_errors,h2_rst_stream_resp,h2_goaway_resp,h2_open_connections,h2_backend_open_streams,h2_total_connections,h2_backend_total_streams,h1_open_connections,h1_open_streams,h1_total_connections,h1_total_streams,h1_bytes_in,h1_bytes_out,h1_spliced_bytes_in,h1_spliced_bytes_out,\n",
+        "k8s-api,master1,0,0,0,1,,4,1631,4662,,0,,0,0,0,0,UP,1,1,0,1,1,6,7,,1,6,1,57,4,,2,0,,2,L7OK,200,7,,,,,,,,,,,0,0,,,,,3,,,0,0,0,26,,,,Layer7 check passed,,2,2,3,,,,,,tcp,,,,,,,,0,4,0,,,0,,0,0,0,41,0,0,0,0,1,1,,,,-,2,13,0,,,,,,,,,,,,,,,,,,,,,,\n",
+        "k8s-api,master2,0,0,0,1,,3,407,1165,,0,,0,0,0,0,UP,1,1,0,1,1,5,8,,1,6,2,57,3,,2,0,,2,L7OK,200,12,,,,,,,,,,,0,0,,,,,3,,,0,0,0,13,,,,Layer7 check passed,,2,2,3,,,,,,tcp,,,,,,,,0,3,0,,,0,,0,0,0,29,0,0,0,0,1,1,,,,-,2,12,0,,,,,,,,,,,,,,,,,,,,,,\n",
+        "k8s-api,BACKEND,0,0,0,3,400,10,2853,8152,0,0,,0,0,0,0,UP,2,3,0,,1,6,7,,1,6,0,,10,,1,0,,4,,,,,,,,,,,,,,0,0,0,0,0,0,3,,,0,0,0,23,,,,,,,,,,,,,,tcp,,,,,,,,0,10,0,,,,,0,0,0,41,0,,,,,3,0,0,0,-,6,36,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,99,99,4956,1008,0,0,\n",
+    );
+
+    #[test]
+    fn real_stats_csv_gives_state_and_transitions() {
+        let s = parse_stats_csv(STATS_AFTER_COLD_APPLY);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(
+            (
+                s[0].server.as_str(),
+                s[0].status.as_str(),
+                s[0].check.as_str()
+            ),
+            ("master1", "UP", "L7OK")
+        );
+        assert_eq!((s[0].last_change_s, s[0].transitions), (6, 1));
+        assert_eq!((s[1].last_change_s, s[1].transitions), (5, 1));
+    }
+
+    #[test]
+    fn lb_view_reads_the_vip_and_haproxys_processes() {
+        // What lb_script printed on the lab's VIP holder (captured), then the process lines
+        // it printed on lb2 with HAProxy's master and worker stopped by SIGSTOP.
+        let text = "addr 127.0.0.1\naddr ::1\naddr 10.120.0.11\naddr 10.120.0.100\n\
+                    addr fe80::64e6:ddff:fe46:731d\nhaproxy.active active\n\
+                    haproxy.proc 27996 S\nhaproxy.proc 7356 S\n";
+        let v = parse_lb_view(text, "10.120.0.100");
+        assert!(v.holds_vip);
+        let p = v.haproxy.expect("haproxy");
+        assert!(p.running() && p.stopped().is_empty());
+        assert_eq!(p.procs, vec![(27996, 'S'), (7356, 'S')]);
+        let stopped = "haproxy.active active\nhaproxy.proc 29875 T\nhaproxy.proc 7832 T\n";
+        let v = parse_lb_view(stopped, "10.120.0.100");
+        assert!(!v.holds_vip);
+        assert_eq!(v.haproxy.expect("haproxy").stopped(), vec![29875, 7832]);
+        // A prefix of the VIP is not the VIP.
+        assert!(!parse_lb_view("addr 10.120.0.1000\n", "10.120.0.100").holds_vip);
+        let dead = parse_service("haproxy.active failed\n", "haproxy").expect("state");
+        assert!(!dead.running() && dead.procs.is_empty());
+        assert_eq!(parse_service("", "haproxy"), None);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Runs scripts on this machine. For tests, and for running hakube on a host itself.
 
-use super::{BoxFut, Output, Transport};
-use anyhow::{Context, Result};
+use super::{BoxFut, Error, Output, Result, Transport};
 use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 
@@ -21,6 +20,11 @@ impl Transport for Local {
     }
 
     fn exec<'a>(&'a self, script: &'a str, stdin: Option<&'a [u8]>) -> BoxFut<'a, Result<Output>> {
+        let spawn_err = |source: std::io::Error| Error::Spawn {
+            host: self.name.clone(),
+            command: "sh".into(),
+            source,
+        };
         Box::pin(async move {
             let mut child = tokio::process::Command::new("sh")
                 .arg("-c")
@@ -34,12 +38,12 @@ impl Transport for Local {
                 .stderr(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
-                .context("cannot start sh")?;
+                .map_err(spawn_err)?;
             if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-                pipe.write_all(data).await?;
+                pipe.write_all(data).await.map_err(spawn_err)?;
                 drop(pipe);
             }
-            let out = child.wait_with_output().await?;
+            let out = child.wait_with_output().await.map_err(spawn_err)?;
             Ok(Output::from(out))
         })
     }
@@ -49,6 +53,11 @@ impl Transport for Local {
         script: &'a str,
         input: super::Input<'a>,
     ) -> BoxFut<'a, Result<Output>> {
+        let spawn_err = |source: std::io::Error| Error::Spawn {
+            host: self.name.clone(),
+            command: "sh".into(),
+            source,
+        };
         Box::pin(async move {
             let mut child = tokio::process::Command::new("sh")
                 .arg("-c")
@@ -58,41 +67,17 @@ impl Transport for Local {
                 .stderr(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
-                .context("cannot start sh")?;
-            let pipe = child.stdin.take().context("no stdin")?;
-            let wait = async { Ok(Output::from(child.wait_with_output().await?)) };
-            super::feed_and_wait(input, pipe, wait).await
+                .map_err(spawn_err)?;
+            let pipe = child
+                .stdin
+                .take()
+                .ok_or_else(|| spawn_err(std::io::Error::other("the child has no stdin pipe")))?;
+            let wait = async {
+                Ok(Output::from(
+                    child.wait_with_output().await.map_err(spawn_err)?,
+                ))
+            };
+            super::feed_and_wait(&self.name, script, input, pipe, wait).await
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn input(bytes: Vec<u8>) -> super::super::Input<'static> {
-        Box::pin(std::io::Cursor::new(bytes))
-    }
-
-    #[tokio::test]
-    async fn a_stream_reaches_the_script_whole() {
-        let data: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 251) as u8).collect();
-        let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
-        let o = Local::new("here")
-            .exec_stream("sha256sum | cut -d' ' -f1", input(data))
-            .await
-            .unwrap();
-        assert_eq!(o.status, 0, "{}", o.stderr);
-        assert_eq!(o.stdout_str().trim(), want);
-    }
-
-    #[tokio::test]
-    async fn a_script_that_stops_reading_reports_its_own_failure() {
-        let o = Local::new("here")
-            .exec_stream("echo no room >&2; exit 7", input(vec![0u8; 8 << 20]))
-            .await
-            .unwrap();
-        assert_eq!(o.status, 7);
-        assert!(o.stderr.contains("no room"));
     }
 }

@@ -2,10 +2,11 @@
 //! implementation. Everything hakube does on a host is a shell script run as root through
 //! [`Transport::exec`], so the same code path serves every kind of host.
 
+pub mod error;
 pub mod local;
 pub mod ssh;
 
-use anyhow::{Context, Result, bail};
+pub use error::{ConnectCause, ConnectError, Error, Result, tail};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -38,7 +39,8 @@ impl Output {
 pub trait Transport: Send + Sync {
     /// The host name, for messages.
     fn host(&self) -> &str;
-    /// Run `script` with `sh -c` as root on the host, feeding `stdin`.
+    /// Run `script` with `sh -c` as root on the host, feeding `stdin`. A non-zero exit is an
+    /// [`Output`], not an error; errors are what kept the script from running to its end.
     fn exec<'a>(&'a self, script: &'a str, stdin: Option<&'a [u8]>) -> BoxFut<'a, Result<Output>>;
     /// Like [`Transport::exec`], with stdin streamed from `input` as the script reads it, so that
     /// a large file is never held in memory. The default reads it all first.
@@ -50,7 +52,14 @@ pub trait Transport: Send + Sync {
         Box::pin(async move {
             use tokio::io::AsyncReadExt;
             let mut buf = Vec::new();
-            input.read_to_end(&mut buf).await?;
+            input
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|source| Error::Input {
+                    host: self.host().to_string(),
+                    command: script.lines().next().unwrap_or("").to_string(),
+                    source,
+                })?;
             self.exec(script, Some(&buf)).await
         })
     }
@@ -62,6 +71,8 @@ pub type Input<'a> = Pin<Box<dyn tokio::io::AsyncRead + Send + 'a>>;
 /// Feed `input` to a child's stdin while it runs; the child's own failure (it exited early, so
 /// the pipe broke) is what the caller sees.
 pub(crate) async fn feed_and_wait<W, F>(
+    host: &str,
+    script: &str,
     mut input: Input<'_>,
     mut pipe: W,
     wait: F,
@@ -74,24 +85,22 @@ where
     let feed = async move {
         tokio::io::copy(&mut input, &mut pipe).await?;
         pipe.shutdown().await?;
-        anyhow::Ok(())
+        std::io::Result::Ok(())
     };
     let (fed, out) = tokio::join!(feed, wait);
     let out = out?;
     if out.status == 0 {
-        fed.context("feeding the script's stdin")?;
+        fed.map_err(|source| Error::Input {
+            host: host.to_string(),
+            command: script.lines().next().unwrap_or("").to_string(),
+            source,
+        })?;
     }
     Ok(out)
 }
 
 /// Default per-command timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The last `n` lines of `s`, for error messages.
-pub fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.trim_end().lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 /// Run `script`; fail with the host, the command and the end of stderr if it exits non-zero.
 pub async fn run(
@@ -100,31 +109,34 @@ pub async fn run(
     display: &str,
     timeout: Duration,
 ) -> Result<Output> {
-    let out = tokio::time::timeout(timeout, t.exec(script, None))
-        .await
-        .with_context(|| {
-            format!(
-                "{}: `{display}` timed out after {}s",
-                t.host(),
-                timeout.as_secs()
-            )
-        })??;
-    if out.status != 0 {
-        bail!(
-            "{}: `{display}` exited with {}\n{}",
-            t.host(),
-            out.status,
-            indent(&tail(&out.stderr, 8))
-        );
-    }
-    Ok(out)
+    run_with(t, script, None, display, timeout).await
 }
 
-fn indent(s: &str) -> String {
-    s.lines()
-        .map(|l| format!("    | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// [`run`] with `stdin`.
+pub async fn run_with(
+    t: &dyn Transport,
+    script: &str,
+    stdin: Option<&[u8]>,
+    display: &str,
+    timeout: Duration,
+) -> Result<Output> {
+    let out = tokio::time::timeout(timeout, t.exec(script, stdin))
+        .await
+        .map_err(|_| Error::Timeout {
+            host: t.host().to_string(),
+            command: display.to_string(),
+            after: timeout,
+        })?
+        .map_err(|e| e.for_command(display))?;
+    if out.status != 0 {
+        return Err(Error::Exit {
+            host: t.host().to_string(),
+            command: display.to_string(),
+            code: out.status,
+            stderr: tail(&out.stderr, 8),
+        });
+    }
+    Ok(out)
 }
 
 /// Single-quote `s` for a POSIX shell.
@@ -133,7 +145,10 @@ pub fn quote(s: &str) -> String {
 }
 
 /// sha256 of each path on the host (`None` where the file does not exist), in one round trip.
-pub async fn remote_hashes(t: &dyn Transport, paths: &[String]) -> Result<Vec<Option<String>>> {
+pub async fn remote_hashes(
+    t: &dyn Transport,
+    paths: &[String],
+) -> anyhow::Result<Vec<Option<String>>> {
     if paths.is_empty() {
         return Ok(vec![]);
     }
@@ -157,7 +172,7 @@ pub async fn remote_hashes(t: &dyn Transport, paths: &[String]) -> Result<Vec<Op
         })
         .collect();
     if v.len() != paths.len() {
-        bail!(
+        anyhow::bail!(
             "{}: expected {} checksums, got {}",
             t.host(),
             paths.len(),
@@ -179,7 +194,7 @@ pub async fn read_file(t: &dyn Transport, path: &str) -> Result<Option<Vec<u8>>>
     .await;
     match out {
         Ok(o) => Ok(Some(o.stdout)),
-        Err(e) if e.to_string().contains("exited with 3") => Ok(None),
+        Err(e) if e.exit_code() == Some(3) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -193,15 +208,6 @@ pub async fn write_file(t: &dyn Transport, path: &str, content: &[u8], mode: u32
          cat > \"$tmp\"; chmod {mode:o} \"$tmp\"; chown root:root \"$tmp\" 2>/dev/null || true; \
          if [ -f {q} ]; then cp -p {q} {q}.hakube-prev; fi; mv -f \"$tmp\" {q}"
     );
-    let out = tokio::time::timeout(TIMEOUT, t.exec(&script, Some(content)))
-        .await
-        .with_context(|| format!("{}: writing {path} timed out", t.host()))??;
-    if out.status != 0 {
-        bail!(
-            "{}: cannot write {path}\n{}",
-            t.host(),
-            indent(&tail(&out.stderr, 8))
-        );
-    }
+    run_with(t, &script, Some(content), &format!("write {path}"), TIMEOUT).await?;
     Ok(())
 }
