@@ -117,6 +117,21 @@ fn apply_replaces_a_member_that_lost_its_data_and_refuses_without_quorum() {
             "{host}: {s}"
         );
     }
+    // With the last member stopped too, none answers: the empty members must still not start
+    // (they would form a new, empty cluster beside master1's data).
+    lab.fault(&["stop", "master1", "etcd"]);
+    let o = apply(&lab);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = text(&o);
+    assert!(
+        out.contains("etcd was formed, but no member answers"),
+        "{out}"
+    );
+    assert!(out.contains("master2, master3 have no data"), "{out}");
+    for host in ["master1", "master2", "master3"] {
+        let o = lab.exec(host, "systemctl is-active etcd");
+        assert!(!o.status.success(), "{host}: etcd was started");
+    }
 }
 
 /// The drill's client probe (`drill soak`: no fault) runs while apply replaces a member whose

@@ -215,24 +215,28 @@ impl Phase for Etcd {
             };
             let Some(members) = members else {
                 // No running member answers. Once the cluster was formed, members without data
-                // must not start: with state `new` they would bootstrap an empty cluster of
-                // their own beside the data. Only a restore brings the data back.
+                // must not start beside members with data: with state `new` they would bootstrap
+                // an empty cluster of their own. Only a restore brings the data back. When every
+                // member is empty (new hardware for a restore, say) there is nothing to split.
                 let empty: Vec<&str> = cps
                     .iter()
                     .filter(|h| ctx.facts.get(&h.name).is_some_and(|f| !f.etcd_data))
                     .map(|h| h.name.as_str())
                     .collect();
-                if ctx.state.etcd_formed() && !empty.is_empty() {
+                if ctx.state.etcd_formed() && !empty.is_empty() && empty.len() < cps.len() {
                     bail!(
                         "etcd was formed, but no member answers and {} ha{} no data: apply cannot \
                          rebuild lost data, and starting empty members would create a new, empty \
-                         cluster.\n  help: if the members with data are only stopped or cut off, \
-                         start them or heal the network and run apply again; otherwise restore \
-                         the last backup: `hakube backup list -f SPEC`, then \
+                         cluster beside the data.\n  help: if the members with data are only \
+                         stopped or cut off, start them or heal the network and run apply again; \
+                         otherwise restore the last backup: `hakube backup list -f SPEC`, then \
                          `hakube restore BACKUP -f SPEC --yes`",
                         empty.join(", "),
                         if empty.len() == 1 { "s" } else { "ve" }
                     );
+                }
+                if ctx.state.etcd_formed() && empty.len() == cps.len() {
+                    ctx.log("warn", "", "etcd was formed before, but every member's data dir is empty: forming a new, empty cluster; if it held data, restore it now (`hakube restore BACKUP -f SPEC --yes`)");
                 }
                 // Form the cluster (or restart a stopped one). Every member must start at once,
                 // since each waits for a quorum of its peers.
