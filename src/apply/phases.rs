@@ -392,13 +392,7 @@ async fn restart_member(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<(
         )
         .await?;
         let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
-        readyz_gate(
-            ctx,
-            &ca,
-            name,
-            SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port),
-        )
-        .await?;
+        readyz_gate(ctx, &ca, h).await?;
         haproxy_rates_up(ctx, name).await?;
     }
     Ok(())
@@ -954,23 +948,15 @@ async fn lab_control_plane(ctx: &Ctx) -> Result<()> {
             continue;
         }
         // Health gate before the next one, so that at most one API server is ever down.
-        readyz_gate(
-            ctx,
-            &ca,
-            name,
-            SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port),
-        )
-        .await?;
+        readyz_gate(ctx, &ca, h).await?;
     }
     Ok(())
 }
 
-async fn readyz_gate(
-    ctx: &Ctx,
-    ca: &std::sync::Arc<rustls::ClientConfig>,
-    name: &str,
-    addr: SocketAddr,
-) -> Result<()> {
+/// Wait until the API server on `h` answers `/readyz` with 200.
+async fn readyz_gate(ctx: &Ctx, ca: &std::sync::Arc<rustls::ClientConfig>, h: &Host) -> Result<()> {
+    let name = &h.name;
+    let addr = SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port);
     if ctx.opts.dry_run {
         ctx.log(
             "wait",
