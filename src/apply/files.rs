@@ -2,7 +2,7 @@
 //! local PKI and, with `bootstrap: lab`, the lab API server.
 
 use crate::pki::Usage;
-use crate::render::{self, RenderedFile};
+use crate::render::{self, Component, RenderedFile};
 use crate::spec::{Bootstrap, Cluster, EtcdManagement, Host};
 use crate::state::{self, Leaf, State};
 use anyhow::{Context, Result};
@@ -12,9 +12,16 @@ pub const LAB_APISERVER_BIN: &str = "/var/lib/hakube/bin/hakube-lab-apiserver";
 pub const LAB_APISERVER_UNIT: &str = "/etc/systemd/system/hakube-lab-apiserver.service";
 pub const LAB_PKI: &str = "/etc/hakube/lab-apiserver";
 
-fn secret(h: &Host, path: &str, content: String, services: &[&str]) -> RenderedFile {
+fn secret(
+    h: &Host,
+    component: Component,
+    path: &str,
+    content: String,
+    services: &[&str],
+) -> RenderedFile {
     RenderedFile {
         host: h.name.clone(),
+        component,
         path: path.into(),
         mode: 0o600,
         content,
@@ -24,11 +31,17 @@ fn secret(h: &Host, path: &str, content: String, services: &[&str]) -> RenderedF
     }
 }
 
-fn public(h: &Host, path: &str, content: String, services: &[&str]) -> RenderedFile {
+fn public(
+    h: &Host,
+    component: Component,
+    path: &str,
+    content: String,
+    services: &[&str],
+) -> RenderedFile {
     RenderedFile {
         mode: 0o644,
         secret: false,
-        ..secret(h, path, content, services)
+        ..secret(h, component, path, content, services)
     }
 }
 
@@ -48,7 +61,13 @@ pub fn desired(
         let name = &h.name;
         let addr = h.address.to_string();
         if c.etcd.management == EtcdManagement::Hakube || c.kubernetes.bootstrap == Bootstrap::Lab {
-            files.push(public(h, state::MARKER_PATH, marker.clone(), &[]));
+            files.push(public(
+                h,
+                Component::Pki,
+                state::MARKER_PATH,
+                marker.clone(),
+                &[],
+            ));
         }
         if c.etcd.management == EtcdManagement::Hakube {
             let ca = pki.etcd_ca.cert_pem().to_string();
@@ -91,19 +110,51 @@ pub fn desired(
                 &[],
                 Usage::Client,
             )?;
-            files.push(public(h, "/etc/etcd/pki/ca.crt", ca, &["etcd"]));
-            files.push(public(h, "/etc/etcd/pki/server.crt", sc, &["etcd"]));
-            files.push(secret(h, "/etc/etcd/pki/server.key", sk, &["etcd"]));
-            files.push(public(h, "/etc/etcd/pki/peer.crt", pc, &["etcd"]));
-            files.push(secret(h, "/etc/etcd/pki/peer.key", pk, &["etcd"]));
             files.push(public(
                 h,
+                Component::Pki,
+                "/etc/etcd/pki/ca.crt",
+                ca,
+                &["etcd"],
+            ));
+            files.push(public(
+                h,
+                Component::Pki,
+                "/etc/etcd/pki/server.crt",
+                sc,
+                &["etcd"],
+            ));
+            files.push(secret(
+                h,
+                Component::Pki,
+                "/etc/etcd/pki/server.key",
+                sk,
+                &["etcd"],
+            ));
+            files.push(public(
+                h,
+                Component::Pki,
+                "/etc/etcd/pki/peer.crt",
+                pc,
+                &["etcd"],
+            ));
+            files.push(secret(
+                h,
+                Component::Pki,
+                "/etc/etcd/pki/peer.key",
+                pk,
+                &["etcd"],
+            ));
+            files.push(public(
+                h,
+                Component::Pki,
                 "/etc/etcd/pki/apiserver-etcd-client.crt",
                 ac,
                 &["hakube-lab-apiserver"],
             ));
             files.push(secret(
                 h,
+                Component::Pki,
                 "/etc/etcd/pki/apiserver-etcd-client.key",
                 ak,
                 &["hakube-lab-apiserver"],
@@ -136,14 +187,28 @@ pub fn desired(
             let svc = ["hakube-lab-apiserver"];
             files.push(public(
                 h,
+                Component::Pki,
                 &format!("{LAB_PKI}/ca.crt"),
                 pki.cluster_ca.cert_pem().to_string(),
                 &svc,
             ));
-            files.push(public(h, &format!("{LAB_PKI}/apiserver.crt"), cc, &svc));
-            files.push(secret(h, &format!("{LAB_PKI}/apiserver.key"), ck, &svc));
             files.push(public(
                 h,
+                Component::Pki,
+                &format!("{LAB_PKI}/apiserver.crt"),
+                cc,
+                &svc,
+            ));
+            files.push(secret(
+                h,
+                Component::Pki,
+                &format!("{LAB_PKI}/apiserver.key"),
+                ck,
+                &svc,
+            ));
+            files.push(public(
+                h,
+                Component::ControlPlane,
                 LAB_APISERVER_UNIT,
                 lab_unit(c, h),
                 &["daemon-reload", "hakube-lab-apiserver"],
@@ -158,6 +223,7 @@ pub fn desired(
                         content: String::new(),
                         ..public(
                             h,
+                            Component::ControlPlane,
                             LAB_APISERVER_BIN,
                             String::new(),
                             &["hakube-lab-apiserver"],

@@ -2,25 +2,31 @@
 //!
 //! Each phase knows whether it has anything to do (it compares checksums and live state first),
 //! does it, and in `--dry-run` describes the same steps instead: unified diffs of files and the
-//! commands it would run. Dry-run and apply share one code path; only the mutating helpers
-//! ([`Ctx::sync`], [`Ctx::cmd`]) branch.
+//! commands it would run. Dry-run and apply share one code path; only [`Ctx`]'s helpers
+//! branch. One file per phase lives in `phase/`; [`phases`] is their order.
 
+mod ctx;
 pub mod facts;
 pub mod files;
 pub mod members;
-mod phases;
+pub mod ops;
+mod phase;
+pub mod report;
 
 use crate::render::RenderedFile;
 use crate::spec::Cluster;
 use crate::state::State;
-use crate::transport::{self, BoxFut, Output, Transport};
-use anyhow::{Context, Result, bail};
+use crate::transport::{self, BoxFut, Transport};
+use anyhow::{Result, bail};
+pub use ctx::{Ctx, HostStats};
+use ctx::{Found, Hashes};
 use facts::Facts;
+pub use phase::convergence_limit;
+use report::{Kind, Reporter};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -33,7 +39,6 @@ pub struct Options {
     pub replace_ca: bool,
     /// Leaf certificates to issue again (`hakube certs renew`), by name (`etcd/master1-peer`).
     pub renew: BTreeSet<String>,
-    pub json: bool,
     /// The lab API server binary to install with `bootstrap: lab`.
     pub lab_apiserver: Option<PathBuf>,
     pub connect_timeout: Duration,
@@ -47,7 +52,6 @@ impl Default for Options {
             force: false,
             replace_ca: false,
             renew: BTreeSet::new(),
-            json: false,
             lab_apiserver: None,
             connect_timeout: Duration::from_secs(10),
         }
@@ -69,22 +73,14 @@ pub trait Phase: Send + Sync {
 /// The phases, in order.
 pub fn phases() -> Vec<Box<dyn Phase>> {
     vec![
-        Box::new(phases::Prepare),
-        Box::new(phases::Pki),
-        Box::new(phases::Etcd),
-        Box::new(phases::LoadBalancers),
-        Box::new(phases::ControlPlane),
-        Box::new(phases::Workers),
-        Box::new(phases::Verify),
+        Box::new(phase::prepare::Prepare),
+        Box::new(phase::pki::Pki),
+        Box::new(phase::etcd::Etcd),
+        Box::new(phase::load_balancers::LoadBalancers),
+        Box::new(phase::control_plane::ControlPlane),
+        Box::new(phase::workers::Workers),
+        Box::new(phase::verify::Verify),
     ]
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct HostStats {
-    pub changed: usize,
-    pub unchanged: usize,
-    pub failed: usize,
-    pub ms: u128,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,220 +90,6 @@ pub struct Summary {
     pub hosts: BTreeMap<String, HostStats>,
     pub phases: Vec<(String, u128)>,
     pub error: Option<String>,
-}
-
-pub struct Ctx {
-    pub c: Cluster,
-    pub opts: Options,
-    pub hosts: BTreeMap<String, Arc<dyn Transport>>,
-    pub facts: BTreeMap<String, Facts>,
-    pub files: Vec<RenderedFile>,
-    pub state: State,
-    stats: Mutex<BTreeMap<String, HostStats>>,
-    /// Services whose inputs changed in an earlier phase: host -> services.
-    pending: Mutex<BTreeMap<String, BTreeSet<String>>>,
-    /// Checksums of every wanted file as found on the hosts, read once up front (one round
-    /// trip per host) and kept current as files are written.
-    hashes: Mutex<Hashes>,
-    phase: Mutex<&'static str>,
-    out: Mutex<()>,
-}
-
-#[derive(Serialize)]
-struct Event<'a> {
-    event: &'a str,
-    phase: &'a str,
-    host: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    diff: Option<&'a str>,
-}
-
-impl Ctx {
-    pub fn host(&self, name: &str) -> Result<&dyn Transport> {
-        self.hosts
-            .get(name)
-            .map(|t| t.as_ref())
-            .with_context(|| format!("no connection to {name}"))
-    }
-
-    pub fn log(&self, kind: &str, host: &str, msg: &str) {
-        self.emit(kind, host, msg, None);
-    }
-
-    fn emit(&self, kind: &str, host: &str, msg: &str, diff: Option<&str>) {
-        let phase = *self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        let _g = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let mut o = std::io::stdout().lock();
-        if self.opts.json {
-            let e = Event {
-                event: kind,
-                phase,
-                host,
-                message: msg,
-                diff,
-            };
-            let _ = writeln!(o, "{}", serde_json::to_string(&e).unwrap_or_default());
-        } else {
-            let mark = match kind {
-                "change" => "~",
-                "command" => "$",
-                "wait" => "…",
-                "ok" => "✓",
-                "warn" => "!",
-                _ => " ",
-            };
-            let h = if host.is_empty() {
-                String::new()
-            } else {
-                format!("{host}: ")
-            };
-            let _ = writeln!(o, "[{phase:<13}] {mark} {h}{msg}");
-            if let Some(d) = diff {
-                for line in d.lines() {
-                    let _ = writeln!(o, "                    {line}");
-                }
-            }
-        }
-    }
-
-    fn stat(&self, host: &str, f: impl FnOnce(&mut HostStats)) {
-        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        f(s.entry(host.to_string()).or_default());
-    }
-
-    /// Mark `svc` on `host` as needing a restart because its inputs changed.
-    pub fn mark(&self, host: &str, svc: &str) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.entry(host.to_string())
-            .or_default()
-            .insert(svc.to_string());
-    }
-
-    /// Whether `svc` on `host` was marked; clears the mark.
-    pub fn take(&self, host: &str, svc: &str) -> bool {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.get_mut(host).is_some_and(|s| s.remove(svc))
-    }
-
-    /// Bring the files of `host` that match `filter` up to date. Returns the changed ones and
-    /// marks their services. In dry-run, prints unified diffs (secrets only by size) instead.
-    pub async fn sync(
-        &self,
-        host: &str,
-        filter: impl Fn(&RenderedFile) -> bool,
-    ) -> Result<Vec<RenderedFile>> {
-        let want: Vec<&RenderedFile> = self
-            .files
-            .iter()
-            .filter(|f| f.host == host && filter(f))
-            .collect();
-        if want.is_empty() {
-            return Ok(vec![]);
-        }
-        let t = self.host(host)?;
-        let paths: Vec<String> = want.iter().map(|f| f.path.clone()).collect();
-        let cached: Option<Vec<Option<String>>> = {
-            let h = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
-            paths
-                .iter()
-                .map(|p| h.get(&(host.to_string(), p.clone())).cloned())
-                .collect()
-        };
-        let have = match cached {
-            Some(v) => v,
-            None => transport::remote_hashes(t, &paths).await?,
-        };
-        let mut changed = Vec::new();
-        for (f, h) in want.iter().zip(have) {
-            if h.as_deref() == Some(f.sha256().as_str()) {
-                self.stat(host, |s| s.unchanged += 1);
-                continue;
-            }
-            let verb = if h.is_none() { "create" } else { "update" };
-            if self.opts.dry_run {
-                let diff = if f.secret || f.binary.is_some() {
-                    format!("({} bytes, contents not shown)", f.data().len())
-                } else {
-                    let old = match h {
-                        Some(_) => transport::read_file(t, &f.path).await?.unwrap_or_default(),
-                        None => Vec::new(),
-                    };
-                    let old = String::from_utf8_lossy(&old).to_string();
-                    similar::TextDiff::from_lines(&old, &f.content)
-                        .unified_diff()
-                        .context_radius(3)
-                        .header(
-                            &format!("{host}:{} (current)", f.path),
-                            &format!("{host}:{} (wanted)", f.path),
-                        )
-                        .to_string()
-                };
-                self.emit(
-                    "change",
-                    host,
-                    &format!("would {verb} {} ({:04o})", f.path, f.mode),
-                    Some(&diff),
-                );
-            } else {
-                transport::write_file(t, &f.path, f.data(), f.mode).await?;
-                self.hashes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((host.to_string(), f.path.clone()), Some(f.sha256()));
-                self.log("change", host, &format!("{verb}d {}", f.path));
-            }
-            self.stat(host, |s| s.changed += 1);
-            for svc in &f.services {
-                self.mark(host, svc);
-            }
-            changed.push((*f).clone());
-        }
-        Ok(changed)
-    }
-
-    /// Run a command that changes the host. In dry-run, only say so.
-    pub async fn cmd(&self, host: &str, script: &str, display: &str) -> Result<Option<Output>> {
-        if self.opts.dry_run {
-            self.log("command", host, &format!("would run: {display}"));
-            return Ok(None);
-        }
-        self.log("command", host, display);
-        let t = self.host(host)?;
-        match transport::run(t, script, display, Duration::from_secs(180)).await {
-            Ok(o) => Ok(Some(o)),
-            Err(e) => {
-                self.stat(host, |s| s.failed += 1);
-                Err(e.into())
-            }
-        }
-    }
-
-    /// Run `f` for every host in `names`, at most `concurrency` at a time; collect all errors.
-    pub async fn each<'a, F>(&'a self, names: Vec<String>, f: F) -> Result<()>
-    where
-        F: Fn(String) -> BoxFut<'a, Result<()>>,
-    {
-        use futures::stream::StreamExt;
-        let errors: Vec<String> = futures::stream::iter(names.into_iter().map(|n| {
-            let start = Instant::now();
-            let fut = f(n.clone());
-            async move {
-                let r = fut.await;
-                self.stat(&n, |s| s.ms += start.elapsed().as_millis());
-                r.err().map(|e| format!("{e:#}"))
-            }
-        }))
-        .buffer_unordered(self.opts.concurrency.max(1))
-        .filter_map(|e| async move { e })
-        .collect()
-        .await;
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            bail!("{}", errors.join("\n"))
-        }
-    }
 }
 
 /// Connect to every host in parallel. All failures are reported together.
@@ -346,7 +128,7 @@ pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc
 
 /// The whole of `apply`: take the lock, connect, then the phases. Always a summary: whatever
 /// stops it early is its `error`, so that `-o json` prints the same object either way.
-pub async fn run(c: Cluster, opts: Options) -> Summary {
+pub async fn run(c: Cluster, opts: Options, reporter: Arc<dyn Reporter>) -> Summary {
     let started = Instant::now();
     let failed = |e: anyhow::Error, dry_run: bool| Summary {
         dry_run,
@@ -364,7 +146,7 @@ pub async fn run(c: Cluster, opts: Options) -> Summary {
         }
     };
     match connect(&c, &opts).await {
-        Ok(hosts) => apply(c, opts, hosts).await,
+        Ok(hosts) => apply(c, opts, hosts, reporter).await,
         Err(e) => failed(e, opts.dry_run),
     }
 }
@@ -374,6 +156,7 @@ pub async fn apply(
     c: Cluster,
     opts: Options,
     hosts: BTreeMap<String, Arc<dyn Transport>>,
+    reporter: Arc<dyn Reporter>,
 ) -> Summary {
     let started = Instant::now();
     let mut summary = Summary {
@@ -383,7 +166,7 @@ pub async fn apply(
         phases: vec![],
         error: None,
     };
-    let ctx = match prepare_ctx(c, opts, hosts).await {
+    let ctx = match prepare_ctx(c, opts, hosts, reporter).await {
         Ok(ctx) => ctx,
         Err(e) => {
             summary.error = Some(format!("{e:#}"));
@@ -395,12 +178,16 @@ pub async fn apply(
             continue;
         }
         *ctx.phase.lock().unwrap_or_else(|e| e.into_inner()) = p.name();
-        ctx.log("info", "", p.describe());
+        ctx.log(Kind::Info, "", p.describe());
         let t = Instant::now();
         let r = p.run(&ctx).await;
         let ms = t.elapsed().as_millis();
         summary.phases.push((p.name().to_string(), ms));
-        ctx.log("info", "", &format!("done in {:.1}s", ms as f64 / 1000.0));
+        ctx.log(
+            Kind::Info,
+            "",
+            &format!("done in {:.1}s", ms as f64 / 1000.0),
+        );
         if let Err(e) = r {
             summary.error = Some(format!("phase {}: {e:#}", p.name()));
             break;
@@ -418,6 +205,7 @@ async fn prepare_ctx(
     c: Cluster,
     opts: Options,
     hosts: BTreeMap<String, Arc<dyn Transport>>,
+    reporter: Arc<dyn Reporter>,
 ) -> Result<Ctx> {
     // Facts from every host in parallel, then every problem at once.
     let mut facts = BTreeMap::new();
@@ -479,19 +267,15 @@ async fn prepare_ctx(
         state = State::open_or_init(&c)?.renewing(opts.renew.clone());
         files = files::desired(&c, &state, lab_bin.as_deref())?;
     }
-    Ok(Ctx {
+    Ok(Ctx::new(
         c,
         opts,
         hosts,
-        facts,
+        Found { facts, hashes },
         files,
         state,
-        stats: Mutex::new(BTreeMap::new()),
-        pending: Mutex::new(BTreeMap::new()),
-        hashes: Mutex::new(hashes),
-        phase: Mutex::new("facts"),
-        out: Mutex::new(()),
-    })
+        reporter,
+    ))
 }
 
 /// Refuse to hand the cluster CAs it does not trust: a CA file on a host that differs from this
@@ -570,11 +354,8 @@ async fn check_same_cas(
     )
 }
 
-/// A file's checksum on a host, by (host, path); `None` where the file does not exist.
-type Hashes = BTreeMap<(String, String), Option<String>>;
-
 /// Every wanted file's checksum on its host, one round trip per host, in parallel.
-async fn prefetch_hashes(
+pub(crate) async fn prefetch_hashes(
     hosts: &BTreeMap<String, Arc<dyn Transport>>,
     files: &[RenderedFile],
     limit: usize,

@@ -4,7 +4,7 @@
 //! values live in InitConfiguration/JoinConfiguration `localAPIEndpoint`, never in
 //! ClusterConfiguration. Stacked etcd gets no `initial-cluster`: kubeadm sets it per join.
 
-use super::{HEADER, RenderedFile};
+use super::{Component, HEADER, RenderedFile};
 use crate::spec::{Cluster, EtcdManagement, Host, KubeadmApi};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -128,6 +128,12 @@ fn yaml_docs(docs: &[Value]) -> anyhow::Result<String> {
 fn f(h: &Host, name: &str, mode: u32, content: String) -> RenderedFile {
     RenderedFile {
         host: h.name.clone(),
+        // A worker's only kubeadm file is its join config; the workers phase installs it.
+        component: if h.roles.control_plane {
+            Component::ControlPlane
+        } else {
+            Component::Worker
+        },
         path: format!("{DIR}/{name}"),
         mode,
         content,

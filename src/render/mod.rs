@@ -30,11 +30,34 @@ pub const TRACK_SCRIPT_INTERVAL_S: u64 = 1;
 /// with `fall 1` 0.8-1.7 s (docs/drills.md). A single slow check moves it too, which is cheap.
 pub const TRACK_SCRIPT_FALL: u32 = 1;
 
+/// What a file belongs to: each apply phase installs the files of its own component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Component {
+    /// Kernel settings every host of a role needs (sysctl, modules).
+    Host,
+    /// HAProxy and keepalived.
+    LoadBalancer,
+    /// Certificates and the operator-state marker.
+    Pki,
+    /// etcd's environment and unit.
+    Etcd,
+    /// The API server: kubeadm's control-plane configs, or the lab API server.
+    ControlPlane,
+    /// A worker's kubeadm join config.
+    Worker,
+    /// Cluster-wide files that no host receives (monitoring objects), under [`CLUSTER_DIR`].
+    #[default]
+    Cluster,
+}
+
 /// One file for one host.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RenderedFile {
     /// A host name, or [`CLUSTER_DIR`] for cluster-wide files.
     pub host: String,
+    /// The phase that installs it.
+    pub component: Component,
     /// Absolute path on the host.
     pub path: String,
     pub mode: u32,
@@ -234,6 +257,7 @@ pub fn render(c: &Cluster, secrets: &Secrets) -> anyhow::Result<Vec<RenderedFile
             out.extend(kubeadm::render(c, h)?);
             out.push(file(
                 h,
+                Component::Host,
                 "/etc/sysctl.d/90-hakube-kubernetes.conf",
                 0o644,
                 KUBE_SYSCTL.into(),
@@ -241,6 +265,7 @@ pub fn render(c: &Cluster, secrets: &Secrets) -> anyhow::Result<Vec<RenderedFile
             ));
             out.push(file(
                 h,
+                Component::Host,
                 "/etc/modules-load.d/hakube-kubernetes.conf",
                 0o644,
                 KUBE_MODULES.into(),
@@ -259,12 +284,20 @@ net.bridge.bridge-nf-call-iptables = 1\n\
 net.bridge.bridge-nf-call-ip6tables = 1\n";
 const KUBE_MODULES: &str = "# Rendered by hakube. Needed by containerd (overlay) and kube-proxy (br_netfilter).\noverlay\nbr_netfilter\n";
 
-fn file(h: &Host, path: &str, mode: u32, mut content: String, services: &[&str]) -> RenderedFile {
+fn file(
+    h: &Host,
+    component: Component,
+    path: &str,
+    mode: u32,
+    mut content: String,
+    services: &[&str],
+) -> RenderedFile {
     if !content.ends_with('\n') {
         content.push('\n');
     }
     RenderedFile {
         host: h.name.clone(),
+        component,
         path: path.into(),
         mode,
         content,
@@ -319,6 +352,7 @@ fn load_balancer(
         .render(minijinja::value::Serde(&ctx))?;
     out.push(file(
         h,
+        Component::LoadBalancer,
         "/etc/haproxy/haproxy.cfg",
         0o644,
         cfg,
@@ -326,6 +360,7 @@ fn load_balancer(
     ));
     out.push(RenderedFile {
         host: h.name.clone(),
+        component: Component::LoadBalancer,
         path: HAPROXY_ENV.into(),
         mode: 0o600,
         content: format!(
@@ -338,6 +373,7 @@ fn load_balancer(
     });
     out.push(file(
         h,
+        Component::LoadBalancer,
         "/etc/systemd/system/haproxy.service.d/10-hakube.conf",
         0o644,
         format!("# {HEADER}\n[Service]\nEnvironmentFile={HAPROXY_ENV}\n"),
@@ -395,6 +431,7 @@ fn load_balancer(
         secret: lb.vrrp.version == 2 && lb.vrrp.auth_pass.is_some(),
         ..file(
             h,
+            Component::LoadBalancer,
             "/etc/keepalived/keepalived.conf",
             0o600,
             kc,
@@ -407,6 +444,7 @@ fn load_balancer(
             .render(minijinja::value::Serde(&ctx))?;
         out.push(file(
             h,
+            Component::LoadBalancer,
             &format!("/etc/keepalived/{name}"),
             0o755,
             script,
@@ -421,6 +459,7 @@ fn load_balancer(
     }
     out.push(file(
         h,
+        Component::Host,
         "/etc/sysctl.d/90-hakube-loadbalancer.conf",
         0o644,
         sysctl,
@@ -446,7 +485,7 @@ fn etcd(
             "peer_url": crate::spec::url("https", h.address, e.peer_port),
             "client_url": crate::spec::url("https", h.address, e.client_port),
             "client_port": e.client_port,
-            "metrics_port": 2381,
+            "metrics_port": crate::spec::ports::ETCD_METRICS_PORT,
             "initial_cluster": c.etcd_initial_cluster(),
             "token": format!("{}-etcd", c.name),
             "heartbeat_ms": e.heartbeat_interval.as_millis() as u64,
@@ -457,12 +496,20 @@ fn etcd(
     let envfile = env
         .get_template("etcd.env")?
         .render(minijinja::value::Serde(&ctx))?;
-    out.push(file(h, "/etc/etcd/etcd.env", 0o640, envfile, &["etcd"]));
+    out.push(file(
+        h,
+        Component::Etcd,
+        "/etc/etcd/etcd.env",
+        0o640,
+        envfile,
+        &["etcd"],
+    ));
     let unit = env
         .get_template("etcd.service")?
         .render(minijinja::value::Serde(&ctx))?;
     out.push(file(
         h,
+        Component::Etcd,
         "/etc/systemd/system/etcd.service",
         0o644,
         unit,

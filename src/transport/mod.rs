@@ -3,6 +3,7 @@
 //! [`Transport::exec`], so the same code path serves every kind of host.
 
 pub mod error;
+pub mod fake;
 pub mod local;
 pub mod ssh;
 

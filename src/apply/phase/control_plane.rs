@@ -1,0 +1,252 @@
+//! The API servers: `kubeadm init`, upload-certs, then control-plane joins one at a time behind
+//! a /readyz gate; or, with `bootstrap: lab`, the lab API server (a stand-in, named as such).
+
+use super::names;
+use crate::apply::files::LAB_APISERVER_UNIT;
+use crate::apply::ops::{LAB_APISERVER, Op, Systemctl};
+use crate::apply::report::Kind;
+use crate::apply::{Ctx, Phase};
+use crate::render::{Component, kubeadm};
+use crate::spec::{Bootstrap, Host};
+use crate::transport::{self, BoxFut};
+use anyhow::{Result, bail};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct ControlPlane;
+
+impl Phase for ControlPlane {
+    fn name(&self) -> &'static str {
+        "control-plane"
+    }
+    fn describe(&self) -> &'static str {
+        "API servers: kubeadm init, upload-certs, then joins one at a time (or the lab API server)"
+    }
+    fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
+        Box::pin(async move {
+            match ctx.c.kubernetes.bootstrap {
+                Bootstrap::Lab => lab(ctx).await,
+                Bootstrap::Kubeadm => kubeadm_control_plane(ctx).await,
+            }
+        })
+    }
+}
+
+async fn lab(ctx: &Ctx) -> Result<()> {
+    ctx.log(
+        Kind::Info,
+        "",
+        "bootstrap: lab — deploying hakube-lab-apiserver, a STAND-IN for kube-apiserver",
+    );
+    let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
+    // Files on every control plane at once (a no-op run only compares checksums); restarts
+    // below stay one at a time.
+    ctx.each(names(ctx.c.control_planes()), |name| {
+        Box::pin(async move {
+            let changed = ctx.sync(&name, Component::ControlPlane).await?;
+            if changed.iter().any(|f| f.path == LAB_APISERVER_UNIT) {
+                ctx.run(&name, Systemctl::DaemonReload).await?;
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    for h in ctx.c.control_planes() {
+        let name = &h.name;
+        let pending = ctx.take(name, LAB_APISERVER);
+        let op = if !ctx.active(name, LAB_APISERVER) {
+            Systemctl::EnableStart(LAB_APISERVER)
+        } else if pending {
+            Systemctl::Restart(LAB_APISERVER)
+        } else {
+            continue;
+        };
+        ctx.run(name, op).await?;
+        // Health gate before the next one, so that at most one API server is ever down.
+        readyz_gate(ctx, &ca, h).await?;
+    }
+    Ok(())
+}
+
+/// Wait until the API server on `h` answers `/readyz` with 200.
+pub async fn readyz_gate(ctx: &Ctx, ca: &Arc<rustls::ClientConfig>, h: &Host) -> Result<()> {
+    let addr = SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port);
+    ctx.wait(
+        &h.name,
+        &format!("https://{addr}/readyz = 200"),
+        &format!("https://{addr}/readyz is 200"),
+        Duration::from_secs(60),
+        || async {
+            let r = crate::probe::get(ca, addr, "/readyz", Duration::from_secs(2)).await?;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                bail!("/readyz answered {}: {}", r.status, r.body.trim())
+            }
+        },
+    )
+    .await
+}
+
+/// What a node needs to join: a bootstrap token, the CA's public key hash, and for a control
+/// plane the key that decrypts the uploaded certificates. Never logged.
+pub struct JoinSecrets {
+    pub certificate_key: Option<String>,
+    pub token: String,
+    pub ca_cert_hash: String,
+}
+
+/// Prints a fresh token and the CA hash, one per line (kubeadm prints no hash of its own).
+const TOKEN_AND_HASH: &str = "tok=$(kubeadm token create --ttl 1h) && \
+     hash=$(openssl x509 -pubkey -in /etc/kubernetes/pki/ca.crt | openssl rsa -pubin -outform der 2>/dev/null | openssl dgst -sha256 -hex | sed 's/^.* //') && \
+     printf '%s\\nsha256:%s\\n' \"$tok\" \"$hash\"";
+
+impl JoinSecrets {
+    /// The script that prints them, on the first control plane; with `certificate_key`, it
+    /// uploads the certificates under a fresh key first (the key expires after 2 h, tokens after
+    /// their TTL, so each run makes its own).
+    pub fn op(certificate_key: bool) -> Op {
+        if certificate_key {
+            Op::script_with_display(
+                format!(
+                    "key=$(kubeadm certs certificate-key) && kubeadm init phase upload-certs --upload-certs --certificate-key \"$key\" >/dev/null && \
+                     printf '%s\\n' \"$key\" && {TOKEN_AND_HASH}"
+                ),
+                "kubeadm init phase upload-certs --upload-certs --certificate-key <fresh key, not shown> + kubeadm token create --ttl 1h (token not shown)",
+            )
+        } else {
+            Op::script_with_display(
+                TOKEN_AND_HASH,
+                "kubeadm token create --ttl 1h (token not shown) and read the CA cert hash",
+            )
+        }
+    }
+
+    pub fn parse(host: &str, text: &str, certificate_key: bool) -> Result<JoinSecrets> {
+        let v: Vec<&str> = text.lines().map(str::trim).collect();
+        let want = if certificate_key { 3 } else { 2 };
+        let ok = v.len() == want
+            && v.iter().all(|s| !s.is_empty())
+            && v[want - 1].starts_with("sha256:");
+        if !ok {
+            bail!(
+                "{host}: could not read the join secrets from kubeadm (expected {want} lines: {}the token and sha256:<CA hash>)",
+                if certificate_key {
+                    "the certificate key, "
+                } else {
+                    ""
+                }
+            );
+        }
+        let (certificate_key, rest) = if certificate_key {
+            (Some(v[0].to_string()), &v[1..])
+        } else {
+            (None, &v[..])
+        };
+        Ok(JoinSecrets {
+            certificate_key,
+            token: rest[0].to_string(),
+            ca_cert_hash: rest[1].to_string(),
+        })
+    }
+
+    /// `kubeadm join` with the secrets filled into a 0600 temporary file that is removed after.
+    pub fn join(secrets: Option<&JoinSecrets>) -> Op {
+        let dir = kubeadm::DIR;
+        let script = match secrets {
+            Some(s) => format!(
+                "set -e; t=$(mktemp); trap 'rm -f \"$t\"' EXIT; chmod 600 \"$t\"; \
+                 sed -e 's|{key_ph}|{key}|' -e 's|{tok_ph}|{tok}|' -e 's|{hash_ph}|{hash}|' {dir}/kubeadm-join.yaml > \"$t\"; \
+                 kubeadm join --config \"$t\"",
+                key_ph = sed_pattern(kubeadm::CERT_KEY_PLACEHOLDER),
+                tok_ph = sed_pattern(kubeadm::TOKEN_PLACEHOLDER),
+                hash_ph = sed_pattern(kubeadm::CA_HASH_PLACEHOLDER),
+                key = s.certificate_key.as_deref().unwrap_or(""),
+                tok = s.token,
+                hash = s.ca_cert_hash,
+            ),
+            // Dry-run: the op is only shown.
+            None => String::new(),
+        };
+        Op::script_with_display(
+            script,
+            format!(
+                "kubeadm join --config {dir}/kubeadm-join.yaml (secrets filled in a 0600 temp file)"
+            ),
+        )
+    }
+}
+
+/// A placeholder as a sed pattern: `$` anchors in a basic regex, so it is escaped.
+fn sed_pattern(s: &str) -> String {
+    s.replace('$', "\\$")
+}
+
+async fn kubeadm_control_plane(ctx: &Ctx) -> Result<()> {
+    let cps: Vec<&Host> = ctx.c.control_planes().collect();
+    let Some(first) = cps.first() else {
+        return Ok(());
+    };
+    for h in &cps {
+        ctx.sync(&h.name, Component::ControlPlane).await?;
+    }
+    let done = |h: &Host| ctx.facts.get(&h.name).is_some_and(|f| f.kubeadm_done);
+    let dir = kubeadm::DIR;
+    if !done(first) {
+        let init = format!("kubeadm init --config {dir}/kubeadm-init.yaml");
+        ctx.run(&first.name, Op::script_with_display(&init, &init))
+            .await?;
+    }
+    // Keep the cluster CA next to the spec, so that `status` can verify the API servers.
+    ctx.act(
+        &first.name,
+        "copy /etc/kubernetes/pki/ca.crt next to the spec",
+        || async {
+            let t = ctx.host(&first.name)?;
+            if let Some(ca) = transport::read_file(t, "/etc/kubernetes/pki/ca.crt").await? {
+                ctx.state.save_kubeadm_ca(&String::from_utf8_lossy(&ca))?;
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let joining: Vec<&Host> = cps.iter().skip(1).copied().filter(|h| !done(h)).collect();
+    if joining.is_empty() {
+        return Ok(());
+    }
+    let secrets = ctx
+        .run(&first.name, JoinSecrets::op(true))
+        .await?
+        .map(|o| JoinSecrets::parse(&first.name, &o.stdout_str(), true))
+        .transpose()?;
+    // One at a time, each behind a health gate: a stacked etcd member is added by each join,
+    // and two half-joined members could cost the quorum.
+    for h in joining {
+        ctx.run(&h.name, JoinSecrets::join(secrets.as_ref()))
+            .await?;
+        let addr = SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port);
+        ctx.wait(
+            &h.name,
+            "its API server /readyz (asked on the host) before the next join",
+            &format!("https://{addr}/readyz is ok"),
+            Duration::from_secs(300),
+            || async {
+                let o = transport::run(
+                    ctx.host(&h.name)?,
+                    &format!("curl -sfk https://{addr}/readyz"),
+                    "curl /readyz",
+                    Duration::from_secs(5),
+                )
+                .await?;
+                if o.stdout_str().trim() == "ok" {
+                    Ok(())
+                } else {
+                    bail!("not ready")
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
