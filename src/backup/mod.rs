@@ -7,6 +7,7 @@
 //! [`cli`] (the command line).
 
 pub mod archive;
+pub mod check;
 pub mod cli;
 pub mod restore;
 pub mod retention;

@@ -2,7 +2,7 @@
 //! the operator machine: the SHA-256 trailer etcd appends, `etcdutl snapshot status`, and a trial
 //! restore opened with a real etcd on loopback and read back.
 
-use super::archive::{Check, CheckKind};
+use super::check::{Check, CheckKind};
 use crate::etcd::Tls;
 use anyhow::{Context, Result, bail};
 use etcd_client::{Client, ConnectOptions, GetOptions};
