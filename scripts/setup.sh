@@ -32,6 +32,10 @@ reqs=(
   make:make
   git:git
   /etc/ssl/certs/ca-certificates.crt:ca-certificates
+  # The kubeadm path's real-tool checks: containerd loads the rendered config.toml, and gpg
+  # checks a repository key's fingerprint the way apply does on a host.
+  containerd:containerd
+  gpg:gpg
 )
 
 have() {
@@ -94,7 +98,7 @@ fi
 # The Debian packages start their services; the lab runs its own copies in namespaces instead.
 # Only what this run installed is stopped: an sshd that was already there is how the user got
 # in, and other services are theirs.
-for pair in haproxy:haproxy keepalived:keepalived ssh:openssh-server prometheus:prometheus; do
+for pair in haproxy:haproxy keepalived:keepalived ssh:openssh-server prometheus:prometheus containerd:containerd; do
   unit=${pair%%:*}; pkg=${pair#*:}
   case " ${need_apt[*]-} " in *" $pkg "*) ;; *) continue ;; esac
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then

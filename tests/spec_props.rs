@@ -176,11 +176,31 @@ fn full_document() -> model::Document {
         cert_sans,
         api_server_extra_args,
         cri_socket,
+        packages,
+        container_runtime,
+        cni,
     } = kubernetes;
     assert!(version.is_some() && bootstrap.is_some() && cluster_name.is_some());
     *api_server_port = Some(6443);
     assert!(!cert_sans.is_empty() && !api_server_extra_args.is_empty());
     *cri_socket = Some("unix:///var/run/containerd/containerd.sock".into());
+    let model::KubePackages {
+        repository,
+        key_fingerprint,
+    } = packages;
+    *repository = Some("https://pkgs.k8s.io/core:/stable:/v1.37/deb/".into());
+    *key_fingerprint = Some("DE15B14486CD377B9E876E1A234654DA9A296436".into());
+    let model::ContainerRuntime { sandbox_image } = container_runtime;
+    *sandbox_image = Some("registry.k8s.io/pause:3.10.1".into());
+    *cni = Some(model::Cni {
+        name: Some("calico".into()),
+        version: Some("v3.28.0".into()),
+        manifest: Some(
+            "https://raw.githubusercontent.com/projectcalico/calico/v3.28.0/manifests/calico.yaml"
+                .into(),
+        ),
+        sha256: Some("0".repeat(64)),
+    });
     doc
 }
 
@@ -573,7 +593,14 @@ fn read_back(pat: &str, doc: &Value, at: &[Seg], files: &[RenderedFile]) -> Reac
         | "spec.etcd.quotaBackendBytes"
         | "spec.kubernetes.version"
         | "spec.kubernetes.bootstrap"
-        | "spec.pki.certificateValidity" => return Reach::Parsed,
+        | "spec.pki.certificateValidity"
+        | "spec.kubernetes.packages.keyFingerprint"
+        | "spec.kubernetes.cni.name"
+        | "spec.kubernetes.cni.sha256" => return Reach::Parsed,
+        // Used by apply's own scripts, shell-quoted, or only shown: never in a rendered file.
+        "spec.kubernetes.cni.manifest" | "spec.kubernetes.cni.version" => {
+            return Reach::Unrendered;
+        }
         p if p.starts_with("spec.ssh.") || p.starts_with("spec.hosts[].ssh.") => {
             return Reach::Unrendered;
         }
@@ -736,6 +763,33 @@ fn read_back(pat: &str, doc: &Value, at: &[Seg], files: &[RenderedFile]) -> Reac
         "spec.kubernetes.criSocket" => yaml("criSocket", &|d| {
             d.get("nodeRegistration").map(|n| n["criSocket"].clone())
         }),
+        "spec.kubernetes.packages.repository" => files
+            .iter()
+            .filter(|f| f.path == "/etc/apt/sources.list.d/hakube-kubernetes.list")
+            .flat_map(|f| {
+                // apt's one-line format: deb [options] URI SUITE; the options hold no spaces.
+                lines_starting(&f.content, "deb").map(move |l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    (
+                        format!("{}: sources.list URI", f.host),
+                        w.get(2).map(|s| s.to_string()).unwrap_or_default(),
+                    )
+                })
+            })
+            .collect(),
+        "spec.kubernetes.containerRuntime.sandboxImage" => files
+            .iter()
+            .filter(|f| f.path == "/etc/containerd/config.toml")
+            .flat_map(|f| {
+                lines_starting(&f.content, "sandbox_image").map(move |l| {
+                    let v = l.split_once('=').map(|(_, v)| v.trim()).unwrap_or_default();
+                    (
+                        format!("{}: containerd sandbox_image", f.host),
+                        v.trim_matches('"').to_string(),
+                    )
+                })
+            })
+            .collect(),
         other => panic!("no reader for {other}: say how this field reaches the rendered files"),
     };
     Reach::Verbatim(got)

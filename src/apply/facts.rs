@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const BINARIES: [&str; 9] = [
+const BINARIES: [&str; 11] = [
     "haproxy",
     "keepalived",
     "etcd",
@@ -17,6 +17,8 @@ const BINARIES: [&str; 9] = [
     "kubelet",
     "systemctl",
     "sysctl",
+    "containerd",
+    "gpg",
 ];
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,6 +41,8 @@ pub struct Facts {
     pub etcd_data: bool,
     /// kubeadm has run here (init or join).
     pub kubeadm_done: bool,
+    /// The CRI socket of the spec answers to a socket test (a runtime is up).
+    pub cri_socket: bool,
 }
 
 impl Facts {
@@ -51,6 +55,9 @@ impl Facts {
     }
     pub fn active(&self, svc: &str) -> bool {
         self.services.get(svc).is_some_and(|s| s.0)
+    }
+    pub fn enabled(&self, svc: &str) -> bool {
+        self.services.get(svc).is_some_and(|s| s.1)
     }
 }
 
@@ -90,6 +97,16 @@ pub fn facts_script(c: &Cluster, h: &Host) -> String {
         ));
         services.extend(["etcd", "hakube-lab-apiserver"]);
     }
+    if c.kubernetes.bootstrap == crate::spec::Bootstrap::Kubeadm
+        && (h.roles.control_plane || h.roles.worker)
+    {
+        services.extend(["containerd", "kubelet"]);
+        let sock = c.kubernetes.cri_socket.trim_start_matches("unix://");
+        s.push_str(&format!(
+            "[ -S {} ] && echo cri_socket=1\n",
+            transport::quote(sock)
+        ));
+    }
     for svc in services {
         s.push_str(&format!(
             "a=$(systemctl is-active {svc} 2>/dev/null); e=$(systemctl is-enabled {svc} 2>/dev/null); echo \"svc.{svc}=$a $e\"\n"
@@ -125,6 +142,7 @@ pub fn parse(text: &str, _unused: i64) -> Facts {
             }
             "etcd_data" => f.etcd_data = true,
             "kubeadm_done" => f.kubeadm_done = true,
+            "cri_socket" => f.cri_socket = true,
             _ => {
                 if let Some(b) = k.strip_prefix("bin.") {
                     f.binaries.insert(b.into(), v.into());

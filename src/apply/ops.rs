@@ -13,6 +13,7 @@ pub const HAPROXY: Unit = "haproxy";
 pub const KEEPALIVED: Unit = "keepalived";
 pub const LAB_APISERVER: Unit = "hakube-lab-apiserver";
 pub const KUBELET: Unit = "kubelet";
+pub const CONTAINERD: Unit = "containerd";
 
 /// One change made on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub enum Systemctl {
     DaemonReload,
     /// Enable at boot and start now; a no-op for a running unit.
     EnableStart(Unit),
+    /// Enable at boot only (the kubelet: kubeadm starts it when it has a config).
+    Enable(Unit),
     Start(Unit),
     Stop(Unit),
     Restart(Unit),
@@ -52,6 +55,14 @@ pub enum Apt {
         packages: Vec<String>,
         hold: Vec<String>,
     },
+    /// Fetch a repository's signing key, refuse it unless its primary key has `fingerprint`,
+    /// and store it dearmored as `keyring`.
+    Key {
+        url: String,
+        fingerprint: String,
+        keyring: String,
+    },
+    Update,
 }
 
 impl Apt {
@@ -77,6 +88,22 @@ impl Op {
                 }
                 s
             }
+            Op::Apt(Apt::Key {
+                url,
+                fingerprint,
+                keyring,
+            }) => format!(
+                "set -e; t=$(mktemp); trap 'rm -f \"$t\"' EXIT; \
+                 curl -fsSL --retry 3 {u} -o \"$t\"; \
+                 f=$(gpg --show-keys --with-colons \"$t\" | awk -F: '$1==\"fpr\" {{print $10; exit}}'); \
+                 if [ \"$f\" != {fp} ]; then echo \"the key at {url} has fingerprint ${{f:-none}}, not the pinned {fingerprint}\" >&2; exit 1; fi; \
+                 install -d -m 0755 \"$(dirname {k})\"; \
+                 gpg --dearmor --batch --yes -o {k} \"$t\"; chmod 0644 {k}",
+                u = quote(url),
+                fp = quote(fingerprint),
+                k = quote(keyring),
+            ),
+            Op::Apt(Apt::Update) => "DEBIAN_FRONTEND=noninteractive apt-get update -q".into(),
             Op::Modprobe(m) => format!("modprobe -a {}", join_quoted(m)),
             Op::SysctlLoad(p) => format!("sysctl -q -p {}", quote(p)),
             Op::SwapOff => {
@@ -105,6 +132,13 @@ impl fmt::Display for Op {
                 }
                 Ok(())
             }
+            Op::Apt(Apt::Key {
+                url, fingerprint, ..
+            }) => write!(
+                f,
+                "fetch {url}, check its fingerprint is {fingerprint}, install it"
+            ),
+            Op::Apt(Apt::Update) => write!(f, "apt-get update"),
             Op::Modprobe(m) => write!(f, "modprobe -a {}", m.join(" ")),
             Op::SysctlLoad(p) => write!(f, "sysctl -p {p}"),
             Op::SwapOff => write!(f, "swapoff -a (and comment swap out of /etc/fstab)"),
@@ -122,6 +156,7 @@ impl Systemctl {
             Systemctl::EnableStart(u) => {
                 format!("systemctl enable {u} >/dev/null 2>&1; systemctl start {u}")
             }
+            Systemctl::Enable(u) => format!("systemctl enable {u}"),
             Systemctl::Start(u) => format!("systemctl start {u}"),
             Systemctl::Stop(u) => format!("systemctl stop {u}"),
             Systemctl::Restart(u) => format!("systemctl restart {u}"),
@@ -135,6 +170,7 @@ impl fmt::Display for Systemctl {
         match self {
             Systemctl::DaemonReload => write!(f, "systemctl daemon-reload"),
             Systemctl::EnableStart(u) => write!(f, "systemctl enable --now {u}"),
+            Systemctl::Enable(u) => write!(f, "systemctl enable {u}"),
             Systemctl::Start(u) => write!(f, "systemctl start {u}"),
             Systemctl::Stop(u) => write!(f, "systemctl stop {u}"),
             Systemctl::Restart(u) => write!(f, "systemctl restart {u}"),

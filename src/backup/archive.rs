@@ -118,7 +118,6 @@ pub struct LbConfigs {
     pub error: Option<String>,
 }
 
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Verification {
     pub ok: bool,

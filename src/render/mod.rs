@@ -36,6 +36,10 @@ pub const TRACK_SCRIPT_FALL: u32 = 1;
 pub enum Component {
     /// Kernel settings every host of a role needs (sysctl, modules).
     Host,
+    /// Where packages come from (the Kubernetes apt repository).
+    Packages,
+    /// The container runtime's configuration (containerd, crictl).
+    Runtime,
     /// HAProxy and keepalived.
     LoadBalancer,
     /// Certificates and the operator-state marker.
@@ -255,6 +259,7 @@ pub fn render(c: &Cluster, secrets: &Secrets) -> anyhow::Result<Vec<RenderedFile
         if c.kubernetes.bootstrap == Bootstrap::Kubeadm && (h.roles.control_plane || h.roles.worker)
         {
             out.extend(kubeadm::render(c, h)?);
+            out.extend(node_os(c, h)?);
             out.push(file(
                 h,
                 Component::Host,
@@ -275,6 +280,76 @@ pub fn render(c: &Cluster, secrets: &Secrets) -> anyhow::Result<Vec<RenderedFile
     }
     out.extend(monitoring::render(c)?);
     out.sort_by(|a, b| (&a.host, &a.path).cmp(&(&b.host, &b.path)));
+    Ok(out)
+}
+
+/// A bare host's way to Kubernetes: the apt repository, containerd's configuration, and on the
+/// first control plane a local CNI manifest.
+fn node_os(c: &Cluster, h: &Host) -> anyhow::Result<Vec<RenderedFile>> {
+    use crate::spec::node_os::{
+        CNI_MANIFEST, CONTAINERD_CONFIG, CRICTL_CONFIG, CniSource, KEYRING, SOURCES_LIST,
+    };
+    let os = &c.node_os;
+    let mut out = vec![
+        file(
+            h,
+            Component::Packages,
+            SOURCES_LIST,
+            0o644,
+            format!(
+                "# {HEADER}\n# Kubernetes v{}.{} packages, signed by the key with fingerprint {}.\ndeb [signed-by={KEYRING}] {} /\n",
+                c.kubernetes.version.major,
+                c.kubernetes.version.minor,
+                os.key_fingerprint,
+                os.repository
+            ),
+            &["apt-update"],
+        ),
+        file(
+            h,
+            Component::Runtime,
+            CONTAINERD_CONFIG,
+            0o644,
+            format!(
+                "# {HEADER}\n# The kubelet (kubeadm's default) drives cgroups through systemd, so containerd must\n\
+                 # too; and both must agree on the pause image.\nversion = 2\n\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{}\"\n\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n",
+                os.sandbox_image
+            ),
+            &["containerd"],
+        ),
+        file(
+            h,
+            Component::Runtime,
+            CRICTL_CONFIG,
+            0o644,
+            format!(
+                "# {HEADER}\nruntime-endpoint: {sock}\nimage-endpoint: {sock}\ntimeout: 10\n",
+                sock = c.kubernetes.cri_socket
+            ),
+            &[],
+        ),
+    ];
+    let first = c.control_planes().next().map(|x| x.name.as_str());
+    if let Some(cni) = &os.cni
+        && Some(h.name.as_str()) == first
+        && let CniSource::File(path) = &cni.source
+    {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the CNI manifest {}", path.display()))?;
+        // Verbatim: its checksum is the spec's, checked again on the host before use.
+        out.push(RenderedFile {
+            host: h.name.clone(),
+            component: Component::ControlPlane,
+            path: CNI_MANIFEST.into(),
+            mode: 0o644,
+            content: text,
+            services: vec![],
+            ..Default::default()
+        });
+    }
     Ok(out)
 }
 

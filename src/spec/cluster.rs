@@ -18,6 +18,8 @@ pub struct Cluster {
     pub lb: LoadBalancer,
     pub etcd: Etcd,
     pub kubernetes: Kubernetes,
+    /// What a bare host needs to run kubeadm's Kubernetes (`bootstrap: kubeadm`).
+    pub node_os: super::node_os::NodeOs,
     pub pki: Pki,
 }
 

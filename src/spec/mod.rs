@@ -7,6 +7,7 @@ pub mod fields;
 pub mod grammar;
 pub mod limits;
 pub mod model;
+pub mod node_os;
 pub mod ports;
 pub mod source_map;
 pub mod validate;

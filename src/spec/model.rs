@@ -196,4 +196,38 @@ pub struct Kubernetes {
     #[serde(default)]
     pub api_server_extra_args: BTreeMap<String, String>,
     pub cri_socket: Option<String>,
+    /// Where kubeadm, kubelet and kubectl come from (bootstrap: kubeadm).
+    #[serde(default)]
+    pub packages: KubePackages,
+    #[serde(default)]
+    pub container_runtime: ContainerRuntime,
+    /// The pod network, applied after `kubeadm init`.
+    pub cni: Option<Cni>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubePackages {
+    /// An apt repository (pkgs.k8s.io for the spec's minor, or a mirror of it).
+    pub repository: Option<String>,
+    /// The fingerprint of the key that signs it; the key is refused unless it matches.
+    pub key_fingerprint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRuntime {
+    /// The pause image containerd uses for pod sandboxes.
+    pub sandbox_image: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cni {
+    /// calico, cilium or flannel.
+    pub name: Option<String>,
+    pub version: Option<String>,
+    /// A local file (relative to the spec) or an https URL of the manifest.
+    pub manifest: Option<String>,
+    pub sha256: Option<String>,
 }

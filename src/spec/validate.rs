@@ -79,6 +79,8 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     super::limits::check(lb.as_ref(), etcd.as_ref(), k8s.as_ref(), d);
     super::grammar::check_document(doc, d);
     let pki = pki(&s.pki, d);
+    let node_os =
+        super::node_os::check(&s.kubernetes, k8s.as_ref(), networks.as_ref(), base_dir, d);
 
     Some(Cluster {
         name,
@@ -88,6 +90,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
         lb: lb?,
         etcd: etcd?,
         kubernetes: k8s?,
+        node_os: node_os?,
         pki: pki?,
     })
 }

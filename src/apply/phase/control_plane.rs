@@ -7,8 +7,9 @@ use crate::apply::ops::{LAB_APISERVER, Op, Systemctl};
 use crate::apply::report::Kind;
 use crate::apply::{Ctx, Phase};
 use crate::render::{Component, kubeadm};
+use crate::spec::node_os::{CNI_MANIFEST, CniName, CniSource};
 use crate::spec::{Bootstrap, Host};
-use crate::transport::{self, BoxFut};
+use crate::transport::{self, BoxFut, quote};
 use anyhow::{Result, bail};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -194,10 +195,13 @@ async fn kubeadm_control_plane(ctx: &Ctx) -> Result<()> {
     let done = |h: &Host| ctx.facts.get(&h.name).is_some_and(|f| f.kubeadm_done);
     let dir = kubeadm::DIR;
     if !done(first) {
+        cri_gate(ctx, first).await?;
         let init = format!("kubeadm init --config {dir}/kubeadm-init.yaml");
         ctx.run(&first.name, Op::script_with_display(&init, &init))
             .await?;
     }
+    cni(ctx, first).await?;
+    admin_kubeconfig(ctx, first).await?;
     // Keep the cluster CA next to the spec, so that `status` can verify the API servers.
     ctx.act(
         &first.name,
@@ -223,6 +227,7 @@ async fn kubeadm_control_plane(ctx: &Ctx) -> Result<()> {
     // One at a time, each behind a health gate: a stacked etcd member is added by each join,
     // and two half-joined members could cost the quorum.
     for h in joining {
+        cri_gate(ctx, h).await?;
         ctx.run(&h.name, JoinSecrets::join(secrets.as_ref()))
             .await?;
         let addr = SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port);
@@ -249,4 +254,139 @@ async fn kubeadm_control_plane(ctx: &Ctx) -> Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// kubeadm's preflight fails without a running container runtime: wait for its socket (prepare
+/// started containerd moments ago).
+pub async fn cri_gate(ctx: &Ctx, h: &Host) -> Result<()> {
+    let sock = ctx.c.kubernetes.cri_socket.trim_start_matches("unix://");
+    let test = format!("test -S {}", quote(sock));
+    ctx.wait(
+        &h.name,
+        &format!("the container runtime's socket {sock}"),
+        &format!("{sock} is up"),
+        Duration::from_secs(60),
+        || async {
+            transport::run(ctx.host(&h.name)?, &test, &test, Duration::from_secs(5)).await?;
+            Ok(())
+        },
+    )
+    .await
+}
+
+const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";
+const CNI_APPLIED: &str = "/etc/kubernetes/hakube/cni.applied";
+
+/// The pod network, once: its manifest is checked against the spec's SHA-256 on the host (a
+/// URL is downloaded there first), applied with the admin kubeconfig, and stamped so that a
+/// converged run only reads the stamp.
+async fn cni(ctx: &Ctx, first: &Host) -> Result<()> {
+    let Some(cni) = &ctx.c.node_os.cni else {
+        return Ok(());
+    };
+    let t = ctx.host(&first.name)?;
+    let stamp = transport::read_file(t, CNI_APPLIED)
+        .await?
+        .unwrap_or_default();
+    if String::from_utf8_lossy(&stamp).trim() == cni.sha256 {
+        return Ok(());
+    }
+    let m = quote(CNI_MANIFEST);
+    let check = format!(
+        "echo {} | sha256sum -c --quiet",
+        quote(&format!("{}  {CNI_MANIFEST}", cni.sha256))
+    );
+    let fetch = match &cni.source {
+        CniSource::Url(u) => format!(
+            "curl -fsSL --retry 3 {u} -o {m}.partial && mv -f {m}.partial {m} && ",
+            u = quote(u)
+        ),
+        CniSource::File(_) => String::new(),
+    };
+    let cidr = ctx.c.networks.pods.to_string();
+    let script = format!(
+        "set -e; {fetch}{check} || {{ echo \"{CNI_MANIFEST} does not have the spec's sha256 {sha}\" >&2; exit 1; }}; \
+         grep -qF {c} {m} || {{ echo \"{CNI_MANIFEST} does not set the pod network {cidr}\" >&2; exit 1; }}; \
+         kubectl --kubeconfig {ADMIN_CONF} apply -f {m}; echo {sha} > {stamp}",
+        sha = cni.sha256,
+        c = quote(&cidr),
+        stamp = quote(CNI_APPLIED),
+    );
+    let name = match cni.name {
+        CniName::Calico => "calico",
+        CniName::Cilium => "cilium",
+        CniName::Flannel => "flannel",
+    };
+    ctx.run(
+        &first.name,
+        Op::script_with_display(
+            script,
+            format!(
+                "{name} {} pod network: check {CNI_MANIFEST}'s sha256, kubectl apply -f it",
+                cni.version
+            ),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The admin kubeconfig next to the spec (0600), its server the VIP, so that the operator (and
+/// `kubectl`) reach the cluster the way its clients do.
+async fn admin_kubeconfig(ctx: &Ctx, first: &Host) -> Result<()> {
+    let dest = admin_kubeconfig_path(&ctx.c);
+    let server = format!("https://{}", ctx.c.control_plane_endpoint());
+    ctx.act(
+        &first.name,
+        &format!(
+            "copy {ADMIN_CONF} to {} (0600), server {server}",
+            dest.display()
+        ),
+        || async {
+            let t = ctx.host(&first.name)?;
+            let Some(bytes) = transport::read_file(t, ADMIN_CONF).await? else {
+                bail!("{}: {ADMIN_CONF} is missing after kubeadm init", first.name);
+            };
+            let text = with_server(&String::from_utf8_lossy(&bytes), &server);
+            crate::pki::write_secret(&dest, &text)
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Where apply keeps the admin kubeconfig: next to the spec.
+pub fn admin_kubeconfig_path(c: &crate::spec::Cluster) -> std::path::PathBuf {
+    c.base_dir.join(format!("{}-admin.conf", c.name))
+}
+
+/// `kubeconfig` with every cluster's `server:` set to `server`.
+fn with_server(kubeconfig: &str, server: &str) -> String {
+    let mut out = String::new();
+    for line in kubeconfig.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("server:") {
+            let indent = &line[..line.len() - trimmed.len()];
+            out.push_str(&format!("{indent}server: {server}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_admin_kubeconfig_points_at_the_vip() {
+        let k = "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: X\n    server: https://10.1.1.101:6443\n  name: k\n";
+        let out = super::with_server(k, "https://10.1.1.100:6443");
+        assert!(
+            out.contains("    server: https://10.1.1.100:6443\n"),
+            "{out}"
+        );
+        assert!(!out.contains("10.1.1.101"));
+        assert!(out.contains("certificate-authority-data: X"));
+    }
 }

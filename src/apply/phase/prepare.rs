@@ -1,9 +1,10 @@
 //! Packages, kernel modules, sysctl and swap: what a host needs before any component.
 
 use super::names;
-use crate::apply::ops::{Apt, Op};
+use crate::apply::ops::{Apt, CONTAINERD, KUBELET, Op, Systemctl};
 use crate::apply::{Ctx, Phase};
 use crate::render::Component;
+use crate::spec::node_os::KEYRING;
 use crate::spec::{Bootstrap, Cluster, Host};
 use crate::transport::BoxFut;
 use anyhow::Result;
@@ -29,34 +30,40 @@ pub fn kubeadm_host(c: &Cluster, h: &Host) -> bool {
     c.kubernetes.bootstrap == Bootstrap::Kubeadm && (h.roles.control_plane || h.roles.worker)
 }
 
-/// The packages `h` lacks. Kubernetes packages are pinned to the spec's version: an unpinned
-/// install or `yum update` would pick whatever is newest.
-pub fn packages(c: &Cluster, h: &Host, has: impl Fn(&str) -> bool) -> Option<Apt> {
-    let mut packages: Vec<String> = Vec::new();
+/// Tools `h` lacks that hakube itself uses there (HAProxy and keepalived on a load balancer;
+/// on a kubeadm host, curl and gpg for the repository key and the /readyz gates).
+pub fn base_packages(c: &Cluster, h: &Host, has: impl Fn(&str) -> bool) -> Option<Apt> {
+    let mut want: Vec<&str> = Vec::new();
     if h.roles.loadbalancer {
-        packages.extend(
-            ["haproxy", "keepalived", "curl"]
-                .into_iter()
-                .filter(|b| !has(b))
-                .map(String::from),
-        );
+        want.extend(["haproxy", "keepalived", "curl"]);
     }
-    let kube = kubeadm_host(c, h);
-    if kube && !has("kubeadm") {
-        let v = &c.kubernetes.version;
-        for p in ["kubelet", "kubeadm", "kubectl"] {
-            packages.push(format!("{p}={}.{}.{}-*", v.major, v.minor, v.patch));
+    if kubeadm_host(c, h) {
+        want.extend(["curl", "gpg"]);
+    }
+    let mut packages: Vec<String> = Vec::new();
+    for p in want {
+        if !has(p) && !packages.iter().any(|x| x == p) {
+            packages.push(p.into());
         }
     }
-    if packages.is_empty() {
-        return None;
+    if packages.iter().any(|p| p == "curl" || p == "gpg") && kubeadm_host(c, h) {
+        packages.push("ca-certificates".into());
     }
-    let hold = if kube {
-        ["kubelet", "kubeadm", "kubectl"].map(String::from).to_vec()
-    } else {
-        vec![]
-    };
-    Some(Apt::Install { packages, hold })
+    (!packages.is_empty()).then(|| Apt::install(packages))
+}
+
+/// kubeadm, kubelet and kubectl, pinned to the spec's version (an unpinned install or `yum
+/// update` would pick whatever is newest) and held against `apt-get upgrade`.
+pub fn kube_packages(c: &Cluster) -> Apt {
+    let v = &c.kubernetes.version;
+    let names = ["kubelet", "kubeadm", "kubectl"];
+    Apt::Install {
+        packages: names
+            .iter()
+            .map(|p| format!("{p}={}.{}.{}-*", v.major, v.minor, v.patch))
+            .collect(),
+        hold: names.map(String::from).to_vec(),
+    }
 }
 
 async fn host(ctx: &Ctx, name: String) -> Result<()> {
@@ -65,8 +72,12 @@ async fn host(ctx: &Ctx, name: String) -> Result<()> {
         .host(&name)
         .ok_or_else(|| anyhow::anyhow!("{name}: not in the spec"))?;
     let f = ctx.facts(&name)?;
-    if let Some(apt) = packages(&ctx.c, h, |b| f.binaries.contains_key(b)) {
+    let has = |b: &str| f.binaries.contains_key(b);
+    if let Some(apt) = base_packages(&ctx.c, h, has) {
         ctx.run(&name, apt).await?;
+    }
+    if kubeadm_host(&ctx.c, h) {
+        kubernetes(ctx, &name).await?;
     }
     let changed = ctx.sync(&name, Component::Host).await?;
     for f in changed
@@ -89,6 +100,48 @@ async fn host(ctx: &Ctx, name: String) -> Result<()> {
     }
     if kubeadm_host(&ctx.c, h) && f.swap_on {
         ctx.run(&name, Op::SwapOff).await?;
+    }
+    Ok(())
+}
+
+/// A bare host's way to kubeadm, in the order the official guide takes: the Kubernetes apt
+/// repository (its key checked against the pinned fingerprint), containerd with its config, the
+/// pinned packages, and the kubelet enabled.
+async fn kubernetes(ctx: &Ctx, name: &str) -> Result<()> {
+    let f = ctx.facts(name)?;
+    let os = &ctx.c.node_os;
+    let need_packages = !f.binaries.contains_key("kubeadm");
+    let list = ctx.sync(name, Component::Packages).await?;
+    if need_packages || !list.is_empty() {
+        ctx.run(
+            name,
+            Apt::Key {
+                url: format!("{}Release.key", os.repository),
+                fingerprint: os.key_fingerprint.clone(),
+                keyring: KEYRING.into(),
+            },
+        )
+        .await?;
+        ctx.run(name, Apt::Update).await?;
+    }
+    if !f.binaries.contains_key("containerd") {
+        ctx.run(name, Apt::install(vec!["containerd".into()]))
+            .await?;
+    }
+    let runtime = ctx.sync(name, Component::Runtime).await?;
+    let restart = runtime
+        .iter()
+        .any(|f| f.services.iter().any(|s| s == CONTAINERD));
+    if !f.active(CONTAINERD) {
+        ctx.run(name, Systemctl::EnableStart(CONTAINERD)).await?;
+    } else if restart {
+        ctx.run(name, Systemctl::Restart(CONTAINERD)).await?;
+    }
+    if need_packages {
+        ctx.run(name, kube_packages(&ctx.c)).await?;
+    }
+    if !f.enabled(KUBELET) {
+        ctx.run(name, Systemctl::Enable(KUBELET)).await?;
     }
     Ok(())
 }

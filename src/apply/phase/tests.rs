@@ -18,20 +18,32 @@ struct World {
     hosts: BTreeMap<String, Arc<Fake>>,
     facts: BTreeMap<String, Facts>,
     dir: tempfile::TempDir,
+    spec: String,
 }
 
 impl World {
     /// Every host of the runbook's spec, fresh: nothing installed, nothing running.
     fn fresh() -> World {
+        Self::with_spec(|_| SEED.to_string())
+    }
+
+    /// Fresh hosts of the spec that `spec` writes (given the spec's folder).
+    fn with_spec(spec: impl FnOnce(&std::path::Path) -> String) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = cluster(dir.path());
+        let spec = spec(dir.path());
+        let c = cluster(&spec, dir.path());
         let mut hosts = BTreeMap::new();
         let mut facts = BTreeMap::new();
         for h in &c.hosts {
             hosts.insert(h.name.clone(), Arc::new(Fake::new(&h.name)));
             facts.insert(h.name.clone(), Facts::default());
         }
-        World { hosts, facts, dir }
+        World {
+            hosts,
+            facts,
+            dir,
+            spec,
+        }
     }
 
     fn host(&self, n: &str) -> &Fake {
@@ -47,10 +59,24 @@ impl World {
         }
         for h in &c.hosts {
             let f = self.facts.get_mut(&h.name).expect("facts");
-            for b in ["haproxy", "keepalived", "curl", "kubeadm"] {
+            for b in [
+                "haproxy",
+                "keepalived",
+                "curl",
+                "gpg",
+                "kubeadm",
+                "containerd",
+            ] {
                 f.binaries.insert(b.into(), format!("/usr/bin/{b}"));
             }
-            for s in ["haproxy", "keepalived", "etcd", "hakube-lab-apiserver"] {
+            for s in [
+                "haproxy",
+                "keepalived",
+                "etcd",
+                "hakube-lab-apiserver",
+                "containerd",
+                "kubelet",
+            ] {
                 f.services.insert(s.into(), (true, true));
             }
             f.kubeadm_done = true;
@@ -59,7 +85,7 @@ impl World {
     }
 
     async fn ctx(&self, dry_run: bool) -> (Ctx, Arc<Recorder>) {
-        let c = cluster(self.dir.path());
+        let c = cluster(&self.spec, self.dir.path());
         // Kept in the temporary folder: every context sees the same CAs and secrets.
         let state = State::open_or_init(&c).expect("state");
         let files = files::desired(&c, &state, None).expect("files");
@@ -83,9 +109,17 @@ impl World {
     }
 }
 
-fn cluster(base: &std::path::Path) -> Cluster {
-    let loaded = crate::spec::load_str(SEED, "seed.yaml", base);
-    loaded.cluster.expect("the seed spec is valid")
+fn cluster(spec: &str, base: &std::path::Path) -> Cluster {
+    let loaded = crate::spec::load_str(spec, "cluster.yaml", base);
+    loaded.cluster.expect("the spec is valid")
+}
+
+/// What `kubeadm init` leaves on the first control plane that apply reads back.
+fn kubeadm_initialised(w: &World) {
+    w.host("master1").put(
+        "/etc/kubernetes/admin.conf",
+        b"apiVersion: v1\nclusters:\n- cluster:\n    server: https://10.1.1.101:6443\n  name: k\n",
+    );
 }
 
 /// The commands a host saw reported, in order: `host|message`.
@@ -119,28 +153,47 @@ async fn prepare_installs_pinned_packages_and_kernel_settings_on_a_fresh_host() 
     let (ctx, rec) = w.ctx(false).await;
     run(&super::prepare::Prepare, &ctx).await.expect("prepare");
     let cmds = commands(&rec);
+    let base = position(&cmds, "worker1|apt-get install -y curl gpg ca-certificates");
+    let key = position(
+        &cmds,
+        "worker1|fetch https://pkgs.k8s.io/core:/stable:/v1.37/deb/Release.key, check its fingerprint is DE15B14486CD377B9E876E1A234654DA9A296436",
+    );
+    let update = position(&cmds, "worker1|apt-get update");
+    let containerd = position(&cmds, "worker1|apt-get install -y containerd");
+    let runtime = position(&cmds, "worker1|systemctl enable --now containerd");
     let apt = position(
         &cmds,
         "worker1|apt-get install -y kubelet=1.37.0-* kubeadm=1.37.0-* kubectl=1.37.0-* && apt-mark hold kubelet kubeadm kubectl",
     );
+    let kubelet = position(&cmds, "worker1|systemctl enable kubelet");
     let modprobe = position(&cmds, "worker1|modprobe -a overlay br_netfilter");
     let sysctl = position(
         &cmds,
         "worker1|sysctl -p /etc/sysctl.d/90-hakube-kubernetes.conf",
     );
     let swap = position(&cmds, "worker1|swapoff -a");
-    assert!(
-        apt < modprobe && modprobe < sysctl && sysctl < swap,
-        "{cmds:?}"
-    );
+    let order = [
+        base, key, update, containerd, runtime, apt, kubelet, modprobe, sysctl, swap,
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{cmds:?}");
     position(&cmds, "lb1|apt-get install -y haproxy keepalived curl");
     assert_eq!(
         w.host("worker1").written(),
         vec![
+            "/etc/apt/sources.list.d/hakube-kubernetes.list",
+            "/etc/containerd/config.toml",
+            "/etc/crictl.yaml",
             "/etc/modules-load.d/hakube-kubernetes.conf",
             "/etc/sysctl.d/90-hakube-kubernetes.conf"
         ]
     );
+    let list = w
+        .host("worker1")
+        .file("/etc/apt/sources.list.d/hakube-kubernetes.list")
+        .expect("list");
+    assert!(String::from_utf8_lossy(&list).contains(
+        "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] https://pkgs.k8s.io/core:/stable:/v1.37/deb/ /"
+    ));
     assert!(
         w.host("lb1")
             .ran()
@@ -320,6 +373,7 @@ const SECRETS: &str = "c0ffee-key\nabcdef.0123456789abcdef\nsha256:1234\n";
 async fn kubeadm_control_planes_init_then_join_one_at_a_time_with_secrets_kept_out_of_logs() {
     let w = World::fresh();
     w.host("master1").on("upload-certs", 0, SECRETS);
+    kubeadm_initialised(&w);
     for m in ["master2", "master3"] {
         w.host(m).on("curl -sfk", 0, "ok");
     }
@@ -336,6 +390,15 @@ async fn kubeadm_control_planes_init_then_join_one_at_a_time_with_secrets_kept_o
     let ok2 = position(&rec.lines(), "master2|Ok|");
     let join3 = position(&rec.lines(), "master3|Command|kubeadm join");
     assert!(ok2 < join3, "master3 waits for master2's /readyz");
+    let admin = ctx.c.base_dir.join("ha-cluster-admin.conf");
+    let text = std::fs::read_to_string(&admin).expect("admin kubeconfig next to the spec");
+    assert!(text.contains("server: https://10.1.1.100:6443"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&admin)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     let joined = w.host("master2").ran().join("\n");
     assert!(joined.contains("abcdef.0123456789abcdef") && joined.contains("c0ffee-key"));
     assert!(
@@ -357,6 +420,7 @@ async fn kubeadm_control_planes_init_then_join_one_at_a_time_with_secrets_kept_o
 async fn kubeadm_join_secrets_that_cannot_be_read_stop_before_any_join() {
     let w = World::fresh();
     w.host("master1").on("upload-certs", 0, "only-one-line\n");
+    kubeadm_initialised(&w);
     let (ctx, _) = w.ctx(false).await;
     let e = run(&super::control_plane::ControlPlane, &ctx)
         .await
@@ -430,5 +494,75 @@ async fn kubeadm_dry_run_runs_nothing_and_lists_the_sequence() {
     for h in w.hosts.values() {
         assert!(h.ran().is_empty(), "{} ran {:?}", h.host(), h.ran());
         assert!(h.written().is_empty());
+    }
+}
+
+// --- a bare host to a kubeadm cluster, in dry-run ----------------------------------------------
+
+/// The runbook's spec with a local flannel-style manifest for the pod network.
+fn with_cni(dir: &std::path::Path) -> String {
+    let manifest =
+        "kind: ConfigMap\ndata:\n  net-conf.json: |\n    {\"Network\": \"10.244.0.0/16\"}\n";
+    std::fs::write(dir.join("pod-network.yaml"), manifest).expect("manifest");
+    let sum = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(manifest.as_bytes()));
+    SEED.replace(
+        "    bootstrap: kubeadm\n",
+        &format!(
+            "    bootstrap: kubeadm\n    cni:\n      name: flannel\n      version: v0.25.6\n      manifest: pod-network.yaml\n      sha256: {sum}\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_bare_host_dry_run_lists_repository_runtime_packages_kubelet_init_cni_kubeconfig_then_joins()
+ {
+    let w = World::with_spec(with_cni);
+    assert!(w.spec.contains("cni:"), "the seed spec changed shape");
+    let (ctx, rec) = w.ctx(true).await;
+    for p in [
+        &super::prepare::Prepare as &dyn Phase,
+        &super::control_plane::ControlPlane,
+        &super::workers::Workers,
+    ] {
+        if let Err(e) = run(p, &ctx).await {
+            panic!("{}: {e:#}", p.name());
+        }
+    }
+    let lines = rec.lines();
+    let steps = [
+        "master1|Change|would create /etc/apt/sources.list.d/hakube-kubernetes.list",
+        "master1|Command|would run: fetch https://pkgs.k8s.io/core:/stable:/v1.37/deb/Release.key",
+        "master1|Change|would create /etc/containerd/config.toml",
+        "master1|Command|would run: systemctl enable --now containerd",
+        "master1|Command|would run: apt-get install -y kubelet=1.37.0-*",
+        "master1|Command|would run: systemctl enable kubelet",
+        "master1|Wait|would wait for the container runtime's socket",
+        "master1|Command|would run: kubeadm init --config",
+        "master1|Command|would run: flannel v0.25.6 pod network",
+        "master1|Command|would run: copy /etc/kubernetes/admin.conf to",
+        "master2|Command|would run: kubeadm join",
+        "master2|Wait|would wait for its API server /readyz",
+        "master3|Command|would run: kubeadm join",
+        "worker1|Change|would create /etc/kubernetes/hakube/kubeadm-join.yaml",
+        "worker1|Command|would run: kubeadm join",
+    ];
+    let at: Vec<usize> = steps.iter().map(|s| position(&lines, s)).collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "out of order:\n{}",
+        lines.join("\n")
+    );
+    for n in ["worker1", "worker2", "worker3"] {
+        position(
+            &lines,
+            &format!("{n}|Change|would create /etc/kubernetes/hakube/kubeadm-join.yaml"),
+        );
+    }
+    position(
+        &lines,
+        "master1|Change|would create /etc/kubernetes/hakube/cni.yaml",
+    );
+    for h in w.hosts.values() {
+        assert!(h.written().is_empty(), "{} was written to", h.host());
     }
 }

@@ -1,14 +1,14 @@
 //! Workers: with kubeadm, each gets its join config and joins, in parallel, once the control
 //! planes are up. The lab runs no kubelet.
 
-use super::control_plane::JoinSecrets;
+use super::control_plane::{JoinSecrets, cri_gate};
 use super::names;
 use crate::apply::report::Kind;
 use crate::apply::{Ctx, Phase};
 use crate::render::Component;
 use crate::spec::{Bootstrap, Host};
 use crate::transport::BoxFut;
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub struct Workers;
 
@@ -65,6 +65,8 @@ async fn kubeadm(ctx: &Ctx) -> Result<()> {
     let secrets = &secrets;
     ctx.each(names(joining.into_iter()), move |name| {
         Box::pin(async move {
+            let h = ctx.c.host(&name).context("spec host")?;
+            cri_gate(ctx, h).await?;
             ctx.run(&name, JoinSecrets::join(secrets.as_ref())).await?;
             Ok(())
         })
