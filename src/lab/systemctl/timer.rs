@@ -6,7 +6,9 @@
 //! counts from the timer's last trigger. `Persistent=` keeps the last trigger as the mtime of
 //! `/var/lib/hakube/systemd-timers/stamp-NAME` (private per host, unlike /var/lib/systemd).
 
-use super::{Ctx, Ev, SvcState, now_secs, write_state};
+use super::exec::log_line;
+use super::state::*;
+use super::supervisor::Ev;
 use crate::lab::calendar::{self, unix_secs};
 use crate::lab::proc::ProcRef;
 use crate::lab::unit::{Timer, Unit};
@@ -15,7 +17,6 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, SystemTime};
@@ -98,13 +99,7 @@ struct TimerSup<'a> {
 
 impl TimerSup<'_> {
     fn log(&self, msg: &str) {
-        let mut l = &self.log;
-        let _ = writeln!(
-            l,
-            "{} hakube-systemd: {}: {msg}",
-            super::format_time(now_secs()),
-            self.unit.name
-        );
+        log_line(&self.log, &self.unit.name, msg);
     }
 
     fn save(&self) {
@@ -113,10 +108,8 @@ impl TimerSup<'_> {
         }
     }
 
-    fn set(&mut self, state: &str, sub: &str) {
-        self.st.state = state.into();
-        self.st.sub = sub.into();
-        self.st.since = now_secs();
+    fn set(&mut self, state: ActiveState, sub: SubState) {
+        self.st.enter(state, sub);
         self.save();
     }
 
@@ -154,7 +147,7 @@ impl TimerSup<'_> {
             self.log(&format!("{e:#}"));
         }
         self.log(&format!("triggering {}", self.timer.unit));
-        match super::start(self.ctx, &self.timer.unit, true) {
+        match super::verbs::start(self.ctx, &self.timer.unit, true) {
             Ok(0) => {}
             Ok(code) => self.log(&format!(
                 "starting {} failed (exit status {code})",
@@ -176,10 +169,10 @@ impl TimerSup<'_> {
                 Ok(n) => n,
                 Err(e) => {
                     self.log(&format!("{e:#}"));
-                    self.st.result = "resources".into();
+                    self.st.result = UnitResult::Resources;
                     self.st.supervisor = None;
                     self.st.next_elapse = None;
-                    self.set("failed", "failed");
+                    self.set(ActiveState::Failed, SubState::Failed);
                     return 1;
                 }
             };
@@ -187,17 +180,17 @@ impl TimerSup<'_> {
                 // RemainAfterElapse=yes, systemd's default: active (elapsed), nothing to wait for.
                 self.st.supervisor = None;
                 self.st.next_elapse = None;
-                self.set("active", "elapsed");
+                self.set(ActiveState::Active, SubState::Elapsed);
                 self.log("elapsed; no further elapse is due");
                 return 0;
             };
             let at = next + random_delay(self.timer.randomized_delay);
             self.st.next_elapse = Some(unix_secs(at));
-            self.set("active", "waiting");
+            self.set(ActiveState::Active, SubState::Waiting);
             if !self.wait_until(at, rx) {
                 self.st.supervisor = None;
                 self.st.next_elapse = None;
-                self.set("inactive", "dead");
+                self.set(ActiveState::Inactive, SubState::Dead);
                 self.log("stopped");
                 return 0;
             }
@@ -223,27 +216,27 @@ pub(super) fn supervise(
         unit,
         timer,
         st: SvcState {
-            state: "active".into(),
-            sub: "waiting".into(),
+            state: ActiveState::Active,
+            sub: SubState::Waiting,
             supervisor: me,
             since: now_secs(),
-            result: "success".into(),
+            result: UnitResult::Success,
             last_trigger,
             ..Default::default()
         },
         log,
     };
     sup.save();
-    super::report_to_starter("spawned");
-    super::report_to_starter("ready");
-    super::detach_from_starter();
+    super::supervisor::report_to_starter("spawned");
+    super::supervisor::report_to_starter("ready");
+    super::supervisor::detach_from_starter();
     sup.log(&format!("started; it starts {}", timer.unit));
     sup.run(&rx)
 }
 
 /// The last trigger shown by `list-timers` survives a stop of the timer, as in systemd.
 fn read_state_last_trigger(ctx: &Ctx, name: &str) -> Option<u64> {
-    super::read_state(ctx, name)
+    read_state(ctx, name)
         .and_then(|s| s.last_trigger)
         .or_else(|| read_stamp(ctx, name).map(unix_secs))
 }
@@ -300,13 +293,13 @@ pub(super) fn list_timers(ctx: &Ctx, all: bool) -> Result<i32> {
     names.dedup();
     let now = now_secs();
     let stamp = |s: Option<u64>| match s {
-        Some(s) => (super::format_day_time(s), relative(s, now)),
+        Some(s) => (format_day_time(s), relative(s, now)),
         None => ("-".to_string(), "-".to_string()),
     };
     let mut rows: Vec<(Option<u64>, [String; 6])> = Vec::new();
     for n in &names {
-        let st = super::effective(ctx, n);
-        if !all && !super::is_active(&st) {
+        let st = effective(ctx, n);
+        if !all && !st.is_active() {
             continue;
         }
         let activates = ctx
@@ -316,7 +309,7 @@ pub(super) fn list_timers(ctx: &Ctx, all: bool) -> Result<i32> {
             .and_then(|u| u.timer)
             .map(|t| t.unit)
             .unwrap_or_else(|| "-".to_string());
-        let next = st.next_elapse.filter(|_| st.sub == "waiting");
+        let next = st.next_elapse.filter(|_| st.sub == SubState::Waiting);
         let (next_s, left) = stamp(next);
         let (last_s, passed) = stamp(st.last_trigger);
         rows.push((next, [next_s, left, last_s, passed, n.clone(), activates]));
@@ -359,10 +352,10 @@ pub(super) fn list_timers(ctx: &Ctx, all: bool) -> Result<i32> {
 /// For `status`: the `Trigger:` and `Triggers:` lines.
 pub(super) fn status_lines(st: &SvcState, timer: &Timer) -> Vec<String> {
     let mut out = Vec::new();
-    match st.next_elapse.filter(|_| st.sub == "waiting") {
+    match st.next_elapse.filter(|_| st.sub == SubState::Waiting) {
         Some(n) => out.push(format!(
             "    Trigger: {}; {}",
-            super::format_day_time(n),
+            format_day_time(n),
             relative(n, now_secs())
         )),
         None => out.push("    Trigger: n/a".to_string()),
@@ -373,12 +366,12 @@ pub(super) fn status_lines(st: &SvcState, timer: &Timer) -> Vec<String> {
 
 /// For `show`: a timer's own properties.
 pub(super) fn show_props(st: &SvcState, timer: &Timer) -> Vec<(&'static str, String)> {
-    let time = |s: Option<u64>| s.map(super::format_day_time).unwrap_or_default();
+    let time = |s: Option<u64>| s.map(format_day_time).unwrap_or_default();
     vec![
         ("Unit", timer.unit.clone()),
         (
             "NextElapseUSecRealtime",
-            time(st.next_elapse.filter(|_| st.sub == "waiting")),
+            time(st.next_elapse.filter(|_| st.sub == SubState::Waiting)),
         ),
         ("LastTriggerUSec", time(st.last_trigger)),
         (
