@@ -31,7 +31,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use watch::{Change, Watcher, What};
+use watch::{Change, Event, Watcher};
 
 /// The lab API server's etcd prefix for its key/value API (its `--kv-prefix` default, which
 /// the lab unit does not change).
@@ -561,11 +561,8 @@ impl Drill {
                 .changes
                 .iter()
                 .find(|c| {
-                    c.what == What::Vip
-                        && c.t_ms >= 0.0
-                        && c.to
-                            .split('+')
-                            .any(|h| !h.ends_with('?') && h != first && h != "none")
+                    c.t_ms >= 0.0
+                        && matches!(&c.event, Event::Vip { to, .. } if to.gained_from(&first))
                 })
                 .map(|c| c.t_ms);
         }
@@ -711,33 +708,24 @@ fn describe(actions: &[Action]) -> String {
         .join(", ")
 }
 
-/// The LBs named in a VIP label ("lb1?+lb2" -> lb1, lb2).
-fn holders(label: &str) -> std::collections::BTreeSet<&str> {
-    label
-        .split('+')
-        .map(|h| h.trim_end_matches('?'))
-        .filter(|h| *h != "none")
-        .collect()
-}
-
 /// When the cluster first reacted: a VIP move, a leader change, or an API server marked DOWN.
 pub fn detection(changes: &[Change]) -> (Option<f64>, Option<String>) {
     changes
         .iter()
         .filter(|c| c.t_ms >= 0.0)
-        .find(|c| match c.what {
-            // Not a move: only whether an LB could be asked changed ("lb1" -> "lb1?").
-            What::Vip => holders(&c.from) != holders(&c.to),
-            What::Leader => true,
-            What::Backend => c.to.starts_with("DOWN") || c.to.starts_with("MAINT"),
-        })
-        .map(|c| {
-            let by = match c.what {
-                What::Vip => format!("VIP {} → {}", c.from, c.to),
-                What::Leader => format!("etcd leader {} → {}", c.from, c.to),
-                What::Backend => format!("HAProxy marked {} {}", c.subject, c.to),
+        .find_map(|c| {
+            let by = match &c.event {
+                // Not a move: only whether an LB could be asked changed ("lb1" -> "lb1?").
+                Event::Vip { from, to } if from.names() != to.names() => {
+                    format!("VIP {from} → {to}")
+                }
+                Event::Leader { from, to } => format!("etcd leader {from} → {to}"),
+                Event::Backend { to, .. } if to.is_out() => {
+                    format!("HAProxy marked {} {to}", c.subject())
+                }
+                _ => return None,
             };
-            (Some(c.t_ms), Some(by))
+            Some((Some(c.t_ms), Some(by)))
         })
         .unwrap_or((None, None))
 }
@@ -745,14 +733,42 @@ pub fn detection(changes: &[Change]) -> (Option<f64>, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::haproxy::ServerState;
+    use crate::observe::vip::{Holder, Holders};
+    use watch::Rating;
+
+    /// A label as the watcher prints it: `lb1?+lb2`.
+    fn label(text: &str) -> Holders {
+        Holders(
+            text.split('+')
+                .filter(|h| *h != "none")
+                .map(|h| Holder {
+                    lb: h.trim_end_matches('?').into(),
+                    unconfirmed: h.ends_with('?'),
+                })
+                .collect(),
+        )
+    }
 
     fn vip(t: f64, from: &str, to: &str) -> Change {
         Change {
             t_ms: t,
-            what: What::Vip,
-            subject: "vip".into(),
-            from: from.into(),
-            to: to.into(),
+            event: Event::Vip {
+                from: label(from),
+                to: label(to),
+            },
+        }
+    }
+
+    fn backend(t: f64, from: &str, to: &str) -> Change {
+        Change {
+            t_ms: t,
+            event: Event::Backend {
+                server: "master1".into(),
+                lb: "lb1".into(),
+                from: Rating::State(ServerState::parse(from)),
+                to: Rating::State(ServerState::parse(to)),
+            },
         }
     }
 
@@ -761,20 +777,8 @@ mod tests {
         let changes = vec![
             vip(-10.0, "lb2", "lb1"),
             vip(100.0, "lb1", "lb1?"),
-            Change {
-                t_ms: 200.0,
-                what: What::Backend,
-                subject: "master1@lb1".into(),
-                from: "UP".into(),
-                to: "UP 1/2".into(),
-            },
-            Change {
-                t_ms: 300.0,
-                what: What::Backend,
-                subject: "master1@lb1".into(),
-                from: "UP 1/2".into(),
-                to: "DOWN".into(),
-            },
+            backend(200.0, "UP", "UP 1/2"),
+            backend(300.0, "UP 1/2", "DOWN"),
             vip(400.0, "lb1?", "lb1?+lb2"),
         ];
         assert_eq!(

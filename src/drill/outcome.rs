@@ -4,7 +4,8 @@
 use super::fault::Action;
 use super::metrics::{Metrics, Sample};
 use super::scenario::Scenario;
-use super::watch::Change;
+use super::watch::{Change, Leader};
+use crate::observe::vip::Holders;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -69,8 +70,8 @@ pub struct ScenarioReport {
     /// `status` healthy again (and the VIP back on its first holder).
     pub recovered_after_ms: Option<f64>,
     pub vip_moved_after_ms: Option<f64>,
-    pub initial_vip: Option<String>,
-    pub initial_leader: Option<String>,
+    pub initial_vip: Option<Holders>,
+    pub initial_leader: Option<Leader>,
     pub metrics: Option<Metrics>,
     pub changes: Vec<Change>,
     pub writes: Option<WriteCheck>,

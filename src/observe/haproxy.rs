@@ -111,6 +111,19 @@ impl std::fmt::Display for ServerState {
     }
 }
 
+impl From<&str> for ServerState {
+    fn from(text: &str) -> ServerState {
+        ServerState::parse(text)
+    }
+}
+
+/// Against HAProxy's own text (`state == "UP"`), for callers written against the CSV column.
+impl PartialEq<&str> for ServerState {
+    fn eq(&self, text: &&str) -> bool {
+        *self == ServerState::parse(text)
+    }
+}
+
 /// As HAProxy writes it, so JSON consumers see the stats page's own words.
 impl Serialize for ServerState {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -255,7 +268,7 @@ fn parse_http(text: &str) -> (u16, String) {
 }
 
 /// Undo HTTP/1.1 chunked transfer encoding (HAProxy's stats page uses it even for HTTP/1.0).
-fn dechunk(mut body: &str) -> String {
+pub(crate) fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
