@@ -1,7 +1,7 @@
 //! What a drill concludes: the outcome, the report, and the verdict, a pure function of what
 //! the run observed.
 
-use super::fault::Action;
+use super::fault::{Action, Kind};
 use super::metrics::{Metrics, Sample};
 use super::scenario::Scenario;
 use super::watch::{Change, Leader};
@@ -51,7 +51,7 @@ pub struct ScenarioReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub warnings: Vec<String>,
-    pub via: String,
+    pub via: Kind,
     pub target: Option<String>,
     pub chosen_as: Option<String>,
     /// The API server that served the probe's kept-alive connection before the fault (the
@@ -83,14 +83,14 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
-    pub(super) fn new(sc: Scenario, cluster: &str, via: &str) -> ScenarioReport {
+    pub(super) fn new(sc: Scenario, cluster: &str, via: Kind) -> ScenarioReport {
         ScenarioReport {
             scenario: sc,
             cluster: cluster.to_string(),
             outcome: Outcome::Error,
             message: None,
             warnings: vec![],
-            via: via.to_string(),
+            via,
             target: None,
             chosen_as: None,
             kept_alive_on: None,

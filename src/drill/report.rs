@@ -93,7 +93,7 @@ pub fn scenario_text(r: &ScenarioReport) -> String {
     let mut rows: Vec<(&str, String)> = vec![
         ("fault", format!("{fault}, held {}", secs(r.hold_ms as f64))),
         ("target", target),
-        ("via", r.via.clone()),
+        ("via", r.via.to_string()),
         (
             "injected at",
             format!(

@@ -244,7 +244,7 @@ mod tests {
         let mut r = crate::drill::ScenarioReport::new(
             crate::drill::scenario::Scenario::LbFailover,
             "c",
-            "lab",
+            crate::drill::fault::Kind::Lab,
         );
         r.probe_start_ms = -1000.0;
         r.probe_end_ms = 4000.0;
