@@ -10,6 +10,7 @@ pub mod certs;
 pub mod drill;
 pub mod etcd;
 pub mod lab;
+pub mod observe;
 pub mod output;
 pub mod pki;
 pub mod plan;

@@ -77,7 +77,7 @@ pub fn facts_script(c: &Cluster, h: &Host) -> String {
          echo \"arch=$(uname -m)\"\n\
          echo \"kernel=$(uname -r)\"\n\
          echo \"swap=$(tail -n +2 /proc/swaps 2>/dev/null | wc -l)\"\n\
-         ip -o addr show 2>/dev/null | awk '{print \"addr=\" $2 \" \" $4}'\n",
+         ip -o addr show 2>/dev/null\n",
     );
     for b in BINARIES {
         s.push_str(&format!(
@@ -122,7 +122,13 @@ pub fn facts_script(c: &Cluster, h: &Host) -> String {
 }
 
 pub fn parse(text: &str, _unused: i64) -> Facts {
-    let mut f = Facts::default();
+    let mut f = Facts {
+        addresses: crate::observe::iface::parse(text)
+            .into_iter()
+            .map(|a| (a.iface.clone(), a.cidr()))
+            .collect(),
+        ..Facts::default()
+    };
     for line in text.lines() {
         let Some((k, v)) = line.split_once('=') else {
             continue;
@@ -134,12 +140,6 @@ pub fn parse(text: &str, _unused: i64) -> Facts {
             "arch" => f.arch = v.into(),
             "kernel" => f.kernel = v.into(),
             "swap" => f.swap_on = v.parse::<u32>().unwrap_or(0) > 0,
-            "addr" => {
-                if let Some((i, a)) = v.split_once(' ') {
-                    f.addresses
-                        .push((i.split('@').next().unwrap_or(i).to_string(), a.to_string()));
-                }
-            }
             "etcd_data" => f.etcd_data = true,
             "kubeadm_done" => f.kubeadm_done = true,
             "cri_socket" => f.cri_socket = true,

@@ -64,9 +64,27 @@ pub enum Via {
     Ssh,
 }
 
+/// How an injector reaches the hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The lab's fault primitives.
+    Lab,
+    /// SSH and the hosts' own tools.
+    Ssh,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Lab => "lab",
+            Kind::Ssh => "ssh",
+        })
+    }
+}
+
 pub trait Injector: Send + Sync {
-    /// `lab` or `ssh`.
-    fn name(&self) -> &'static str;
+    fn kind(&self) -> Kind;
     /// Break it. Called with how long the drill means to hold the fault.
     fn inject<'a>(&'a self, a: &'a Action, hold: Duration) -> BoxFut<'a, Result<()>>;
     /// Put it back. Safe to call when nothing (or only part) was injected.
@@ -123,8 +141,8 @@ impl LabInjector {
 }
 
 impl Injector for LabInjector {
-    fn name(&self) -> &'static str {
-        "lab"
+    fn kind(&self) -> Kind {
+        Kind::Lab
     }
     fn inject<'a>(&'a self, a: &'a Action, _hold: Duration) -> BoxFut<'a, Result<()>> {
         Box::pin(async move { self.fault(Self::args(a, false)?).await })
@@ -294,8 +312,8 @@ pub fn inject_script(a: &Action, hold: Duration) -> String {
 }
 
 impl Injector for SshInjector {
-    fn name(&self) -> &'static str {
-        "ssh"
+    fn kind(&self) -> Kind {
+        Kind::Ssh
     }
     fn inject<'a>(&'a self, a: &'a Action, hold: Duration) -> BoxFut<'a, Result<()>> {
         Box::pin(async move {
@@ -423,8 +441,8 @@ mod tests {
     }
 
     impl Injector for Fake {
-        fn name(&self) -> &'static str {
-            "fake"
+        fn kind(&self) -> Kind {
+            Kind::Lab
         }
         fn inject<'a>(&'a self, a: &'a Action, _: Duration) -> BoxFut<'a, Result<()>> {
             Box::pin(async move {

@@ -11,27 +11,27 @@ pub mod fault;
 pub mod metrics;
 mod outcome;
 mod writes;
-use outcome::{Ending, verdict};
 pub use outcome::{Outcome, ScenarioReport, WriteCheck};
 mod prober;
 pub mod report;
 pub mod scenario;
+mod stages;
 mod svg;
 pub mod watch;
 
 use crate::lab::state::{LAB_ROOT, LabPaths, LabState};
 use crate::spec::{Bootstrap, Cluster, EtcdManagement};
 use crate::state::State;
-use crate::status::{self, Health};
+use crate::status;
 use anyhow::{Context, Result, bail};
 use fault::{Action, Guard, Injector, LabInjector, SshInjector, Via};
-use prober::{Mode, Prober};
-use scenario::{NoPlan, Scenario};
+use prober::Mode;
+use scenario::Scenario;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use watch::{Change, Watcher, What};
+use watch::{Change, Event};
 
 /// The lab API server's etcd prefix for its key/value API (its `--kv-prefix` default, which
 /// the lab unit does not change).
@@ -215,8 +215,8 @@ impl Drill {
         })
     }
 
-    pub fn via(&self) -> &'static str {
-        self.injector.name()
+    pub fn via(&self) -> fault::Kind {
+        self.injector.kind()
     }
 
     fn interrupts(&self) -> u32 {
@@ -244,9 +244,10 @@ impl Drill {
 
     /// Run one scenario, from the precondition to the write check. `settle`: how long an
     /// unhealthy cluster may take to become healthy before the drill refuses (0 for a single
-    /// drill; `all` gives the cluster a moment after the previous scenario).
+    /// drill; `all` gives the cluster a moment after the previous scenario). The stages are in
+    /// `stages.rs`.
     pub async fn run(&self, sc: Scenario, settle: Duration) -> ScenarioReport {
-        let mut rep = ScenarioReport::new(sc, &self.c.name, self.injector.name());
+        let rep = ScenarioReport::new(sc, &self.c.name, self.injector.kind());
         let base = self.interrupts();
         if base > 0 {
             return rep.end(Outcome::Interrupted, "not started: interrupted");
@@ -255,99 +256,10 @@ impl Drill {
             let why = self.api_error.clone().unwrap_or_default();
             return rep.end(Outcome::Error, why);
         };
-        // 1. Where things stand, and what to break.
-        self.say(sc, "checking the cluster");
-        let until = Instant::now() + settle;
-        let s = loop {
-            let s = match status::gather(&self.c).await {
-                Ok(s) => s,
-                Err(e) => return rep.end(Outcome::Error, format!("status: {e:#}")),
-            };
-            if s.overall == Health::Healthy || Instant::now() >= until || self.interrupts() > base {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        };
-        let plan = match scenario::plan(&self.c, &s, sc, self.opts.host.as_deref()) {
-            Ok(p) => p,
-            Err(NoPlan::Skip(m)) => return rep.end(Outcome::Skipped, m),
-            Err(NoPlan::Invalid(m)) => return rep.end(Outcome::Refused, m),
-        };
-        rep.target = Some(plan.target.clone());
-        rep.chosen_as = Some(plan.chosen_as.clone());
-        rep.faults = plan.actions.clone();
-        rep.hold_ms = self.opts.duration.as_millis() as u64;
-        let what = plan
-            .actions
-            .iter()
-            .map(Action::describe)
-            .collect::<Vec<_>>()
-            .join(", ");
-        // 2. Real hosts need --yes, and are named.
-        if self.injector.name() == "ssh" && !self.opts.yes {
-            let mut hosts: Vec<&str> = plan.actions.iter().map(Action::host).collect();
-            hosts.dedup();
-            return rep.end(
-                Outcome::Refused,
-                format!(
-                    "{} acts on real hosts over SSH (the spec is not a lab's, or --via ssh): it would {what}, touching {}. Nothing was done.\n  help: pass --yes to go ahead",
-                    sc.name(),
-                    hosts.join(", ")
-                ),
-            );
+        match self.precheck(rep, sc, settle, base).await {
+            Ok((rep, s, plan)) => self.drive(rep, sc, plan, &s, tls, base).await,
+            Err(rep) => rep,
         }
-        // 3. Safety.
-        let reasons = scenario::refusals(&self.c, &s, &plan);
-        if !reasons.is_empty() {
-            if !self.opts.force {
-                return rep.end(
-                    Outcome::Refused,
-                    format!(
-                        "refusing {} ({what}): {}. Nothing was done.\n  help: fix the cluster first, or pass --force to go ahead anyway",
-                        sc.name(),
-                        reasons.join("; ")
-                    ),
-                );
-            }
-            for r in reasons {
-                let w = format!("--force: going ahead although {r}");
-                self.say(sc, &format!("warning: {w}"));
-                rep.warnings.push(w);
-            }
-        }
-        self.drive(rep, sc, plan, &s, tls, base).await
-    }
-
-    /// On a lab, and unless --host says otherwise, the control-plane scenarios break the
-    /// control plane that serves the probe's kept-alive connection, when it qualifies: the worst
-    /// case for long-lived clients (watches), instead of a coin toss. On real hosts the target
-    /// named before the drill stands.
-    fn retarget(
-        &self,
-        plan: &scenario::Plan,
-        s: &status::Status,
-        kept: Option<String>,
-    ) -> Option<scenario::Plan> {
-        let sc = plan.scenario;
-        let fits = matches!(
-            sc,
-            Scenario::ApiserverDown | Scenario::ControlPlanePartition | Scenario::EtcdMemberDown
-        );
-        let kept = kept?;
-        if !fits || self.opts.host.is_some() || self.injector.name() != "lab" || kept == plan.target
-        {
-            return None;
-        }
-        let leader = s.etcd.iter().any(|m| m.name == kept && m.is_leader);
-        if leader && sc != Scenario::ApiserverDown {
-            return None;
-        }
-        let mut p = scenario::plan(&self.c, s, sc, Some(&kept)).ok()?;
-        if !scenario::refusals(&self.c, s, &p).is_empty() {
-            return None;
-        }
-        p.chosen_as = "it serves the probe's kept-alive connection".into();
-        Some(p)
     }
 
     /// Probe, break, hold, restore, recover, check.
@@ -361,345 +273,23 @@ impl Drill {
         base: u32,
     ) -> ScenarioReport {
         let holder = s.vip_holders.first().cloned();
-        let t0 = Instant::now();
-        let wall0 = SystemTime::now();
-        let prefix = format!("drill/{}/{}/", self.run_id, sc.name());
-        let target = prober::Target {
-            addr: SocketAddr::new(self.c.lb.vip, self.c.lb.api_port),
-            tls: tls.clone(),
-            mode: self.mode(),
-            prefix: prefix.clone(),
-            interval: self.opts.interval,
-            timeout: self.opts.request_timeout,
+        let probing = match self.baseline(&mut rep, sc, tls.clone(), base).await {
+            Ok(p) => p,
+            Err((outcome, why)) => return rep.end(outcome, why),
         };
-        let watcher = Watcher::start(
-            &self.c,
-            t0,
-            self.etcd_tls.clone(),
-            self.stats_password.clone(),
-            self.netns.as_ref(),
-        );
-        let prober = Prober::start(target.clone(), t0);
-        rep.probe_start_ms = 0.0;
-        self.say(
-            sc,
-            &format!(
-                "probing https://{} every {} ms on two streams",
-                self.c.control_plane_endpoint(),
-                self.opts.interval.as_millis()
-            ),
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(self.opts.baseline) => {}
-            _ = self.interrupted(base + 1) => {}
-        }
-        if self.interrupts() > base || prober.successes() == 0 {
-            let why = prober.last_error().unwrap_or_else(|| "no answer".into());
-            let _ = prober.stop().await;
-            let _ = watcher.stop().await;
-            return if self.interrupts() > base {
-                rep.end(
-                    Outcome::Interrupted,
-                    "interrupted before the fault; nothing was touched",
-                )
-            } else {
-                rep.end(
-                    Outcome::Error,
-                    format!("the probe got no answer through the VIP ({why}); nothing was touched"),
-                )
-            };
-        }
-
-        // The control-plane scenarios hit the kept-alive connection when they can (the worst
-        // case for long-lived clients such as watches). Where the target follows the connection
-        // and it sits on a control plane they may not break (the etcd leader), it is moved off;
-        // etcd-leader-loss cannot choose its target, so the connection is moved onto the
-        // leader's API server. At most 5 reconnects; HAProxy's leastconn decides where each goes.
-        let leader = s.etcd.iter().find(|m| m.is_leader).map(|m| m.name.clone());
-        let auto = self.opts.host.is_none() && self.injector.name() == "lab";
-        for _ in 0..5 {
-            let on = self.kept_alive_server(&prober);
-            let on_leader = on.is_some() && on == leader;
-            let (wrong, why) = match sc {
-                Scenario::ControlPlanePartition | Scenario::EtcdMemberDown => (
-                    on.is_none() || on_leader,
-                    "moving the kept-alive connection off the etcd leader",
-                ),
-                Scenario::EtcdLeaderLoss => (
-                    leader.is_some() && !on_leader,
-                    "moving the kept-alive connection onto the etcd leader",
-                ),
-                _ => (false, ""),
-            };
-            if !auto || !wrong || self.interrupts() > base {
-                break;
-            }
-            self.say(sc, why);
-            prober.reconnect_keepalive();
-            tokio::time::sleep(self.opts.interval * 4).await;
-        }
-        rep.kept_alive_on = self.kept_alive_server(&prober);
-        let plan = match self.retarget(&plan, s, rep.kept_alive_on.clone()) {
-            Some(p) => {
-                self.say(sc, &format!("target: {} ({})", p.target, p.chosen_as));
-                rep.target = Some(p.target.clone());
-                rep.chosen_as = Some(p.chosen_as.clone());
-                rep.faults = p.actions.clone();
-                p
-            }
-            None => plan,
-        };
-        let actions = plan.actions;
-
-        // Inject; from here on the guard restores on every path.
+        let plan = self.aim(&mut rep, sc, plan, s, &probing.prober, base).await;
         let mut guard = Guard::new(self.injector.clone());
-        let inject_ms = ms_since(t0);
-        let inject_wall = wall0 + Duration::from_secs_f64(inject_ms / 1000.0);
-        rep.injected_at = Some(utc(inject_wall));
-        self.say(sc, &format!("injecting: {}", describe(&actions)));
-        let injected = guard.inject(&actions, self.opts.duration).await;
-        rep.injected_after_ms = Some(ms_since(t0) - inject_ms);
-        let mut failure: Option<String> = None;
-        let mut interrupted = false;
-        match injected {
-            Ok(()) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.opts.duration) => {}
-                    _ = self.interrupted(base + 1) => {
-                        interrupted = true;
-                        self.say(sc, "interrupted: restoring now (the restore is not interruptible)");
-                    }
-                }
-            }
-            Err(e) => failure = Some(format!("injecting failed: {e:#}")),
-        }
-        self.say(
-            sc,
-            &format!(
-                "restoring: {}",
-                actions
-                    .iter()
-                    .map(Action::undo)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
-        rep.hold_ms = (ms_since(t0) - inject_ms).max(0.0) as u64;
-        let restored = guard.restore().await;
-        rep.restored_after_ms = Some(ms_since(t0) - inject_ms);
-        let restore_failed = restored.as_ref().err().map(|e| format!("{e:#}"));
-        if let Some(e) = &restore_failed {
-            self.say(sc, &format!("RESTORE FAILED: {e}"));
-        }
-
-        // Recovery: status healthy, and the VIP back where keepalived's priorities put it
-        // (with nopreempt it stays where the failover put it).
-        let back_to =
-            holder.filter(|h| self.c.lb.vrrp.preempt && self.top_priority_lb() == Some(h.as_str()));
-        if interrupted {
-            self.say(
-                sc,
-                "waiting for the cluster to recover (Ctrl-C again to stop waiting)",
-            );
-        }
-        let restored_ms = ms_since(t0);
-        let (recovered, last) = self
-            .wait_recovered(
-                t0,
-                &prober,
-                &watcher,
-                restored_ms,
-                back_to.as_deref(),
-                base + 2,
-            )
+        let held = self
+            .inject_and_hold(&mut rep, sc, &mut guard, &plan.actions, &probing, base)
             .await;
-        match recovered {
-            Some(t) => {
-                rep.recovered_after_ms = Some(t - inject_ms);
-                self.say(
-                    sc,
-                    &format!("recovered after {:.2} s", (t - inject_ms) / 1000.0),
-                );
-            }
-            None => self.say(sc, &format!("not recovered: {last}")),
-        }
-        if recovered.is_some() && self.interrupts() < base + 2 {
-            tokio::select! {
-                _ = tokio::time::sleep(self.opts.tail) => {}
-                _ = self.interrupted(base + 2) => {}
-            }
-        }
-        // Requests still in flight are waited for (up to the request timeout), but the probe
-        // ends here.
-        let end_ms = ms_since(t0);
-        let recorded = prober.stop().await;
-        let watched = watcher.stop().await;
-
-        // Every acknowledged write must be there.
-        let writes = self.check_writes(&recorded.writes, &prefix, &tls).await;
-
-        // Relative to the injection from here on.
-        let rel = |t: f64| t - inject_ms;
-        rep.probe_start_ms = rel(0.0);
-        rep.probe_end_ms = rel(end_ms);
-        rep.initial_vip = watched.initial_vip.clone();
-        rep.initial_leader = watched.initial_leader.clone();
-        rep.changes = watched
-            .changes
-            .into_iter()
-            .map(|mut c| {
-                c.t_ms = rel(c.t_ms);
-                c
-            })
-            .collect();
-        let (detected, by) = detection(&rep.changes);
-        rep.detected_after_ms = detected;
-        rep.detected_by = by;
-        if sc.moves_vip() {
-            let first = rep.initial_vip.clone().unwrap_or_default();
-            rep.vip_moved_after_ms = rep
-                .changes
-                .iter()
-                .find(|c| {
-                    c.what == What::Vip
-                        && c.t_ms >= 0.0
-                        && c.to
-                            .split('+')
-                            .any(|h| !h.ends_with('?') && h != first && h != "none")
-                })
-                .map(|c| c.t_ms);
-        }
-        rep.metrics = Some(metrics::compute(&recorded.samples, inject_ms, end_ms));
-        rep.samples = recorded
-            .samples
-            .into_iter()
-            .map(|mut s| {
-                s.start_ms = rel(s.start_ms);
-                s
-            })
-            .collect();
-        rep.writes = Some(writes);
-
-        let (outcome, message) = verdict(&Ending {
-            scenario: sc,
-            inject_failure: failure,
-            restore_failure: restore_failed,
-            recovered: rep.recovered_after_ms.is_some(),
-            recovery_timeout: self.opts.recovery_timeout,
-            last_status: last,
-            writes: rep.writes.as_ref(),
-            failed_requests: rep.metrics.as_ref().map_or(0, |m| m.failed),
-            requests: rep.metrics.as_ref().map_or(0, |m| m.requests),
-            interrupted,
-        });
-        rep.outcome = outcome;
-        rep.message = message;
-        rep
-    }
-
-    /// The control plane behind the probe's kept-alive connection: the only one its server
-    /// certificate names by host name (certificates may name every control plane's address,
-    /// so addresses count only when they single one out).
-    fn kept_alive_server(&self, prober: &Prober) -> Option<String> {
-        let names = prober.keepalive_peer();
-        let only = |hit: &dyn Fn(&crate::spec::Host) -> bool| {
-            let mut on = self.c.control_planes().filter(|h| hit(h));
-            match (on.next(), on.next()) {
-                (Some(h), None) => Some(h.name.clone()),
-                _ => None,
-            }
-        };
-        only(&|h| names.contains(&h.name))
-            .or_else(|| only(&|h| names.contains(&h.address.to_string())))
-    }
-
-    /// The LB keepalived puts the VIP on when every LB is healthy (the highest priority).
-    fn top_priority_lb(&self) -> Option<&str> {
-        self.c
-            .lb
-            .vrrp
-            .priorities
-            .iter()
-            .max_by_key(|(_, p)| **p)
-            .map(|(n, _)| n.as_str())
-    }
-
-    /// Poll `status` until healthy, the VIP on `holder` (if given), every probe request of the
-    /// last second answered (started after the restore; the ones of the last 300 ms may still
-    /// be in flight), and every HAProxy rating every API server plainly UP (not half way, as
-    /// `UP 1/2` after a check that failed during the fault), twice in a row. Returns when (the
-    /// first of the two), in ms on the drill's clock, and the last reason it was not.
-    async fn wait_recovered(
-        &self,
-        t0: Instant,
-        prober: &Prober,
-        watcher: &Watcher,
-        restored_ms: f64,
-        holder: Option<&str>,
-        give_up_at: u32,
-    ) -> (Option<f64>, String) {
-        let deadline = Instant::now() + self.opts.recovery_timeout;
-        let mut last = String::from("not checked");
-        let mut said = String::new();
-        let mut first_ok: Option<f64> = None;
-        while Instant::now() < deadline {
-            if self.interrupts() >= give_up_at {
-                return (None, "interrupted while waiting for recovery".into());
-            }
-            match tokio::time::timeout(Duration::from_secs(10), status::gather(&self.c)).await {
-                Ok(Ok(s)) => {
-                    let on_holder = holder.is_none_or(|h| s.vip_holders == [h]);
-                    let now = ms_since(t0);
-                    let clients = prober.clients_ok((now - 1000.0).max(restored_ms), now - 300.0);
-                    let unsettled = watcher.unsettled();
-                    if s.overall == Health::Healthy && on_holder && clients && unsettled.is_empty()
-                    {
-                        match first_ok {
-                            Some(t) => return (Some(t), String::new()),
-                            None => first_ok = Some(now),
-                        }
-                    } else {
-                        first_ok = None;
-                    }
-                    last = if first_ok.is_some() {
-                        "healthy; confirming".into()
-                    } else if s.overall != Health::Healthy {
-                        s.verdicts
-                            .iter()
-                            .filter(|v| v.health != Health::Healthy)
-                            .map(|v| format!("{}: {}", v.layer, v.reason))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    } else if !unsettled.is_empty() {
-                        format!("HAProxy not settled: {}", unsettled.join(", "))
-                    } else if !on_holder {
-                        format!(
-                            "the VIP is on {} (waiting for {})",
-                            s.vip_holders.join("+"),
-                            holder.unwrap_or("-")
-                        )
-                    } else {
-                        format!(
-                            "status is healthy, but clients still fail through the VIP ({})",
-                            prober
-                                .last_error()
-                                .unwrap_or_else(|| "no answer yet".into())
-                        )
-                    };
-                }
-                Ok(Err(e)) => last = format!("status: {e:#}"),
-                Err(_) => last = "status timed out".into(),
-            }
-            if last != said {
-                (self.log)(&format!("  waiting: {last}"));
-                said = last.clone();
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = self.interrupted(give_up_at) => {}
-            }
-        }
-        (None, last)
+        let restore_failed = self
+            .restore(&mut rep, sc, guard, &plan.actions, &probing, &held)
+            .await;
+        let last = self
+            .recover(&mut rep, sc, holder, &probing, &held, base)
+            .await;
+        self.collect(rep, sc, probing, held, restore_failed, last, &tls)
+            .await
     }
 }
 
@@ -711,33 +301,24 @@ fn describe(actions: &[Action]) -> String {
         .join(", ")
 }
 
-/// The LBs named in a VIP label ("lb1?+lb2" -> lb1, lb2).
-fn holders(label: &str) -> std::collections::BTreeSet<&str> {
-    label
-        .split('+')
-        .map(|h| h.trim_end_matches('?'))
-        .filter(|h| *h != "none")
-        .collect()
-}
-
 /// When the cluster first reacted: a VIP move, a leader change, or an API server marked DOWN.
 pub fn detection(changes: &[Change]) -> (Option<f64>, Option<String>) {
     changes
         .iter()
         .filter(|c| c.t_ms >= 0.0)
-        .find(|c| match c.what {
-            // Not a move: only whether an LB could be asked changed ("lb1" -> "lb1?").
-            What::Vip => holders(&c.from) != holders(&c.to),
-            What::Leader => true,
-            What::Backend => c.to.starts_with("DOWN") || c.to.starts_with("MAINT"),
-        })
-        .map(|c| {
-            let by = match c.what {
-                What::Vip => format!("VIP {} → {}", c.from, c.to),
-                What::Leader => format!("etcd leader {} → {}", c.from, c.to),
-                What::Backend => format!("HAProxy marked {} {}", c.subject, c.to),
+        .find_map(|c| {
+            let by = match &c.event {
+                // Not a move: only whether an LB could be asked changed ("lb1" -> "lb1?").
+                Event::Vip { from, to } if from.names() != to.names() => {
+                    format!("VIP {from} → {to}")
+                }
+                Event::Leader { from, to } => format!("etcd leader {from} → {to}"),
+                Event::Backend { to, .. } if to.is_out() => {
+                    format!("HAProxy marked {} {to}", c.subject())
+                }
+                _ => return None,
             };
-            (Some(c.t_ms), Some(by))
+            Some((Some(c.t_ms), Some(by)))
         })
         .unwrap_or((None, None))
 }
@@ -745,14 +326,42 @@ pub fn detection(changes: &[Change]) -> (Option<f64>, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::haproxy::ServerState;
+    use crate::observe::vip::{Holder, Holders};
+    use watch::Rating;
+
+    /// A label as the watcher prints it: `lb1?+lb2`.
+    fn label(text: &str) -> Holders {
+        Holders(
+            text.split('+')
+                .filter(|h| *h != "none")
+                .map(|h| Holder {
+                    lb: h.trim_end_matches('?').into(),
+                    unconfirmed: h.ends_with('?'),
+                })
+                .collect(),
+        )
+    }
 
     fn vip(t: f64, from: &str, to: &str) -> Change {
         Change {
             t_ms: t,
-            what: What::Vip,
-            subject: "vip".into(),
-            from: from.into(),
-            to: to.into(),
+            event: Event::Vip {
+                from: label(from),
+                to: label(to),
+            },
+        }
+    }
+
+    fn backend(t: f64, from: &str, to: &str) -> Change {
+        Change {
+            t_ms: t,
+            event: Event::Backend {
+                server: "master1".into(),
+                lb: "lb1".into(),
+                from: Rating::State(ServerState::parse(from)),
+                to: Rating::State(ServerState::parse(to)),
+            },
         }
     }
 
@@ -761,20 +370,8 @@ mod tests {
         let changes = vec![
             vip(-10.0, "lb2", "lb1"),
             vip(100.0, "lb1", "lb1?"),
-            Change {
-                t_ms: 200.0,
-                what: What::Backend,
-                subject: "master1@lb1".into(),
-                from: "UP".into(),
-                to: "UP 1/2".into(),
-            },
-            Change {
-                t_ms: 300.0,
-                what: What::Backend,
-                subject: "master1@lb1".into(),
-                from: "UP 1/2".into(),
-                to: "DOWN".into(),
-            },
+            backend(200.0, "UP", "UP 1/2"),
+            backend(300.0, "UP 1/2", "DOWN"),
             vip(400.0, "lb1?", "lb1?+lb2"),
         ];
         assert_eq!(

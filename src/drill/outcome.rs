@@ -1,10 +1,11 @@
 //! What a drill concludes: the outcome, the report, and the verdict, a pure function of what
 //! the run observed.
 
-use super::fault::Action;
+use super::fault::{Action, Kind};
 use super::metrics::{Metrics, Sample};
 use super::scenario::Scenario;
-use super::watch::Change;
+use super::watch::{Change, Leader};
+use crate::observe::vip::Holders;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ pub struct ScenarioReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub warnings: Vec<String>,
-    pub via: String,
+    pub via: Kind,
     pub target: Option<String>,
     pub chosen_as: Option<String>,
     /// The API server that served the probe's kept-alive connection before the fault (the
@@ -69,8 +70,8 @@ pub struct ScenarioReport {
     /// `status` healthy again (and the VIP back on its first holder).
     pub recovered_after_ms: Option<f64>,
     pub vip_moved_after_ms: Option<f64>,
-    pub initial_vip: Option<String>,
-    pub initial_leader: Option<String>,
+    pub initial_vip: Option<Holders>,
+    pub initial_leader: Option<Leader>,
     pub metrics: Option<Metrics>,
     pub changes: Vec<Change>,
     pub writes: Option<WriteCheck>,
@@ -82,14 +83,14 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
-    pub(super) fn new(sc: Scenario, cluster: &str, via: &str) -> ScenarioReport {
+    pub(super) fn new(sc: Scenario, cluster: &str, via: Kind) -> ScenarioReport {
         ScenarioReport {
             scenario: sc,
             cluster: cluster.to_string(),
             outcome: Outcome::Error,
             message: None,
             warnings: vec![],
-            via: via.to_string(),
+            via,
             target: None,
             chosen_as: None,
             kept_alive_on: None,

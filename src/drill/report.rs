@@ -39,12 +39,20 @@ pub fn outcome_mark(o: Outcome) -> &'static str {
     }
 }
 
+/// What the watcher saw first, or `?`.
+fn known<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "?".into(), T::to_string)
+}
+
 /// `+1.234 s lb1 → lb2` for each change of one kind.
 fn transitions(r: &ScenarioReport, what: What) -> Vec<String> {
     r.changes
         .iter()
-        .filter(|c| c.what == what)
-        .map(|c| format!("{} {} → {}", offset(c.t_ms), c.from, c.to))
+        .filter(|c| c.what() == what)
+        .map(|c| {
+            let (from, to) = c.from_to();
+            format!("{} {from} → {to}", offset(c.t_ms))
+        })
         .collect()
 }
 
@@ -85,7 +93,7 @@ pub fn scenario_text(r: &ScenarioReport) -> String {
     let mut rows: Vec<(&str, String)> = vec![
         ("fault", format!("{fault}, held {}", secs(r.hold_ms as f64))),
         ("target", target),
-        ("via", r.via.clone()),
+        ("via", r.via.to_string()),
         (
             "injected at",
             format!(
@@ -155,7 +163,7 @@ pub fn scenario_text(r: &ScenarioReport) -> String {
         "VIP",
         format!(
             "on {} at the start{}{}",
-            r.initial_vip.clone().unwrap_or_else(|| "?".into()),
+            known(&r.initial_vip),
             r.vip_moved_after_ms
                 .map(|t| format!("; moved after {}", secs(t)))
                 .unwrap_or_default(),
@@ -171,7 +179,7 @@ pub fn scenario_text(r: &ScenarioReport) -> String {
         "etcd leader",
         format!(
             "{} at the start; {}",
-            r.initial_leader.clone().unwrap_or_else(|| "?".into()),
+            known(&r.initial_leader),
             if leaders.is_empty() {
                 "no change".to_string()
             } else {
@@ -256,8 +264,8 @@ pub fn timeline(r: &ScenarioReport) -> String {
         r.probe_start_ms,
         format!(
             "VIP on {}; etcd leader {}",
-            r.initial_vip.clone().unwrap_or_else(|| "?".into()),
-            r.initial_leader.clone().unwrap_or_else(|| "?".into())
+            known(&r.initial_vip),
+            known(&r.initial_leader)
         ),
     ));
     ev.push((0.0, format!("inject: {}", r.fault_text())));
@@ -265,10 +273,11 @@ pub fn timeline(r: &ScenarioReport) -> String {
         ev.push((t, "injected".into()));
     }
     for c in &r.changes {
-        let text = match c.what {
-            What::Vip => format!("VIP {} → {}", c.from, c.to),
-            What::Leader => format!("etcd leader {} → {}", c.from, c.to),
-            What::Backend => format!("HAProxy: {} {} → {}", c.subject, c.from, c.to),
+        let (from, to) = c.from_to();
+        let text = match c.what() {
+            What::Vip => format!("VIP {from} → {to}"),
+            What::Leader => format!("etcd leader {from} → {to}"),
+            What::Backend => format!("HAProxy: {} {from} → {to}", c.subject()),
         };
         ev.push((c.t_ms, text));
     }

@@ -4,7 +4,7 @@
 
 use super::ScenarioReport;
 use super::metrics::Stream;
-use super::watch::What;
+use super::watch::Event;
 use std::fmt::Write as _;
 
 const W: f64 = 1000.0;
@@ -175,17 +175,16 @@ pub fn chart(r: &ScenarioReport) -> String {
     // Events.
     let mut marks: Vec<(f64, &str, String)> = Vec::new();
     for c in &r.changes {
-        match c.what {
-            What::Vip => marks.push((c.t_ms, "#2ca02c", format!("VIP → {}", c.to))),
-            What::Leader => marks.push((c.t_ms, "#9467bd", format!("leader → {}", c.to))),
+        match &c.event {
+            Event::Vip { to, .. } => marks.push((c.t_ms, "#2ca02c", format!("VIP → {to}"))),
+            Event::Leader { to, .. } => marks.push((c.t_ms, "#9467bd", format!("leader → {to}"))),
             // HAProxy's verdicts: marked DOWN, and UP again after DOWN.
-            What::Backend
-                if (c.to.starts_with("DOWN") && !c.from.starts_with("DOWN"))
-                    || (c.to == "UP" && c.from.starts_with("DOWN")) =>
+            Event::Backend { from, to, .. }
+                if (to.is_down() && !from.is_down()) || (to.is_up() && from.is_down()) =>
             {
-                marks.push((c.t_ms, "#7f7f7f", format!("{} {}", c.subject, c.to)))
+                marks.push((c.t_ms, "#7f7f7f", format!("{} {to}", c.subject())))
             }
-            What::Backend => {}
+            Event::Backend { .. } => {}
         }
     }
     if let Some(t) = r.recovered_after_ms {
@@ -245,7 +244,7 @@ mod tests {
         let mut r = crate::drill::ScenarioReport::new(
             crate::drill::scenario::Scenario::LbFailover,
             "c",
-            "lab",
+            crate::drill::fault::Kind::Lab,
         );
         r.probe_start_ms = -1000.0;
         r.probe_end_ms = 4000.0;

@@ -1,15 +1,16 @@
 //! What the cluster did during a drill, polled every ~200 ms in the background: which load
 //! balancer holds the VIP (`ip -o addr`, over SSH; on a lab in the host's network namespace),
-//! which etcd member leads (the etcd API), and
-//! how each load balancer's HAProxy rates each API server (its stats CSV). Only changes are kept.
+//! which etcd member leads (the etcd API), and how each load balancer's HAProxy rates each API
+//! server (its stats CSV). The parsing is [`crate::observe`]'s; only changes are kept.
 
+use crate::observe::etcd::{MemberStatus, leader_by_vote};
+use crate::observe::haproxy::{self, ServerState};
+use crate::observe::iface;
+use crate::observe::vip::{self, Holder, Holders};
 use crate::spec::{Cluster, Host, url};
 use crate::transport::{self, Transport, ssh::Ssh};
-use base64::Engine;
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,53 +28,163 @@ pub enum What {
     Backend,
 }
 
+/// The etcd leader as the members report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leader {
+    /// No member answered.
+    Unknown,
+    /// The members that answered know no leader (an election is under way).
+    None,
+    /// A member, by name (or by hex id when no member answered under that id).
+    Member(String),
+}
+
+impl std::fmt::Display for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Leader::Unknown => f.write_str("unknown"),
+            Leader::None => f.write_str("none"),
+            Leader::Member(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Serialize for Leader {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// How one HAProxy rates one API server, as the watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rating {
+    State(ServerState),
+    /// The stats page did not answer (HAProxy or its host is gone).
+    NoAnswer,
+}
+
+impl Rating {
+    fn state(&self) -> Option<&ServerState> {
+        match self {
+            Rating::State(s) => Some(s),
+            Rating::NoAnswer => None,
+        }
+    }
+    /// DOWN, plainly or on the way back up.
+    pub fn is_down(&self) -> bool {
+        self.state().is_some_and(ServerState::is_down)
+    }
+    /// Taken out: DOWN or in maintenance.
+    pub fn is_out(&self) -> bool {
+        self.state().is_some_and(ServerState::is_out)
+    }
+    /// Plainly UP (not half way, as `UP 1/2`).
+    pub fn is_up(&self) -> bool {
+        self.state() == Some(&ServerState::Up)
+    }
+}
+
+impl std::fmt::Display for Rating {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rating::State(s) => s.fmt(f),
+            Rating::NoAnswer => f.write_str("no answer"),
+        }
+    }
+}
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Vip {
+        from: Holders,
+        to: Holders,
+    },
+    Leader {
+        from: Leader,
+        to: Leader,
+    },
+    /// How HAProxy on `lb` rates API server `server`.
+    Backend {
+        server: String,
+        lb: String,
+        from: Rating,
+        to: Rating,
+    },
+}
+
 /// One observed change, in ms on the drill's clock.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub t_ms: f64,
-    pub what: What,
+    pub event: Event,
+}
+
+impl Change {
+    pub fn what(&self) -> What {
+        match self.event {
+            Event::Vip { .. } => What::Vip,
+            Event::Leader { .. } => What::Leader,
+            Event::Backend { .. } => What::Backend,
+        }
+    }
     /// `vip`, `etcd`, or `SERVER@LB` for a backend.
-    pub subject: String,
-    pub from: String,
-    pub to: String,
+    pub fn subject(&self) -> String {
+        match &self.event {
+            Event::Vip { .. } => "vip".into(),
+            Event::Leader { .. } => "etcd".into(),
+            Event::Backend { server, lb, .. } => format!("{server}@{lb}"),
+        }
+    }
+    /// The state before and after, as text.
+    pub fn from_to(&self) -> (String, String) {
+        match &self.event {
+            Event::Vip { from, to } => (from.to_string(), to.to_string()),
+            Event::Leader { from, to } => (from.to_string(), to.to_string()),
+            Event::Backend { from, to, .. } => (from.to_string(), to.to_string()),
+        }
+    }
+}
+
+/// `{t_ms, what, subject, from, to}`, the shape reports have always had.
+impl Serialize for Change {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (from, to) = self.from_to();
+        let mut st = s.serialize_struct("Change", 5)?;
+        st.serialize_field("t_ms", &self.t_ms)?;
+        st.serialize_field("what", &self.what())?;
+        st.serialize_field("subject", &self.subject())?;
+        st.serialize_field("from", &from)?;
+        st.serialize_field("to", &to)?;
+        st.end()
+    }
 }
 
 #[derive(Default)]
 struct State {
+    /// How many LBs and members there are: labels wait until each has answered once.
+    lbs: usize,
+    members_expected: usize,
     /// Per LB: holds the VIP? (None: could not ask.)
     vip: BTreeMap<String, Option<bool>>,
-    vip_label: Option<String>,
+    vip_label: Option<Holders>,
+    initial_vip: Option<Holders>,
     /// LBs that could not be asked, with their last known answer.
     stale: BTreeMap<String, bool>,
     /// Per member: (its id, the leader id it reports).
     members: BTreeMap<String, Option<(u64, u64)>>,
     /// Member id -> name, learned from the members' own answers.
     names: BTreeMap<u64, String>,
-    leader_label: Option<String>,
-    backends: BTreeMap<String, String>,
-    initial: BTreeMap<String, String>,
+    leader_label: Option<Leader>,
+    initial_leader: Option<Leader>,
+    /// (server, lb) -> rating.
+    backends: BTreeMap<(String, String), Rating>,
     changes: Vec<Change>,
 }
 
 impl State {
-    fn note(&mut self, t_ms: f64, what: What, subject: &str, label: String, prev: Option<String>) {
-        match prev {
-            None => {
-                self.initial.insert(subject.to_string(), label);
-            }
-            Some(p) if p != label => self.changes.push(Change {
-                t_ms,
-                what,
-                subject: subject.to_string(),
-                from: p,
-                to: label,
-            }),
-            Some(_) => {}
-        }
-    }
-
     /// `holds`: whether the LB carries the VIP; None when it could not be asked (then its last
-    /// known answer stands, marked with `?` when that was "holds").
+    /// known answer stands, marked unconfirmed when that was "holds").
     fn update_vip(&mut self, t_ms: f64, lb: &str, holds: Option<bool>) {
         let last = self.vip.get(lb).copied().flatten();
         self.vip.insert(lb.to_string(), holds);
@@ -84,32 +195,33 @@ impl State {
         } else {
             self.stale.remove(lb);
         }
-        if self.vip.len() < self.vip_expected() {
+        if self.vip.len() < self.lbs {
             return;
         }
-        let holders: Vec<String> = self
-            .vip
-            .iter()
-            .filter_map(|(n, h)| match h {
-                Some(true) => Some(n.clone()),
-                None if self.stale.get(n) == Some(&true) => Some(format!("{n}?")),
-                _ => None,
-            })
-            .collect();
-        let label = if holders.is_empty() {
-            "none".to_string()
-        } else {
-            holders.join("+")
-        };
-        let prev = self.vip_label.replace(label.clone());
-        self.note(t_ms, What::Vip, "vip", label, prev);
-    }
-
-    fn vip_expected(&self) -> usize {
-        self.initial
-            .get("#lbs")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        let label = Holders(
+            self.vip
+                .iter()
+                .filter_map(|(n, h)| match h {
+                    Some(true) => Some(Holder {
+                        lb: n.clone(),
+                        unconfirmed: false,
+                    }),
+                    None if self.stale.get(n) == Some(&true) => Some(Holder {
+                        lb: n.clone(),
+                        unconfirmed: true,
+                    }),
+                    _ => None,
+                })
+                .collect(),
+        );
+        match self.vip_label.replace(label.clone()) {
+            None => self.initial_vip = Some(label),
+            Some(from) if from != label => self.changes.push(Change {
+                t_ms,
+                event: Event::Vip { from, to: label },
+            }),
+            Some(_) => {}
+        }
     }
 
     fn update_member(&mut self, t_ms: f64, name: &str, st: Option<(u64, u64)>) {
@@ -117,39 +229,44 @@ impl State {
         if let Some((id, _)) = st {
             self.names.insert(id, name.to_string());
         }
-        let expected: usize = self
-            .initial
-            .get("#members")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if self.members.len() < expected {
+        if self.members.len() < self.members_expected {
             return;
         }
-        // The leader most answering members agree on; on a tie, a leader over none.
-        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-        for (_, leader) in self.members.values().flatten() {
-            *votes.entry(*leader).or_default() += 1;
-        }
-        let best = votes
-            .iter()
-            .max_by_key(|(id, n)| (**n, **id != 0))
-            .map(|(id, _)| *id);
-        let label = match best {
-            None => "unknown".to_string(),
-            Some(0) => "none".to_string(),
-            Some(id) => self
-                .names
-                .get(&id)
-                .cloned()
-                .unwrap_or_else(|| format!("{id:x}")),
+        let label = match leader_by_vote(self.members.values().flatten().copied()) {
+            None => Leader::Unknown,
+            Some(0) => Leader::None,
+            Some(id) => Leader::Member(
+                self.names
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{id:x}")),
+            ),
         };
-        let prev = self.leader_label.replace(label.clone());
-        self.note(t_ms, What::Leader, "etcd", label, prev);
+        match self.leader_label.replace(label.clone()) {
+            None => self.initial_leader = Some(label),
+            Some(from) if from != label => self.changes.push(Change {
+                t_ms,
+                event: Event::Leader { from, to: label },
+            }),
+            Some(_) => {}
+        }
     }
 
-    fn update_backend(&mut self, t_ms: f64, subject: &str, status: String) {
-        let prev = self.backends.insert(subject.to_string(), status.clone());
-        self.note(t_ms, What::Backend, subject, status, prev);
+    fn update_backend(&mut self, t_ms: f64, server: &str, lb: &str, to: Rating) {
+        let key = (server.to_string(), lb.to_string());
+        if let Some(from) = self.backends.insert(key, to.clone())
+            && from != to
+        {
+            self.changes.push(Change {
+                t_ms,
+                event: Event::Backend {
+                    server: server.into(),
+                    lb: lb.into(),
+                    from,
+                    to,
+                },
+            });
+        }
     }
 }
 
@@ -162,8 +279,8 @@ pub struct Watcher {
 /// What the watcher saw: the state when it started, and every change after.
 #[derive(Debug, Clone, Serialize)]
 pub struct Watched {
-    pub initial_vip: Option<String>,
-    pub initial_leader: Option<String>,
+    pub initial_vip: Option<Holders>,
+    pub initial_leader: Option<Leader>,
     pub changes: Vec<Change>,
 }
 
@@ -189,8 +306,8 @@ impl Watcher {
         let cps: Vec<Host> = c.control_planes().cloned().collect();
         {
             let mut st = lock(&state);
-            st.initial.insert("#lbs".into(), lbs.len().to_string());
-            st.initial.insert("#members".into(), cps.len().to_string());
+            st.lbs = lbs.len();
+            st.members_expected = cps.len();
         }
         let mut tasks = JoinSet::new();
         for h in &lbs {
@@ -212,15 +329,10 @@ impl Watcher {
             if c.lb.stats.enabled
                 && let Some(pw) = &stats_password
             {
-                let auth = base64::engine::general_purpose::STANDARD.encode(format!(
-                    "{}:{}",
-                    c.lb.stats.user,
-                    pw.trim()
-                ));
                 tasks.spawn(stats_loop(
                     h.name.clone(),
                     SocketAddr::new(h.address, c.lb.stats.port),
-                    auth,
+                    (c.lb.stats.user.clone(), pw.trim().to_string()),
                     t0,
                     state.clone(),
                     rx.clone(),
@@ -257,8 +369,8 @@ impl Watcher {
         lock(&self.state)
             .backends
             .iter()
-            .filter(|(_, st)| st.as_str() != "UP")
-            .map(|(k, st)| format!("{k} {st}"))
+            .filter(|(_, r)| !r.is_up())
+            .map(|((server, lb), r)| format!("{server}@{lb} {r}"))
             .collect()
     }
 
@@ -267,8 +379,8 @@ impl Watcher {
         while self.tasks.join_next().await.is_some() {}
         let st = lock(&self.state);
         Watched {
-            initial_vip: st.initial.get("vip").cloned(),
-            initial_leader: st.initial.get("etcd").cloned(),
+            initial_vip: st.initial_vip.clone(),
+            initial_leader: st.initial_leader.clone(),
             changes: st.changes.clone(),
         }
     }
@@ -314,7 +426,8 @@ async fn addresses(
             let out = tokio::time::timeout(
                 Duration::from_secs(1),
                 tokio::process::Command::new("ip")
-                    .args(["-n", ns, "-o", "addr", "show"])
+                    .args(["-n", ns])
+                    .args(iface::SCRIPT.split(' ').skip(1))
                     .stdin(std::process::Stdio::null())
                     .kill_on_drop(true)
                     .output(),
@@ -340,8 +453,8 @@ async fn addresses(
             let s = session.as_ref()?;
             let r = transport::run(
                 s as &dyn Transport,
-                "ip -o addr show",
-                "ip -o addr show",
+                iface::SCRIPT,
+                iface::SCRIPT,
                 Duration::from_secs(1),
             )
             .await;
@@ -368,10 +481,7 @@ async fn vip_loop(
     while next(&mut tick, &mut stop).await {
         let holds = addresses(&src, &mut session, &mut last_try)
             .await
-            .map(|text| {
-                text.split_whitespace()
-                    .any(|w| w.split('/').next() == Some(vip.as_str()))
-            });
+            .map(|text| vip::holds(&text, &vip));
         // One slow answer is not a lost host: it takes two misses in a row.
         misses = if holds.is_none() { misses + 1 } else { 0 };
         if holds.is_none() && misses < 2 {
@@ -405,7 +515,10 @@ async fn leader_loop(
         }
         let st = match client.as_mut() {
             Some(cl) => match tokio::time::timeout(Duration::from_millis(500), cl.status()).await {
-                Ok(Ok(s)) => s.header().map(|h| (h.member_id(), s.leader())),
+                Ok(Ok(s)) => s.header().map(|_| {
+                    let m = MemberStatus::from_response(&s);
+                    (m.member_id, m.leader)
+                }),
                 _ => None,
             },
             None => None,
@@ -417,35 +530,10 @@ async fn leader_loop(
     }
 }
 
-/// `status` of every server of HAProxy's `k8s-api` backend, from the stats CSV.
-pub fn backend_states(csv: &str) -> Vec<(String, String)> {
-    let mut lines = csv.lines();
-    let head: Vec<&str> = lines
-        .next()
-        .unwrap_or("")
-        .trim_start_matches('#')
-        .trim()
-        .split(',')
-        .collect();
-    let col = |n: &str| head.iter().position(|h| *h == n);
-    let (Some(px), Some(sv), Some(st)) = (col("pxname"), col("svname"), col("status")) else {
-        return vec![];
-    };
-    let mut out = Vec::new();
-    for l in lines {
-        let f: Vec<&str> = l.split(',').collect();
-        let get = |i: usize| f.get(i).copied().unwrap_or("");
-        if get(px) == "k8s-api" && !["FRONTEND", "BACKEND", ""].contains(&get(sv)) {
-            out.push((get(sv).to_string(), get(st).to_string()));
-        }
-    }
-    out
-}
-
 async fn stats_loop(
     lb: String,
     addr: SocketAddr,
-    auth: String,
+    (user, password): (String, String),
     t0: Instant,
     state: Arc<Mutex<State>>,
     mut stop: watch::Receiver<bool>,
@@ -453,39 +541,27 @@ async fn stats_loop(
     let mut tick = interval();
     let mut unreachable = BTreeSet::new();
     while next(&mut tick, &mut stop).await {
-        let r = tokio::time::timeout(Duration::from_millis(700), async {
-            let tcp = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            let req = hyper::Request::get("/stats;csv")
-                .header(hyper::header::HOST, addr.to_string())
-                .header(hyper::header::AUTHORIZATION, format!("Basic {auth}"))
-                .header(hyper::header::CONNECTION, "close")
-                .body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?;
-            super::prober::one_shot(TokioIo::new(tcp), req).await
-        })
-        .await;
+        let r = haproxy::fetch(addr, &user, &password, Duration::from_millis(700)).await;
         let t = ms_since(t0);
         let mut st = lock(&state);
         match r {
-            Ok(Ok((200, body))) => {
+            Ok(servers) => {
                 unreachable.clear();
-                for (server, status) in backend_states(&String::from_utf8_lossy(&body)) {
-                    st.update_backend(t, &format!("{server}@{lb}"), status);
+                for sv in servers {
+                    st.update_backend(t, &sv.server, &lb, Rating::State(sv.status));
                 }
             }
             // HAProxy itself is gone: every backend of this LB is unknown.
-            _ => {
-                let subjects: Vec<String> = st
+            Err(_) => {
+                let servers: Vec<String> = st
                     .backends
                     .keys()
-                    .filter(|k| k.ends_with(&format!("@{lb}")))
-                    .cloned()
+                    .filter(|(_, l)| *l == lb)
+                    .map(|(s, _)| s.clone())
                     .collect();
-                for s in subjects {
+                for s in servers {
                     if unreachable.insert(s.clone()) {
-                        st.update_backend(t, &s, "no answer".into());
+                        st.update_backend(t, &s, &lb, Rating::NoAnswer);
                     }
                 }
             }
@@ -497,10 +573,22 @@ async fn stats_loop(
 mod tests {
     use super::*;
 
+    fn texts(st: &State) -> Vec<(f64, String, String)> {
+        st.changes
+            .iter()
+            .map(|c| {
+                let (from, to) = c.from_to();
+                (c.t_ms, from, to)
+            })
+            .collect()
+    }
+
     #[test]
     fn only_real_changes_are_kept_and_the_first_value_is_the_initial_state() {
-        let mut st = State::default();
-        st.initial.insert("#lbs".into(), "2".into());
+        let mut st = State {
+            lbs: 2,
+            ..State::default()
+        };
         st.update_vip(0.0, "lb1", Some(true));
         assert!(st.vip_label.is_none(), "waits for every LB");
         st.update_vip(10.0, "lb2", Some(false));
@@ -513,11 +601,14 @@ mod tests {
         st.update_vip(800.0, "lb1", None);
         st.update_vip(850.0, "lb1", None);
         st.update_vip(900.0, "lb2", Some(false));
-        assert_eq!(st.initial["vip"], "lb1");
-        let c: Vec<(f64, &str, &str)> = st
-            .changes
+        assert_eq!(
+            st.initial_vip.as_ref().map(|v| v.to_string()),
+            Some("lb1".into())
+        );
+        let c = texts(&st);
+        let c: Vec<(f64, &str, &str)> = c
             .iter()
-            .map(|c| (c.t_ms, c.from.as_str(), c.to.as_str()))
+            .map(|(t, f, to)| (*t, f.as_str(), to.as_str()))
             .collect();
         assert_eq!(
             c,
@@ -529,12 +620,19 @@ mod tests {
                 (900.0, "lb1?+lb2", "lb1?")
             ]
         );
+        assert!(
+            st.changes
+                .iter()
+                .all(|c| c.what() == What::Vip && c.subject() == "vip")
+        );
     }
 
     #[test]
     fn the_leader_is_what_most_members_report() {
-        let mut st = State::default();
-        st.initial.insert("#members".into(), "3".into());
+        let mut st = State {
+            members_expected: 3,
+            ..State::default()
+        };
         st.update_member(0.0, "m1", Some((1, 1)));
         st.update_member(0.0, "m2", Some((2, 1)));
         st.update_member(0.0, "m3", Some((3, 1)));
@@ -543,24 +641,40 @@ mod tests {
         st.update_member(150.0, "m3", Some((3, 0)));
         st.update_member(300.0, "m2", Some((2, 3)));
         st.update_member(300.0, "m3", Some((3, 3)));
-        assert_eq!(st.initial["etcd"], "m1");
-        let c: Vec<(&str, &str)> = st
-            .changes
-            .iter()
-            .map(|c| (c.from.as_str(), c.to.as_str()))
-            .collect();
-        assert_eq!(c, [("m1", "none"), ("none", "m3")]);
+        assert_eq!(st.initial_leader, Some(Leader::Member("m1".into())));
+        let c: Vec<(String, String)> = texts(&st).into_iter().map(|(_, f, t)| (f, t)).collect();
+        assert_eq!(
+            c,
+            [("m1".into(), "none".into()), ("none".into(), "m3".into())]
+        );
     }
 
     #[test]
     fn haproxy_csv() {
         let csv = "# pxname,svname,scur,status\nk8s-api,FRONTEND,3,OPEN\nk8s-api,master1,1,UP\nk8s-api,master2,0,DOWN 1/2\nk8s-api,BACKEND,1,UP\nstats,FRONTEND,,OPEN\n";
+        let got: Vec<(String, String)> = haproxy::parse_csv(csv)
+            .into_iter()
+            .map(|s| (s.server, s.status.to_string()))
+            .collect();
         assert_eq!(
-            backend_states(csv),
+            got,
             [
                 ("master1".to_string(), "UP".to_string()),
                 ("master2".to_string(), "DOWN 1/2".to_string())
             ]
+        );
+    }
+
+    #[test]
+    fn backend_changes_serialize_as_reports_always_had_them() {
+        let mut st = State::default();
+        st.update_backend(0.0, "master1", "lb1", Rating::State(ServerState::Up));
+        st.update_backend(5.0, "master1", "lb1", Rating::State(ServerState::Up));
+        st.update_backend(10.0, "master1", "lb1", Rating::NoAnswer);
+        assert_eq!(st.changes.len(), 1);
+        assert_eq!(
+            serde_json::to_value(&st.changes[0]).expect("json"),
+            serde_json::json!({"t_ms": 10.0, "what": "backend", "subject": "master1@lb1", "from": "UP", "to": "no answer"})
         );
     }
 }

@@ -401,6 +401,7 @@ fn load_balancer(
         "cluster": c.name,
         "host": host_ctx(h),
         "env_file": HAPROXY_ENV,
+        "api_backend": crate::observe::API_BACKEND,
         "lb": {
             "vip_bind": bind_addr(lb.vip),
             "track_port": lb.vrrp.track_port,

@@ -2,6 +2,7 @@
 //! HAProxy's built-in exporter and etcd, and the etcd ServiceMonitor for prometheus-operator.
 
 use super::{CLUSTER_DIR, HEADER, RenderedFile};
+use crate::observe::API_BACKEND;
 use crate::spec::{Cluster, EtcdManagement};
 use serde_json::{Value, json};
 
@@ -56,11 +57,11 @@ pub fn rule_groups() -> Value {
             rule("HAProxyDown", "up{job=\"haproxy\"} == 0", "1m", "critical",
                 "HAProxy is down", "HAProxy on {{ $labels.instance }} does not answer its metrics endpoint."),
             rule("HAProxyAPIServerDown",
-                "haproxy_server_status{proxy=\"k8s-api\",state=\"DOWN\"} == 1",
+                &format!("haproxy_server_status{{proxy=\"{API_BACKEND}\",state=\"DOWN\"}} == 1"),
                 "1m", "warning", "an API server is out of rotation",
                 "HAProxy on {{ $labels.instance }} marks API server {{ $labels.server }} DOWN (GET /readyz fails)."),
             rule("HAProxyAPIBackendDown",
-                "haproxy_backend_active_servers{proxy=\"k8s-api\"} == 0",
+                &format!("haproxy_backend_active_servers{{proxy=\"{API_BACKEND}\"}} == 0"),
                 "30s", "critical", "no API server is in rotation",
                 "HAProxy on {{ $labels.instance }} has no ready API server: the API is down through the VIP."),
         ]},

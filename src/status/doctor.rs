@@ -364,7 +364,7 @@ fn haproxy_backends(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
             continue;
         }
         for sv in &l.servers {
-            if !sv.status.starts_with("UP") {
+            if !sv.status.is_up() {
                 out.push(f(
                     "haproxy-backends",
                     Severity::Warning,
@@ -730,7 +730,7 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
         grep -m1 'State = ' /tmp/keepalived.data 2>/dev/null || echo 'State = unknown'; else echo 'State = not running'; fi; \
         for p in /etc/haproxy/haproxy.cfg /etc/keepalived/keepalived.conf /etc/keepalived/check_apiserver.sh /etc/keepalived/check_haproxy.sh; do \
         [ -f $p ] && echo \"sum $p $(sha256sum < $p | cut -d' ' -f1)\"; done; \
-        ip -o addr show | awk '{split($4, a, \"/\"); print \"addr \" $2 \" \" a[1]}'; true\n";
+        ip -o addr show 2>/dev/null; true\n";
     let etcd = etcd_script(&c.etcd.data_dir);
     let script = |h: &Host| {
         if h.roles.control_plane && c.etcd.management == EtcdManagement::Hakube {
@@ -764,13 +764,9 @@ pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
         if let Some(h) = wanted_cluster.hosts.iter_mut().find(|h| h.name == host)
             && h.interface.is_none()
         {
-            let want = h.address.to_string();
-            h.interface = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("addr "))
-                .filter_map(|l| l.split_once(' '))
-                .find(|(_, a)| *a == want)
-                .map(|(i, _)| i.split('@').next().unwrap_or(i).to_string());
+            let addrs = crate::observe::iface::parse(&text);
+            h.interface =
+                crate::observe::iface::interface_of(&addrs, h.address).map(str::to_string);
         }
         answers.push((host, text));
     }

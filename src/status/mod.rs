@@ -415,7 +415,7 @@ pub fn haproxy_verdict(lbs: &[LbProbe]) -> Verdict {
         .flat_map(|l| {
             l.servers
                 .iter()
-                .filter(|sv| !sv.status.starts_with("UP"))
+                .filter(|sv| !sv.status.is_up())
                 .map(move |sv| format!("{}@{} {}", sv.server, l.host, sv.status))
         })
         .collect();
@@ -674,7 +674,7 @@ pub fn render_text(s: &Status) -> String {
             t.add_row(vec![
                 l.host.clone(),
                 sv.server.clone(),
-                sv.status.clone(),
+                sv.status.to_string(),
                 sv.check.clone(),
                 format!("{}s", sv.last_change_s),
             ]);
@@ -806,7 +806,7 @@ pub fn render_prometheus(s: &Status) -> String {
                 l.servers.iter().map(move |sv| {
                     (
                         format!(",lb=\"{}\",server=\"{}\"", l.host, sv.server),
-                        (sv.status.starts_with("UP") as u8).to_string(),
+                        (sv.status.is_up() as u8).to_string(),
                     )
                 })
             })

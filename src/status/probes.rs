@@ -4,26 +4,14 @@
 use super::{ApiProbe, PROBE_TIMEOUT, Unobserved};
 use crate::spec::{Cluster, Host, url};
 use crate::transport::{self, Transport};
-use base64::Engine;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct HaproxyServer {
-    pub server: String,
-    pub status: String,
-    pub check: String,
-    pub last_change_s: u64,
-    /// UP to DOWN transitions since this HAProxy process started (`chkdown`): a process that
-    /// just (re)started and is still rising has none.
-    #[serde(default)]
-    pub transitions: u64,
-}
+pub use crate::observe::haproxy::{Server as HaproxyServer, StatsFailure};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LbProbe {
@@ -83,19 +71,6 @@ impl std::fmt::Display for StatsError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StatsFailure {
-    /// Nothing listens on the stats port.
-    Refused,
-    /// No answer in time: a hung process, or a host that does not answer at all.
-    TimedOut,
-    /// The spec turns the stats page off, or hakube has no password for it.
-    NotConfigured,
-    /// Anything else: an HTTP error, a reset, an unreadable answer.
-    Other,
 }
 
 /// A service's state from `systemctl` and its processes' states from /proc.
@@ -176,16 +151,15 @@ pub struct LbView {
 
 fn lb_script() -> String {
     format!(
-        "ip -o addr show 2>/dev/null | awk '{{split($4, a, \"/\"); print \"addr \" a[1]}}'\n{}true\n",
+        "{} 2>/dev/null\n{}true\n",
+        crate::observe::iface::SCRIPT,
         service_script("haproxy")
     )
 }
 
 pub fn parse_lb_view(text: &str, vip: &str) -> LbView {
     LbView {
-        holds_vip: text
-            .lines()
-            .any(|l| l.strip_prefix("addr ").map(str::trim) == Some(vip)),
+        holds_vip: crate::observe::vip::holds(text, vip),
         haproxy: parse_service(text, "haproxy"),
     }
 }
@@ -278,94 +252,6 @@ pub async fn vip_answers(c: &Cluster) -> bool {
     )
 }
 
-async fn http_get(
-    addr: SocketAddr,
-    path: &str,
-    auth: Option<(&str, &str)>,
-) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    if let Some((u, p)) = auth {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-        req.push_str(&format!("Authorization: Basic {token}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_string()
-        },
-    ))
-}
-
-/// Undo HTTP/1.1 chunked transfer encoding (HAProxy's stats page uses it even for HTTP/1.0).
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Parse HAProxy's stats CSV: the servers of backend `k8s-api`.
-pub fn parse_stats_csv(csv: &str) -> Vec<HaproxyServer> {
-    let mut lines = csv.lines();
-    let Some(header) = lines.next() else {
-        return vec![];
-    };
-    let cols: Vec<&str> = header.trim_start_matches("# ").split(',').collect();
-    let idx = |n: &str| cols.iter().position(|c| *c == n);
-    let (Some(px), Some(sv), Some(st), Some(lc), Some(ck)) = (
-        idx("pxname"),
-        idx("svname"),
-        idx("status"),
-        idx("lastchg"),
-        idx("check_status"),
-    ) else {
-        return vec![];
-    };
-    let down = idx("chkdown");
-    lines
-        .map(|l| l.split(',').collect::<Vec<&str>>())
-        .filter(|f| {
-            f.get(px) == Some(&"k8s-api")
-                && !matches!(f.get(sv), Some(&"FRONTEND") | Some(&"BACKEND") | None)
-        })
-        .map(|f| HaproxyServer {
-            server: f.get(sv).unwrap_or(&"").to_string(),
-            status: f.get(st).unwrap_or(&"").to_string(),
-            check: f.get(ck).unwrap_or(&"").to_string(),
-            last_change_s: f.get(lc).and_then(|x| x.parse().ok()).unwrap_or(0),
-            transitions: down
-                .and_then(|i| f.get(i))
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0),
-        })
-        .collect()
-}
-
 /// Each LB's view of the API backends, from its stats page (CSV).
 pub async fn haproxy(c: &Cluster, password: Option<&str>) -> Vec<LbProbe> {
     futures::future::join_all(c.load_balancers().map(|h| async move {
@@ -412,32 +298,7 @@ async fn stats(
         ));
     };
     let addr = SocketAddr::new(h.address, c.lb.stats.port);
-    let got = tokio::time::timeout(
-        PROBE_TIMEOUT,
-        http_get(addr, "/stats;csv", Some((&c.lb.stats.user, pw))),
-    )
-    .await;
-    let (code, body) = match got {
-        Err(_) => {
-            return Err((
-                StatsFailure::TimedOut,
-                format!("timed out after {} ms", PROBE_TIMEOUT.as_millis()),
-            ));
-        }
-        Ok(Err(e)) => {
-            let kind = match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => StatsFailure::Refused,
-                std::io::ErrorKind::TimedOut => StatsFailure::TimedOut,
-                _ => StatsFailure::Other,
-            };
-            return Err((kind, e.to_string()));
-        }
-        Ok(Ok(r)) => r,
-    };
-    if code != 200 {
-        return Err((StatsFailure::Other, format!("stats page answered {code}")));
-    }
-    Ok(parse_stats_csv(&body))
+    crate::observe::haproxy::fetch(addr, &c.lb.stats.user, pw, PROBE_TIMEOUT).await
 }
 
 /// /readyz and /livez through the VIP and on every control plane.
@@ -494,25 +355,16 @@ pub async fn etcd(c: &Cluster, tls: &crate::etcd::Tls) -> (Vec<EtcdMember>, Vec<
             endpoint: endpoint.clone(),
             ..Default::default()
         };
-        let r = with_timeout(PROBE_TIMEOUT, async {
-            let mut cl =
-                crate::etcd::connect(std::slice::from_ref(&endpoint), tls, PROBE_TIMEOUT).await?;
-            let st = cl.status().await?;
-            Ok(st)
-        })
-        .await;
-        match r {
+        match crate::observe::etcd::status(&endpoint, tls, PROBE_TIMEOUT).await {
             Ok(st) => {
-                if let Some(hd) = st.header() {
-                    m.member_id = hd.member_id();
-                    m.cluster_id = hd.cluster_id();
-                    m.raft_term = hd.raft_term();
-                }
-                m.leader = st.leader();
-                m.is_leader = m.leader != 0 && m.leader == m.member_id;
-                m.raft_index = st.raft_index();
-                m.db_size = st.db_size() as u64;
-                m.version = st.version().to_string();
+                m.is_leader = st.is_leader();
+                m.member_id = st.member_id;
+                m.cluster_id = st.cluster_id;
+                m.raft_term = st.raft_term;
+                m.leader = st.leader;
+                m.raft_index = st.raft_index;
+                m.db_size = st.db_size;
+                m.version = st.version;
             }
             Err(e) => m.error = Some(short_error(&e)),
         }
@@ -761,6 +613,11 @@ mod tests {
         "k8s-api,BACKEND,0,0,0,3,400,10,2853,8152,0,0,,0,0,0,0,UP,2,3,0,,1,6,7,,1,6,0,,10,,1,0,,4,,,,,,,,,,,,,,0,0,0,0,0,0,3,,,0,0,0,23,,,,,,,,,,,,,,tcp,,,,,,,,0,10,0,,,,,0,0,0,41,0,,,,,3,0,0,0,-,6,36,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,99,99,4956,1008,0,0,\n",
     );
 
+    fn parse_stats_csv(csv: &str) -> Vec<HaproxyServer> {
+        crate::observe::haproxy::parse_csv(csv)
+    }
+    use crate::observe::haproxy::dechunk;
+
     #[test]
     fn real_stats_csv_gives_state_and_transitions() {
         let s = parse_stats_csv(STATS_AFTER_COLD_APPLY);
@@ -768,7 +625,7 @@ mod tests {
         assert_eq!(
             (
                 s[0].server.as_str(),
-                s[0].status.as_str(),
+                s[0].status.to_string().as_str(),
                 s[0].check.as_str()
             ),
             ("master1", "UP", "L7OK")
@@ -781,20 +638,23 @@ mod tests {
     fn lb_view_reads_the_vip_and_haproxys_processes() {
         // What lb_script printed on the lab's VIP holder (captured), then the process lines
         // it printed on lb2 with HAProxy's master and worker stopped by SIGSTOP.
-        let text = "addr 127.0.0.1\naddr ::1\naddr 10.120.0.11\naddr 10.120.0.100\n\
-                    addr fe80::64e6:ddff:fe46:731d\nhaproxy.active active\n\
-                    haproxy.proc 27996 S\nhaproxy.proc 7356 S\n";
-        let v = parse_lb_view(text, "10.120.0.100");
+        let text = include_str!("../observe/testdata/lb-view-holder.txt");
+        let v = parse_lb_view(text, "10.160.0.100");
         assert!(v.holds_vip);
         let p = v.haproxy.expect("haproxy");
         assert!(p.running() && p.stopped().is_empty());
-        assert_eq!(p.procs, vec![(27996, 'S'), (7356, 'S')]);
-        let stopped = "haproxy.active active\nhaproxy.proc 29875 T\nhaproxy.proc 7832 T\n";
-        let v = parse_lb_view(stopped, "10.120.0.100");
+        assert_eq!(p.procs, vec![(22734, 'S'), (22736, 'S')]);
+        let stopped = format!(
+            "{}haproxy.active active\nhaproxy.proc 29875 T\nhaproxy.proc 7832 T\n",
+            include_str!("../observe/testdata/ip-addr-lb-not-holding-vip.txt")
+        );
+        let v = parse_lb_view(&stopped, "10.160.0.100");
         assert!(!v.holds_vip);
         assert_eq!(v.haproxy.expect("haproxy").stopped(), vec![29875, 7832]);
         // A prefix of the VIP is not the VIP.
-        assert!(!parse_lb_view("addr 10.120.0.1000\n", "10.120.0.100").holds_vip);
+        assert!(!parse_lb_view(text, "10.160.0.10").holds_vip);
+        let longer = "2: eth0    inet 10.160.0.1000/24 scope global eth0\n";
+        assert!(!parse_lb_view(longer, "10.160.0.100").holds_vip);
         let dead = parse_service("haproxy.active failed\n", "haproxy").expect("state");
         assert!(!dead.running() && dead.procs.is_empty());
         assert_eq!(parse_service("", "haproxy"), None);
@@ -809,7 +669,7 @@ mod tests {
         assert_eq!(
             (
                 servers[1].server.as_str(),
-                servers[1].status.as_str(),
+                servers[1].status.to_string().as_str(),
                 servers[1].last_change_s
             ),
             ("master2", "DOWN", 3)
