@@ -5,6 +5,7 @@ use crate::apply::Ctx;
 use crate::apply::ops::{ETCD, LAB_APISERVER, Op, Systemctl};
 use crate::apply::report::Kind;
 use crate::etcd::{Member, Tls};
+use crate::observe::haproxy::ServerState;
 use crate::spec::{Bootstrap, Host, url};
 use crate::transport::quote;
 use anyhow::{Context, Result, bail};
@@ -100,7 +101,7 @@ async fn haproxy_rates_up(ctx: &Ctx, server: &str) -> Result<()> {
                     .filter(|lb| {
                         !lb.servers
                             .iter()
-                            .any(|s| s.server == server && s.status == "UP")
+                            .any(|s| s.server == server && s.status == ServerState::Up)
                     })
                     .map(|lb| lb.host.clone())
                     .collect();

@@ -47,27 +47,14 @@ impl Phase for LoadBalancers {
     }
 }
 
-/// The load balancers whose interfaces carry `vip`.
+/// The load balancers whose interfaces carry `vip`, asked over apply's connections.
 pub async fn vip_holders(ctx: &Ctx, vip: &str) -> Result<Vec<String>> {
-    let asks = ctx.c.load_balancers().map(|h| async move {
-        let o = transport::run(
-            ctx.host(&h.name)?,
-            "ip -o addr show",
-            "ip -o addr show",
-            Duration::from_secs(5),
-        )
-        .await?;
-        let holds = o
-            .stdout_str()
-            .split_whitespace()
-            .any(|w| w.split('/').next() == Some(vip));
-        anyhow::Ok(holds.then(|| h.name.clone()))
-    });
-    let mut out = Vec::new();
-    for r in futures::future::join_all(asks).await {
-        out.extend(r?);
-    }
-    Ok(out)
+    let lbs = ctx
+        .c
+        .load_balancers()
+        .map(|h| Ok((h.name.as_str(), ctx.host(&h.name)?)))
+        .collect::<Result<Vec<_>>>()?;
+    crate::observe::vip::holders(&lbs, vip).await
 }
 
 async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
