@@ -60,6 +60,7 @@ fn full_document() -> model::Document {
         etcd,
         kubernetes,
         pki,
+        backup,
     } = spec;
     let model::Pki {
         certificate_validity,
@@ -181,6 +182,32 @@ fn full_document() -> model::Document {
     *api_server_port = Some(6443);
     assert!(!cert_sans.is_empty() && !api_server_extra_args.is_empty());
     *cri_socket = Some("unix:///var/run/containerd/containerd.sock".into());
+    let model::Backup {
+        dir,
+        max_age,
+        retention,
+        schedule,
+    } = backup.get_or_insert_with(Default::default);
+    *dir = Some("backups".into());
+    *max_age = Some("25h".into());
+    let model::Retention {
+        keep_last,
+        daily,
+        weekly,
+    } = retention;
+    *keep_last = Some(7);
+    *daily = Some(7);
+    *weekly = Some(4);
+    let model::Schedule {
+        on_calendar,
+        keep,
+        host_dir,
+        randomized_delay,
+    } = schedule.get_or_insert_with(Default::default);
+    *on_calendar = Some("daily".into());
+    *keep = Some(3);
+    *host_dir = Some("/var/lib/hakube/backups".into());
+    *randomized_delay = Some("30m".into());
     doc
 }
 
@@ -432,6 +459,19 @@ fn exec_start(unit: &str) -> Option<String> {
     Some(word.to_string())
 }
 
+/// A `KEY=value` setting of a unit as systemd reads it: surrounding blanks trimmed; quotes,
+/// escapes, specifiers and variables would not be read literally.
+fn unit_value(unit: &str, key: &str) -> Option<String> {
+    let v = unit
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))?
+        .trim_matches([' ', '\t']);
+    if v.contains(['"', '\'', '\\', '%', '$']) || v.chars().any(char::is_control) {
+        return Some(MANGLED.into());
+    }
+    Some(v.to_string())
+}
+
 /// Split `stats auth "${HAKUBE_STATS_USER}:${HAKUBE_STATS_PASSWORD}"` as HAProxy does.
 fn stats_auth(env: &str) -> Option<(String, String)> {
     let u = env_systemd(env, "HAKUBE_STATS_USER")?;
@@ -573,7 +613,30 @@ fn read_back(pat: &str, doc: &Value, at: &[Seg], files: &[RenderedFile]) -> Reac
         | "spec.etcd.quotaBackendBytes"
         | "spec.kubernetes.version"
         | "spec.kubernetes.bootstrap"
-        | "spec.pki.certificateValidity" => return Reach::Parsed,
+        | "spec.pki.certificateValidity"
+        | "spec.backup.maxAge"
+        | "spec.backup.schedule.randomizedDelay" => return Reach::Parsed,
+        "spec.backup.dir" => return Reach::Unrendered,
+        "spec.backup.schedule.onCalendar" => files
+            .iter()
+            .filter(|f| f.path == "/etc/systemd/system/hakube-backup.timer")
+            .map(|f| {
+                (
+                    format!("{}:hakube-backup.timer OnCalendar", f.host),
+                    unit_value(&f.content, "OnCalendar").unwrap_or_default(),
+                )
+            })
+            .collect(),
+        "spec.backup.schedule.hostDir" => files
+            .iter()
+            .filter(|f| f.path == "/usr/local/lib/hakube/etcd-backup.sh")
+            .map(|f| {
+                (
+                    format!("{}:etcd-backup.sh BACKUP_DIR (sh)", f.host),
+                    env_sh(&f.content, "BACKUP_DIR").unwrap_or_default(),
+                )
+            })
+            .collect(),
         p if p.starts_with("spec.ssh.") || p.starts_with("spec.hosts[].ssh.") => {
             return Reach::Unrendered;
         }

@@ -4,6 +4,7 @@
 //! `templates/`, compiled into the binary; structured ones (kubeadm, Prometheus rules) are built
 //! as data and serialised, so they are always well-formed. Output is deterministic.
 
+pub mod backup;
 pub mod check;
 pub mod kubeadm;
 pub mod monitoring;
@@ -229,6 +230,7 @@ pub fn render(c: &Cluster, secrets: &Secrets) -> anyhow::Result<Vec<RenderedFile
         if h.roles.control_plane && c.etcd.management == EtcdManagement::Hakube {
             etcd(c, h, &env, &mut out)?;
         }
+        out.extend(backup::render(c, h));
         if c.kubernetes.bootstrap == Bootstrap::Kubeadm && (h.roles.control_plane || h.roles.worker)
         {
             out.extend(kubeadm::render(c, h)?);

@@ -81,6 +81,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     let pki = pki(&s.pki, d);
 
     Some(Cluster {
+        backup: super::backup::check(doc, base_dir, d)?,
         name,
         base_dir: base_dir.to_path_buf(),
         hosts,
