@@ -24,6 +24,8 @@ reqs=(
   nft:nftables
   curl:curl
   ping:iputils-ping
+  # The lab's systemctl computes OnCalendar= of .timer units with it.
+  systemd-analyze:systemd
   nsenter:util-linux
   unshare:util-linux
   python3:python3

@@ -289,3 +289,164 @@ fn start_of_a_crash_looping_notify_service_fails_and_restart_goes_on() {
     assert_eq!(prop(&s, "quitter", "ActiveState"), "failed");
     assert_eq!(prop(&s, "quitter", "Result"), "protocol");
 }
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn lines_in(p: &Path) -> usize {
+    std::fs::read_to_string(p).map_or(0, |t| t.lines().count())
+}
+
+#[test]
+fn timer_with_on_active_sec_fires_its_oneshot_service() {
+    let s = Shim::new();
+    let marker = s.root.join("backups");
+    s.unit(
+        "backup.service",
+        &format!(
+            "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo ran >> {}'\n",
+            marker.display()
+        ),
+    );
+    s.unit(
+        "backup.timer",
+        "[Unit]\nDescription=backs up\n[Timer]\nOnActiveSec=1s\nAccuracySec=1s\n[Install]\nWantedBy=timers.target\n",
+    );
+    let out = s.run(&["enable", "--now", "backup.timer"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        std::fs::symlink_metadata(
+            s.root
+                .join("etc/systemd/system/timers.target.wants/backup.timer")
+        )
+        .is_ok()
+    );
+    let out = s.run(&["is-active", "backup.timer"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = s.run(&["list-timers"]);
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{listing}");
+    for want in ["NEXT", "LEFT", "LAST", "UNIT", "ACTIVATES", "backup.timer"] {
+        assert!(listing.contains(want), "want {want:?} in:\n{listing}");
+    }
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains("backup.timer") && l.ends_with("backup.service")),
+        "{listing}"
+    );
+
+    wait_until("the timer ran the service", Duration::from_secs(30), || {
+        lines_in(&marker) == 1
+    });
+    // OnActiveSec= is spent: the timer stays active (elapsed) and records its trigger.
+    wait_until("the timer elapsed", Duration::from_secs(10), || {
+        prop(&s, "backup.timer", "SubState") == "elapsed"
+    });
+    assert_eq!(prop(&s, "backup.timer", "ActiveState"), "active");
+    assert!(prop(&s, "backup.timer", "LastTriggerUSec").ends_with(" UTC"));
+    assert_eq!(prop(&s, "backup.service", "Result"), "success");
+    let out = s.run(&["list-timers"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("- ") && l.contains(" UTC ") && l.contains("backup.timer")),
+        "{}",
+        text(&out)
+    );
+    assert!(s.run(&["stop", "backup.timer"]).status.success());
+    assert_eq!(s.run(&["is-active", "backup.timer"]).status.code(), Some(3));
+
+    // OnUnitActiveSec= repeats from each trigger until the timer is stopped.
+    s.unit(
+        "backup.timer",
+        "[Timer]\nOnActiveSec=1s\nOnUnitActiveSec=1s\nUnit=backup.service\n",
+    );
+    assert!(s.run(&["start", "backup.timer"]).status.success());
+    wait_until("two more runs", Duration::from_secs(30), || {
+        lines_in(&marker) >= 3
+    });
+    assert_eq!(prop(&s, "backup.timer", "SubState"), "waiting");
+    assert!(s.run(&["stop", "backup.timer"]).status.success());
+    assert_eq!(prop(&s, "backup.timer", "ActiveState"), "inactive");
+}
+
+#[test]
+fn persistent_calendar_timer_catches_up_a_missed_elapse() {
+    let s = Shim::new();
+    let marker = s.root.join("ran");
+    s.unit(
+        "daily.service",
+        &format!(
+            "[Service]\nType=oneshot\nExecStart=/bin/touch {}\n",
+            marker.display()
+        ),
+    );
+    s.unit(
+        "daily.timer",
+        "[Timer]\nOnCalendar=*-*-* 02:00:00 UTC\nPersistent=true\nRandomizedDelaySec=0\n",
+    );
+    // Last triggered two days ago: at least one 02:00 was missed, so it fires at once.
+    let stamps = s.root.join("var/lib/hakube/systemd-timers");
+    std::fs::create_dir_all(&stamps).expect("stamp dir");
+    let stamp = std::fs::File::create(stamps.join("stamp-daily.timer")).expect("stamp");
+    stamp
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(2 * 86_400))
+        .expect("stamp time");
+    assert!(s.run(&["start", "daily.timer"]).status.success());
+    wait_until("the missed run", Duration::from_secs(30), || {
+        marker.exists()
+    });
+    // Then it waits for the next 02:00 UTC, less than a day ahead.
+    wait_until("the next elapse", Duration::from_secs(10), || {
+        prop(&s, "daily.timer", "NextElapseUSecRealtime").ends_with(" 02:00:00 UTC")
+    });
+    let out = s.run(&["status", "daily.timer"]);
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{status}");
+    assert!(status.contains("Active: active (waiting)"), "{status}");
+    assert!(status.contains("Triggers: ● daily.service"), "{status}");
+    assert!(s.run(&["stop", "daily.timer"]).status.success());
+}
+
+#[test]
+fn bad_timers_are_refused_with_the_reason() {
+    let s = Shim::new();
+    s.unit(
+        "job.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+    );
+    s.unit("job.timer", "[Timer]\nOnCalendar=every full moon\n");
+    let out = s.run(&["start", "job.timer"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out);
+    assert!(
+        err.contains("OnCalendar=every full moon") && err.contains("is not a calendar expression"),
+        "{err}"
+    );
+    assert_eq!(s.run(&["is-active", "job.timer"]).status.code(), Some(3));
+
+    s.unit("job.timer", "[Timer]\nOnActiveSec=1h\nWakeSystem=yes\n");
+    let err = text(&s.run(&["start", "job.timer"]));
+    assert!(
+        err.contains("WakeSystem= is not supported in [Timer]"),
+        "{err}"
+    );
+
+    s.unit(
+        "job.timer",
+        "[Unit]\nDescription=no time\n[Timer]\nPersistent=yes\n",
+    );
+    let err = text(&s.run(&["start", "job.timer"]));
+    assert!(err.contains("lacks a time to elapse at"), "{err}");
+
+    s.unit("orphan.timer", "[Timer]\nOnActiveSec=1h\n");
+    let out = s.run(&["start", "orphan.timer"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains("orphan.service, is not found"));
+}

@@ -2,6 +2,7 @@
 //! namespaces as hosts, each with its own sshd). See `hakube lab --help` and docs/lab.md.
 
 pub mod apiserver;
+mod calendar;
 pub mod cli;
 mod files;
 mod host;

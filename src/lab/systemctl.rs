@@ -10,7 +10,11 @@
 //! SIGTERM to the service's process group, waits `TimeoutStopSec=` (10 s by default here) and
 //! then sends SIGKILL.
 //!
+//! A `.timer` unit's supervisor waits for its next elapse and starts its service (timer.rs).
+//!
 //! `HAKUBE_SYSTEMCTL_ROOT` moves every path below another folder (for tests).
+
+mod timer;
 
 use super::proc::ProcRef;
 use super::unit::{self, Restart, ServiceType, Unit};
@@ -115,6 +119,12 @@ pub struct SvcState {
     pub result: String,
     pub last_exit: Option<String>,
     pub status_text: Option<String>,
+    /// Timers: Unix seconds of the next elapse, while waiting for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_elapse: Option<u64>,
+    /// Timers: Unix seconds of the last trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<u64>,
 }
 
 fn now_secs() -> u64 {
@@ -207,6 +217,7 @@ struct Opts {
     quiet: bool,
     no_block: bool,
     now: bool,
+    all: bool,
     value: bool,
     props: Vec<String>,
     lines: usize,
@@ -224,10 +235,11 @@ Commands:
   is-active, is-enabled, is-failed UNIT...   (exit 0 yes, 3 (is-active) or 1 no)
   status UNIT...                             (exit 0 active, 3 not active, 4 no such unit)
   show [-p PROP[,PROP]] [--value] UNIT, cat UNIT, kill [-s SIGNAL] UNIT
-  list-units, daemon-reload, reset-failed [UNIT...]
+  list-units, list-timers [--all], daemon-reload, reset-failed [UNIT...]
 
-Options: -q/--quiet, --no-block, --now, -p/--property, --value, -n/--lines N, -s/--signal.
-Units are read from /etc/systemd/system, /run/systemd/system, /lib/systemd/system (+ UNIT.d/*.conf).
+Options: -q/--quiet, --no-block, --now, -a/--all, -p/--property, --value, -n/--lines N, -s/--signal.
+Units (.service and .timer) are read from /etc/systemd/system, /run/systemd/system,
+/lib/systemd/system (+ UNIT.d/*.conf).
 Service state and output: /run/hakube-systemd/UNIT.json and UNIT.log.";
 
 /// Entry point when the binary runs as `systemctl`.
@@ -282,13 +294,13 @@ fn dispatch(ctx: &Ctx, args: &[String]) -> Result<i32> {
             "-q" | "--quiet" => o.quiet = true,
             "--no-block" => o.no_block = true,
             "--now" => o.now = true,
+            "-a" | "--all" => o.all = true,
             "--value" => o.value = true,
             "-p" | "--property" => o.props.extend(value(flag)?.split(',').map(str::to_string)),
             "-n" | "--lines" => o.lines = value(flag)?.parse().context("--lines needs a number")?,
             "-s" | "--signal" => o.signal = Some(value(flag)?),
             "--kill-whom" | "--kill-who" => o.kill_whom = Some(value(flag)?),
-            "--no-pager" | "-l" | "--full" | "-a" | "--all" | "--system" | "--no-legend"
-            | "--no-ask-password" => {}
+            "--no-pager" | "-l" | "--full" | "--system" | "--no-legend" | "--no-ask-password" => {}
             "--type" | "-t" | "--state" => {
                 value(flag)?;
             }
@@ -391,6 +403,7 @@ fn dispatch(ctx: &Ctx, args: &[String]) -> Result<i32> {
         }
         "daemon-reload" | "daemon-reexec" => Ok(0), // unit files are read on every command
         "list-units" => list_units(ctx),
+        "list-timers" => timer::list_timers(ctx, o.all),
         other => bail!("unknown command {other:?}; see systemctl --help"),
     }
 }
@@ -405,8 +418,19 @@ fn not_found(verb: &str, u: &str) -> i32 {
 }
 
 fn start(ctx: &Ctx, u: &str, no_block: bool) -> Result<i32> {
-    if ctx.load(u)?.is_none() {
+    let Some(unit) = ctx.load(u)? else {
         return Ok(not_found("start", u));
+    };
+    if let Some(t) = &unit.timer
+        && ctx.load(&t.unit)?.is_none()
+    {
+        eprintln!(
+            "Failed to start {u}: the unit it starts, {}, is not found.\n  help: create {} or set Unit= in {}",
+            t.unit,
+            t.unit,
+            unit.files[0].display()
+        );
+        return Ok(EXIT_NO_UNIT);
     }
     let lock = ctx.lock(u)?;
     let cur = effective(ctx, u);
@@ -663,6 +687,17 @@ fn comm(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// `Thu 2026-11-26 09:00:00 UTC`, as systemd writes time stamps.
+pub fn format_day_time(secs: u64) -> String {
+    // 1970-01-01 was a Thursday.
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    format!(
+        "{} {}",
+        DAYS[(secs / 86_400 % 7) as usize],
+        format_time(secs)
+    )
+}
+
 /// `2026-11-26 09:00:00 UTC`, without a time zone database.
 pub fn format_time(secs: u64) -> String {
     let days = (secs / 86400) as i64;
@@ -744,6 +779,11 @@ fn status(ctx: &Ctx, u: &str, lines: usize) -> Result<i32> {
         String::new()
     };
     println!("     Active: {} ({}){result}{since}", st.state, st.sub);
+    if let Some(t) = unit.as_ref().and_then(|x| x.timer.as_ref()) {
+        for l in timer::status_lines(&st, t) {
+            println!("{l}");
+        }
+    }
     if let Some(m) = st.main.filter(ProcRef::alive) {
         println!("   Main PID: {} ({})", m.pid, comm(m.pid));
     } else if let Some(e) = &st.last_exit {
@@ -819,6 +859,9 @@ fn show(ctx: &Ctx, u: &str, o: &Opts) -> Result<i32> {
         ),
         ("StatusText", st.status_text.clone().unwrap_or_default()),
     ];
+    if let Some(t) = unit.as_ref().and_then(|x| x.timer.as_ref()) {
+        props.extend(timer::show_props(&st, t));
+    }
     if !o.props.is_empty() {
         props.retain(|(k, _)| o.props.iter().any(|p| p == k));
     }
@@ -1000,8 +1043,8 @@ struct Sup {
     st: SvcState,
     rx: Receiver<Ev>,
     log: File,
-    /// The pipe to the `systemctl start` that spawned us, until we reported.
-    report: Option<std::io::Stdout>,
+    /// Whether the `systemctl start` that spawned us still waits for our report.
+    report: bool,
     stop: bool,
     ready: bool,
     /// Exit statuses reaped while waiting for something else.
@@ -1030,32 +1073,17 @@ fn supervise(ctx: &Ctx, u: &str) -> i32 {
     };
     // Orphans of the service (daemonized children) are re-parented to us, so we can reap them.
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    // Signals are taken synchronously by one thread; services get an empty mask again.
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGCHLD,
-    ] {
-        set.add(s);
-    }
-    if let Err(e) = set.thread_block() {
-        return fail_early(format!("cannot block signals: {e}"));
-    }
-    let (tx, rx) = channel();
-    let sig_tx = tx.clone();
-    std::thread::spawn(move || {
-        while let Ok(sig) = set.wait() {
-            if sig_tx.send(Ev::Signal(sig)).is_err() {
-                break;
-            }
-        }
-    });
+    let (tx, rx) = match signal_channel() {
+        Ok(c) => c,
+        Err(e) => return fail_early(format!("{e:#}")),
+    };
     let log = match open_log(ctx, u) {
         Ok(l) => l,
         Err(e) => return fail_early(format!("{e:#}")),
     };
+    if let Some(t) = &unit.timer {
+        return timer::supervise(ctx, &unit, t, rx, log, me);
+    }
     if unit.kind == ServiceType::Notify
         && let Err(e) = notify_socket(ctx, u, tx)
     {
@@ -1074,17 +1102,55 @@ fn supervise(ctx: &Ctx, u: &str) -> i32 {
         },
         rx,
         log,
-        report: Some(std::io::stdout()),
+        report: true,
         stop: false,
         ready: false,
         exited: HashMap::new(),
     };
     sup.save();
-    println!("spawned");
-    let _ = std::io::stdout().flush();
+    report_to_starter("spawned");
     let code = sup.run();
     let _ = fs::remove_file(ctx.notify_path(u));
     code
+}
+
+/// Signals are taken synchronously by one thread and sent on the channel; services get an empty
+/// mask again (`service_command`).
+fn signal_channel() -> Result<(Sender<Ev>, Receiver<Ev>)> {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set.thread_block().context("cannot block signals")?;
+    let (tx, rx) = channel();
+    let sig_tx = tx.clone();
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            if sig_tx.send(Ev::Signal(sig)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((tx, rx))
+}
+
+/// A line for the `systemctl start` that spawned this supervisor (on its stdout pipe).
+fn report_to_starter(msg: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{msg}");
+    let _ = out.flush();
+}
+
+/// Done reporting: let go of the pipe, so the starter (and its ssh session) can end.
+fn detach_from_starter() {
+    if let Ok(null) = File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
 }
 
 fn notify_socket(ctx: &Ctx, u: &str, tx: Sender<Ev>) -> Result<()> {
@@ -1134,12 +1200,9 @@ impl Sup {
 
     /// Tell `systemctl start` how the start went (once), then detach from its pipe.
     fn report(&mut self, msg: &str) {
-        if let Some(mut out) = self.report.take() {
-            let _ = writeln!(out, "{msg}");
-            let _ = out.flush();
-            if let Ok(null) = File::open("/dev/null") {
-                let _ = nix::unistd::dup2_stdout(&null);
-            }
+        if std::mem::take(&mut self.report) {
+            report_to_starter(msg);
+            detach_from_starter();
         }
     }
 
@@ -1298,7 +1361,7 @@ impl Sup {
                     // A start job still waiting means the main process died before it was
                     // ready: that fails the job (exit status 0 included: no READY=1 came),
                     // whatever Restart= does next, as in systemd.
-                    let starting = self.report.is_some();
+                    let starting = self.report;
                     let clean = self.is_clean(&ws) && !starting;
                     self.st.last_exit = Some(describe(&ws));
                     self.st.main = None;

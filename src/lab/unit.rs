@@ -1,5 +1,6 @@
 //! systemd unit files, as far as the lab's `systemctl` needs them: `[Service]` with Exec*
-//! lines, environment, restart policy and timeouts, plus drop-ins (`NAME.service.d/*.conf`).
+//! lines, environment, restart policy and timeouts, `[Timer]` for `.timer` units, plus drop-ins
+//! (`NAME.service.d/*.conf`).
 //! Command lines follow systemd's rules for quoting, `${VAR}` (one word) and `$VAR` (split on
 //! whitespace), and the `-` prefix (failure ignored).
 
@@ -66,7 +67,29 @@ pub struct Unit {
     pub start_limit_interval: Duration,
     pub start_limit_burst: u32,
     pub wanted_by: Vec<String>,
+    /// `[Timer]`, for `.timer` units only.
+    pub timer: Option<Timer>,
 }
+
+/// A `.timer` unit's `[Timer]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Timer {
+    /// `OnCalendar=` expressions, checked by `systemd-analyze calendar` when loaded.
+    pub on_calendar: Vec<String>,
+    pub on_boot: Vec<Duration>,
+    pub on_active: Vec<Duration>,
+    pub on_unit_active: Vec<Duration>,
+    pub persistent: bool,
+    pub randomized_delay: Duration,
+    /// Accepted and shown; the lab fires on time (an accuracy of zero is within any bound).
+    pub accuracy: Duration,
+    /// The unit to start (`Unit=`, default: the timer's name with `.service`).
+    pub unit: String,
+}
+
+/// The `[Timer]` keys the lab supports; others are refused, since ignoring one would change when
+/// the service runs.
+const TIMER_KEYS: &str = "OnCalendar, OnBootSec, OnActiveSec, OnUnitActiveSec, Persistent, RandomizedDelaySec, AccuracySec, Unit";
 
 /// Where units are looked up, first match wins (like systemd: /etc before /lib).
 pub const UNIT_DIRS: &[&str] = &[
@@ -76,21 +99,21 @@ pub const UNIT_DIRS: &[&str] = &[
     "usr/lib/systemd/system",
 ];
 
-/// `haproxy` -> `haproxy.service`; other unit types are refused.
+/// `haproxy` -> `haproxy.service`; `.timer` stays; other unit types are refused.
 pub fn normalize(name: &str) -> Result<String> {
     if name.is_empty() || name.contains('/') {
         bail!("invalid unit name {name:?}");
     }
     match name.rsplit_once('.') {
-        Some((_, "service")) => Ok(name.to_string()),
+        Some((_, "service" | "timer")) => Ok(name.to_string()),
         Some((_, ext))
             if [
-                "socket", "target", "timer", "mount", "path", "slice", "scope", "device",
+                "socket", "target", "mount", "path", "slice", "scope", "device",
             ]
             .contains(&ext) =>
         {
             bail!(
-                "unit {name} is a .{ext} unit; the hakube lab's systemctl manages only .service units"
+                "unit {name} is a .{ext} unit; the hakube lab's systemctl manages only .service and .timer units"
             )
         }
         _ => Ok(format!("{name}.service")),
@@ -129,6 +152,9 @@ pub fn load(root: &Path, name: &str) -> Result<Option<Unit>> {
             .with_context(|| format!("in {}", f.display()))?;
     }
     unit.files = files;
+    if let Some(t) = &mut unit.timer {
+        return check_timer(name, t, &unit.files[0]).map(|()| Some(unit));
+    }
     if unit.exec_start.is_empty() {
         bail!(
             "{name} has no ExecStart= (in {})\n  help: add an ExecStart= line to the unit's [Service] section",
@@ -141,7 +167,32 @@ pub fn load(root: &Path, name: &str) -> Result<Option<Unit>> {
     Ok(Some(unit))
 }
 
+fn check_timer(name: &str, t: &mut Timer, file: &Path) -> Result<()> {
+    if t.on_calendar.is_empty()
+        && t.on_boot.is_empty()
+        && t.on_active.is_empty()
+        && t.on_unit_active.is_empty()
+    {
+        bail!(
+            "{name} lacks a time to elapse at (in {})\n  help: add OnCalendar=, OnBootSec=, OnActiveSec= or OnUnitActiveSec= to its [Timer] section",
+            file.display()
+        );
+    }
+    if t.unit.is_empty() {
+        t.unit = format!("{}.service", name.trim_end_matches(".timer"));
+    }
+    for expr in &t.on_calendar {
+        super::calendar::next_elapse(expr, std::time::SystemTime::now())
+            .with_context(|| format!("{name}: OnCalendar={expr} (in {})", file.display()))?;
+    }
+    Ok(())
+}
+
 impl Unit {
+    pub fn is_timer(&self) -> bool {
+        self.timer.is_some()
+    }
+
     fn empty(name: &str) -> Unit {
         Unit {
             name: name.to_string(),
@@ -169,6 +220,7 @@ impl Unit {
             start_limit_interval: Duration::from_secs(10),
             start_limit_burst: 5,
             wanted_by: Vec::new(),
+            timer: name.ends_with(".timer").then(Timer::default),
         }
     }
 
@@ -205,6 +257,14 @@ impl Unit {
     }
 
     fn set(&mut self, section: &str, key: &str, v: &str) -> Result<()> {
+        match (&mut self.timer, section) {
+            (Some(t), "Timer") => return set_timer(t, key, v),
+            (Some(_), "Service") => {
+                bail!("a .timer unit has no [Service] section; put {key}= in the service it starts")
+            }
+            (None, "Timer") => bail!("[Timer] belongs in a .timer unit, not in {}", self.name),
+            _ => {}
+        }
         let exec = |list: &mut Vec<ExecLine>| {
             if v.is_empty() {
                 list.clear(); // an empty assignment resets the list (drop-ins rely on it)
@@ -293,6 +353,52 @@ impl Unit {
             _ => {}
         }
         Ok(())
+    }
+}
+
+fn set_timer(t: &mut Timer, key: &str, v: &str) -> Result<()> {
+    // As in systemd, an empty assignment resets the list.
+    let spans = |list: &mut Vec<Duration>| -> Result<()> {
+        if v.is_empty() {
+            list.clear();
+        } else {
+            list.push(parse_sec(v).with_context(|| format!("{key}={v}"))?);
+        }
+        Ok(())
+    };
+    match key {
+        "OnCalendar" if v.is_empty() => t.on_calendar.clear(),
+        "OnCalendar" => t.on_calendar.push(v.to_string()),
+        "OnBootSec" => spans(&mut t.on_boot)?,
+        "OnActiveSec" => spans(&mut t.on_active)?,
+        "OnUnitActiveSec" if parse_sec(v).is_ok_and(|d| d.is_zero()) => {
+            bail!(
+                "OnUnitActiveSec=0 would start the service over and over; give a time span such as 1h"
+            )
+        }
+        "OnUnitActiveSec" => spans(&mut t.on_unit_active)?,
+        "Persistent" => t.persistent = parse_bool(key, v)?,
+        "RandomizedDelaySec" => t.randomized_delay = parse_sec(v).context(key.to_string())?,
+        "AccuracySec" => t.accuracy = parse_sec(v).context(key.to_string())?,
+        "Unit" => {
+            let u = normalize(v).with_context(|| format!("Unit={v}"))?;
+            if !u.ends_with(".service") {
+                bail!("Unit={v}: a timer of the lab's systemctl can start only a .service unit");
+            }
+            t.unit = u;
+        }
+        other => bail!(
+            "{other}= is not supported in [Timer] by the lab's systemctl (supported: {TIMER_KEYS})"
+        ),
+    }
+    Ok(())
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => bail!("{key}={v} is not a boolean (use yes or no)"),
     }
 }
 
