@@ -5,6 +5,7 @@
 //! commands it would run. Dry-run and apply share one code path; only the mutating helpers
 //! ([`Ctx::sync`], [`Ctx::cmd`]) branch.
 
+mod backup_timer;
 pub mod facts;
 pub mod files;
 pub mod members;

@@ -896,6 +896,7 @@ impl Phase for ControlPlane {
     }
     fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
         Box::pin(async move {
+            super::backup_timer::ensure_all(ctx).await?;
             match ctx.c.kubernetes.bootstrap {
                 Bootstrap::Lab => lab_control_plane(ctx).await,
                 Bootstrap::Kubeadm => kubeadm_control_plane(ctx).await,
