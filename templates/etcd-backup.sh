@@ -72,7 +72,7 @@ num() { printf '%s' "$ST" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 REV=$(num revision)
 KEYS=$(num totalKey)
 HASH=$(num hash)
-[ -n "$REV" ] && [ "$REV" -gt 0 ] && [ -n "$KEYS" ] || fail "etcdutl snapshot status shows no revision: $ST"
+[ -n "$REV" ] && [ -n "$KEYS" ] || fail "etcdutl snapshot status did not report the revision and keys: $ST"
 
 SHA=$(sha256sum "$PARTIAL" | cut -d' ' -f1)
 mv "$PARTIAL" "$BACKUP_DIR/$NAME"

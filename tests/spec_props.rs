@@ -629,7 +629,7 @@ fn read_back(pat: &str, doc: &Value, at: &[Seg], files: &[RenderedFile]) -> Reac
             .collect(),
         "spec.backup.schedule.hostDir" => files
             .iter()
-            .filter(|f| f.path == "/usr/local/lib/hakube/etcd-backup.sh")
+            .filter(|f| f.path == "/var/lib/hakube/bin/etcd-backup.sh")
             .map(|f| {
                 (
                     format!("{}:etcd-backup.sh BACKUP_DIR (sh)", f.host),

@@ -12,7 +12,8 @@ pub const SERVICE: &str = "hakube-backup.service";
 pub const TIMER: &str = "hakube-backup.timer";
 pub const SERVICE_PATH: &str = "/etc/systemd/system/hakube-backup.service";
 pub const TIMER_PATH: &str = "/etc/systemd/system/hakube-backup.timer";
-pub const SCRIPT_PATH: &str = "/usr/local/lib/hakube/etcd-backup.sh";
+/// Under /var/lib/hakube, next to the lab API server's binary (a lab host's private tree).
+pub const SCRIPT_PATH: &str = "/var/lib/hakube/bin/etcd-backup.sh";
 /// The stamp of the newest verified snapshot, in the host folder.
 pub const STAMP: &str = "last-verified.json";
 /// The client certificate the script uses (apply installs it on every control plane).
