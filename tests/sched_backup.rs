@@ -167,21 +167,19 @@ fn scheduled_backups_run_verify_prune_and_report_failures() {
     for h in &hosts {
         assert!(h["stamp"]["createdUnix"].as_u64().is_some(), "{h}");
     }
-    let o = lab.hakube(&["status", "--prometheus"]);
-    let m = text(&o);
-    assert!(
-        m.contains("hakube_backup_last_verified_timestamp_seconds{cluster=\"tsch1\",source=\"host\",host=\"master1\"}"),
-        "{m}"
-    );
-    assert!(
-        m.contains("hakube_backup_schedule_ok{cluster=\"tsch1\",host=\"master2\"} 1"),
-        "{m}"
-    );
-    let f = findings(&lab);
-    assert!(
-        f.iter().all(|(r, _)| !r.starts_with("backup-")),
-        "fresh backups, no findings: {f:?}"
-    );
+    // (A host whose SSH round trip times out under load has no sample in that scrape.)
+    eventually("the metrics", Duration::from_secs(90), || {
+        let m = text(&lab.hakube(&["status", "--prometheus"]));
+        if m.contains("hakube_backup_last_verified_timestamp_seconds{cluster=\"tsch1\",source=\"host\",host=\"master1\"}")
+            && m.contains("hakube_backup_schedule_ok{cluster=\"tsch1\",host=\"master2\"} 1")
+        {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    });
+    // Under load an SSH round trip may time out: that is host-unreachable, not a backup finding.
+    no_backup_findings(&lab, "doctor: fresh backups, no backup finding");
 
     // 5. etcd stopped on master2: its run fails, systemd shows it, doctor says so.
     lab.fault(&["stop", "master2", "etcd"]);
@@ -231,6 +229,16 @@ fn scheduled_backups_run_verify_prune_and_report_failures() {
             }
         },
     );
-    let f = findings(&lab);
-    assert!(f.iter().all(|(r, _)| !r.starts_with("backup-")), "{f:?}");
+    no_backup_findings(&lab, "doctor: the finding is gone");
+}
+
+fn no_backup_findings(lab: &Lab, what: &str) {
+    eventually(what, Duration::from_secs(90), || {
+        let f = findings(lab);
+        if f.iter().all(|(r, _)| !r.starts_with("backup-")) {
+            Ok(())
+        } else {
+            Err(format!("{f:?}"))
+        }
+    });
 }

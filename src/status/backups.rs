@@ -178,6 +178,11 @@ pub fn verdict(b: &Backups) -> Option<Verdict> {
     }
     let limit = age(b.max_age_s);
     let mut bad = Vec::new();
+    let unread: Vec<String> = b
+        .hosts
+        .iter()
+        .filter_map(|h| h.error.as_ref().map(|e| format!("{}: {e}", h.host)))
+        .collect();
     match b.newest() {
         None => bad.push("no verified backup".to_string()),
         Some((src, t)) if b.age(t) > b.max_age_s => bad.push(format!(
@@ -186,7 +191,7 @@ pub fn verdict(b: &Backups) -> Option<Verdict> {
         )),
         Some(_) => {}
     }
-    for h in &b.hosts {
+    for h in b.hosts.iter().filter(|h| h.error.is_none()) {
         if let Some(t) = h.trouble() {
             bad.push(format!("{}: {t}", h.host));
         } else {
@@ -201,7 +206,16 @@ pub fn verdict(b: &Backups) -> Option<Verdict> {
             }
         }
     }
-    Some(if bad.is_empty() {
+    // A host that could not be read is not known to lack a backup.
+    let only_unread = !unread.is_empty()
+        && b.newest().is_none_or(|(_, t)| b.age(t) > b.max_age_s)
+        && bad.len() == 1;
+    Some(if only_unread || (bad.is_empty() && !unread.is_empty()) {
+        v(
+            Health::Unknown,
+            format!("not checked: {}", unread.join("; ")),
+        )
+    } else if bad.is_empty() {
         let (src, t) = b.newest().unwrap_or_default();
         v(
             Health::Healthy,
@@ -286,7 +300,8 @@ pub fn prometheus(cluster: &str, b: &Backups) -> String {
     o.push_str(&format!(
         "# HELP {name} 1 when the control plane's backup timer is active and its last run did not fail.\n# TYPE {name} gauge\n"
     ));
-    for h in &b.hosts {
+    // A host that could not be read has no value (unknown), not 0.
+    for h in b.hosts.iter().filter(|h| h.error.is_none()) {
         o.push_str(&format!(
             "{name}{{cluster=\"{cluster}\",host=\"{}\"}} {}\n",
             h.host,
@@ -306,6 +321,12 @@ pub fn doctor_age(c: &Cluster, e: &super::doctor::Evidence) -> Vec<super::doctor
         return vec![];
     }
     let limit = age(b.max_age_s);
+    if b.hosts.iter().any(|h| h.error.is_some())
+        && b.newest().is_none_or(|(_, t)| b.age(t) > b.max_age_s)
+    {
+        // Unknown, not missing: host-unreachable says why.
+        return vec![];
+    }
     let evidence = match b.newest() {
         Some((_, t)) if b.age(t) <= b.max_age_s => return vec![],
         Some((src, t)) => format!(
@@ -347,7 +368,8 @@ pub fn doctor_schedule(_c: &Cluster, e: &super::doctor::Evidence) -> Vec<super::
         return vec![];
     };
     let mut out = Vec::new();
-    for h in &b.hosts {
+    // A host that cannot be read is host-unreachable's finding.
+    for h in b.hosts.iter().filter(|h| h.error.is_none()) {
         let (evidence, cause, fix) = if let Some(t) = h.trouble() {
             let failed = h.service_state.as_deref() == Some("failed");
             (
@@ -445,5 +467,13 @@ mod tests {
                 .trouble()
                 .is_some()
         );
+        // A host that cannot be read is unknown, not missing a backup.
+        let mut gone = parse_host("m2", "");
+        gone.error = Some("m2 (unreachable)".into());
+        let b = Backups {
+            hosts: vec![gone],
+            ..b
+        };
+        assert_eq!(verdict(&b).expect("expected").health, Health::Unknown);
     }
 }
