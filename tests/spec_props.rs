@@ -60,6 +60,7 @@ fn full_document() -> model::Document {
         etcd,
         kubernetes,
         pki,
+        backup,
     } = spec;
     let model::Pki {
         certificate_validity,
@@ -201,6 +202,32 @@ fn full_document() -> model::Document {
         ),
         sha256: Some("0".repeat(64)),
     });
+    let model::Backup {
+        dir,
+        max_age,
+        retention,
+        schedule,
+    } = backup.get_or_insert_with(Default::default);
+    *dir = Some("backups".into());
+    *max_age = Some("25h".into());
+    let model::Retention {
+        keep_last,
+        daily,
+        weekly,
+    } = retention;
+    *keep_last = Some(7);
+    *daily = Some(7);
+    *weekly = Some(4);
+    let model::Schedule {
+        on_calendar,
+        keep,
+        host_dir,
+        randomized_delay,
+    } = schedule.get_or_insert_with(Default::default);
+    *on_calendar = Some("daily".into());
+    *keep = Some(3);
+    *host_dir = Some("/var/lib/hakube/backups".into());
+    *randomized_delay = Some("30m".into());
     doc
 }
 
@@ -452,6 +479,19 @@ fn exec_start(unit: &str) -> Option<String> {
     Some(word.to_string())
 }
 
+/// A `KEY=value` setting of a unit as systemd reads it: surrounding blanks trimmed; quotes,
+/// escapes, specifiers and variables would not be read literally.
+fn unit_value(unit: &str, key: &str) -> Option<String> {
+    let v = unit
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))?
+        .trim_matches([' ', '\t']);
+    if v.contains(['"', '\'', '\\', '%', '$']) || v.chars().any(char::is_control) {
+        return Some(MANGLED.into());
+    }
+    Some(v.to_string())
+}
+
 /// Split `stats auth "${HAKUBE_STATS_USER}:${HAKUBE_STATS_PASSWORD}"` as HAProxy does.
 fn stats_auth(env: &str) -> Option<(String, String)> {
     let u = env_systemd(env, "HAKUBE_STATS_USER")?;
@@ -596,11 +636,34 @@ fn read_back(pat: &str, doc: &Value, at: &[Seg], files: &[RenderedFile]) -> Reac
         | "spec.pki.certificateValidity"
         | "spec.kubernetes.packages.keyFingerprint"
         | "spec.kubernetes.cni.name"
-        | "spec.kubernetes.cni.sha256" => return Reach::Parsed,
+        | "spec.kubernetes.cni.sha256"
+        | "spec.backup.maxAge"
+        | "spec.backup.schedule.randomizedDelay" => return Reach::Parsed,
         // Used by apply's own scripts, shell-quoted, or only shown: never in a rendered file.
         "spec.kubernetes.cni.manifest" | "spec.kubernetes.cni.version" => {
             return Reach::Unrendered;
         }
+        "spec.backup.dir" => return Reach::Unrendered,
+        "spec.backup.schedule.onCalendar" => files
+            .iter()
+            .filter(|f| f.path == "/etc/systemd/system/hakube-backup.timer")
+            .map(|f| {
+                (
+                    format!("{}:hakube-backup.timer OnCalendar", f.host),
+                    unit_value(&f.content, "OnCalendar").unwrap_or_default(),
+                )
+            })
+            .collect(),
+        "spec.backup.schedule.hostDir" => files
+            .iter()
+            .filter(|f| f.path == "/var/lib/hakube/bin/etcd-backup.sh")
+            .map(|f| {
+                (
+                    format!("{}:etcd-backup.sh BACKUP_DIR (sh)", f.host),
+                    env_sh(&f.content, "BACKUP_DIR").unwrap_or_default(),
+                )
+            })
+            .collect(),
         p if p.starts_with("spec.ssh.") || p.starts_with("spec.hosts[].ssh.") => {
             return Reach::Unrendered;
         }

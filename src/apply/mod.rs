@@ -78,6 +78,7 @@ pub fn phases() -> Vec<Box<dyn Phase>> {
         Box::new(phase::etcd::Etcd),
         Box::new(phase::load_balancers::LoadBalancers),
         Box::new(phase::control_plane::ControlPlane),
+        Box::new(phase::backups::Backups),
         Box::new(phase::workers::Workers),
         Box::new(phase::verify::Verify),
     ]

@@ -27,7 +27,8 @@ live cluster, and a trial restore opened with a real etcd on loopback and read b
 balancer's live haproxy.cfg and keepalived.conf, and a manifest with every file's SHA-256, the \
 versions, the time, the revision, the key count and the checks. It is written as NAME.tar.partial \
 and renamed when complete. Then old backups are removed: the newest --keep-last, and the newest of \
-each of the last --keep-daily days and --keep-weekly weeks stay.\n\nProgress goes to stderr; `-o \
+each of the last --keep-daily days and --keep-weekly weeks stay (spec.backup.retention sets \
+the defaults).\n\nProgress goes to stderr; `-o \
 json` prints a summary on stdout. Exit status: 0 kept, 2 failed (nothing kept). See docs/backup.md."
 )]
 pub struct BackupArgs {
@@ -44,15 +45,17 @@ pub struct BackupArgs {
     /// Where backups go [default: .hakube/<cluster>/backups next to the spec, created 0700].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Keep this many newest backups.
-    #[arg(long, default_value_t = Policy::default().keep_last as u16, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
-    pub keep_last: u16,
-    /// Also keep the newest backup of each of the last N days that have one.
-    #[arg(long, default_value_t = Policy::default().keep_daily as u16, value_name = "N")]
-    pub keep_daily: u16,
-    /// Also keep the newest backup of each of the last N weeks that have one.
-    #[arg(long, default_value_t = Policy::default().keep_weekly as u16, value_name = "N")]
-    pub keep_weekly: u16,
+    /// Keep this many newest backups [default: spec.backup.retention.keepLast, else 7].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
+    pub keep_last: Option<u16>,
+    /// Also keep the newest backup of each of the last N days that have one [default:
+    /// spec.backup.retention.daily, else 7].
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u16>,
+    /// Also keep the newest backup of each of the last N weeks that have one [default:
+    /// spec.backup.retention.weekly, else 4].
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u16>,
     /// Package an existing etcd snapshot file (say, from `etcdctl snapshot save` on a kubeadm
     /// control plane) instead of taking one; it is verified the same way.
     #[arg(long, value_name = "FILE")]
@@ -182,14 +185,16 @@ pub fn run_backup(a: BackupArgs) -> Result<i32> {
     let Some(c) = load(&a.file)? else {
         return Ok(2);
     };
+    let spec = super::spec_policy(&c);
+    let policy = Policy {
+        keep_last: a.keep_last.map_or(spec.keep_last, usize::from),
+        keep_daily: a.keep_daily.map_or(spec.keep_daily, usize::from),
+        keep_weekly: a.keep_weekly.map_or(spec.keep_weekly, usize::from),
+    };
     let o = super::Options {
         spec_file: a.file.clone(),
         out: a.out.clone(),
-        policy: Policy {
-            keep_last: a.keep_last as usize,
-            keep_daily: a.keep_daily as usize,
-            keep_weekly: a.keep_weekly as usize,
-        },
+        policy,
         from_snapshot: a.from_snapshot.clone(),
     };
     let log = progress();
@@ -219,12 +224,12 @@ pub fn run_backup(a: BackupArgs) -> Result<i32> {
         r.total_ms as f64 / 1000.0
     );
     println!(
-        "  retention  {} kept, {} removed (--keep-last {} --keep-daily {} --keep-weekly {})",
+        "  retention  {} kept, {} removed (keep last {}, daily {}, weekly {})",
         r.kept,
         r.removed.len(),
-        a.keep_last,
-        a.keep_daily,
-        a.keep_weekly
+        policy.keep_last,
+        policy.keep_daily,
+        policy.keep_weekly
     );
     for w in &r.warnings {
         println!("  warning    {w}");

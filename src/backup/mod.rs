@@ -30,9 +30,21 @@ pub const VERIFY_SUFFIX: &str = ".verify.json";
 /// A progress line on stderr.
 pub type Log<'a> = &'a (dyn Fn(&str) + Sync);
 
-/// The default backup folder: `.hakube/<cluster>/backups` next to the spec.
+/// The backup folder: `spec.backup.dir`, or `.hakube/<cluster>/backups` next to the spec.
 pub fn default_dir(c: &Cluster) -> PathBuf {
-    State::dir_of(c).join("backups")
+    c.backup
+        .dir
+        .clone()
+        .unwrap_or_else(|| State::dir_of(c).join("backups"))
+}
+
+/// The retention policy of the spec (`spec.backup.retention`).
+pub fn spec_policy(c: &Cluster) -> retention::Policy {
+    retention::Policy {
+        keep_last: c.backup.keep_last,
+        keep_daily: c.backup.keep_daily,
+        keep_weekly: c.backup.keep_weekly,
+    }
 }
 
 fn now() -> (String, u64) {

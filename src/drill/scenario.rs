@@ -432,6 +432,7 @@ mod tests {
             etcd_alarms: vec![],
             certs: vec![],
             nodes: None,
+            backups: None,
             verdicts: vec![Verdict {
                 layer: "etcd".into(),
                 health: if healthy {

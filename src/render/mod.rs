@@ -4,6 +4,7 @@
 //! `templates/`, compiled into the binary; structured ones (kubeadm, Prometheus rules) are built
 //! as data and serialised, so they are always well-formed. Output is deterministic.
 
+pub mod backup;
 pub mod check;
 pub mod kubeadm;
 pub mod monitoring;
@@ -50,6 +51,8 @@ pub enum Component {
     ControlPlane,
     /// A worker's kubeadm join config.
     Worker,
+    /// Scheduled etcd snapshots on a control plane.
+    Backup,
     /// Cluster-wide files that no host receives (monitoring objects), under [`CLUSTER_DIR`].
     #[default]
     Cluster,
@@ -256,6 +259,7 @@ pub fn render(c: &Cluster, secrets: &Secrets) -> anyhow::Result<Vec<RenderedFile
         if h.roles.control_plane && c.etcd.management == EtcdManagement::Hakube {
             etcd(c, h, &env, &mut out)?;
         }
+        out.extend(backup::render(c, h));
         if c.kubernetes.bootstrap == Bootstrap::Kubeadm && (h.roles.control_plane || h.roles.worker)
         {
             out.extend(kubeadm::render(c, h)?);

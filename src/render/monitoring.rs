@@ -82,6 +82,27 @@ pub fn rule_groups() -> Value {
     ])
 }
 
+/// Backups: no verified backup for `spec.backup.maxAge` (25 h by default), from any source, or
+/// no backup metric at all for as long. `hakube_backup_*` come from `hakube status --prometheus`.
+pub fn backup_rules(max_age: std::time::Duration) -> Value {
+    let s = max_age.as_secs();
+    let h = if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else {
+        humantime::format_duration(max_age).to_string()
+    };
+    json!({"name": "hakube-backup", "rules": [
+        rule("HakubeBackupTooOld",
+            &format!("time() - max by (cluster) (hakube_backup_last_verified_timestamp_seconds) > {s}"),
+            "10m", "warning", "no verified backup for too long",
+            &format!("The newest verified backup of cluster {{{{ $labels.cluster }}}} is {{{{ $value | humanizeDuration }}}} old (more than {h}); run `hakube backup` and check the scheduled backups with `hakube doctor`.")),
+        rule("HakubeBackupMissing",
+            "absent(hakube_backup_last_verified_timestamp_seconds)",
+            &format!("{s}s"), "warning", "no verified backup is known",
+            &format!("No source has reported a verified backup for {h}: none was taken, or `hakube status --prometheus` is not collected; run `hakube backup`.")),
+    ]})
+}
+
 fn yaml(v: &Value) -> anyhow::Result<String> {
     Ok(format!("# {HEADER}\n{}", serde_saphyr::to_string(v)?))
 }
@@ -99,7 +120,10 @@ fn f(name: &str, content: String) -> RenderedFile {
 }
 
 pub fn render(c: &Cluster) -> anyhow::Result<Vec<RenderedFile>> {
-    let groups = rule_groups();
+    let mut groups = rule_groups();
+    if let Some(g) = groups.as_array_mut() {
+        g.push(backup_rules(c.backup.max_age));
+    }
     let mut out = vec![f(RULES_FILE, yaml(&json!({"groups": groups}))?)];
     out.push(f(
         "prometheusrule.yaml",

@@ -21,6 +21,34 @@ pub struct Cluster {
     /// What a bare host needs to run kubeadm's Kubernetes (`bootstrap: kubeadm`).
     pub node_os: super::node_os::NodeOs,
     pub pki: Pki,
+    pub backup: Backup,
+}
+
+/// Backups, with defaults resolved (`spec.backup`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Backup {
+    /// The spec has a `backup` section: status and doctor expect a verified backup younger than
+    /// `max_age`.
+    pub expected: bool,
+    /// `hakube backup`'s folder, resolved against the spec's folder; `None` is the default
+    /// (`.hakube/<cluster>/backups`).
+    pub dir: Option<PathBuf>,
+    #[serde(with = "millis")]
+    pub max_age: Duration,
+    pub keep_last: usize,
+    pub keep_daily: usize,
+    pub keep_weekly: usize,
+    pub schedule: Option<BackupSchedule>,
+}
+
+/// The timer on the control planes.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSchedule {
+    pub on_calendar: String,
+    pub keep: u32,
+    pub host_dir: String,
+    #[serde(with = "millis")]
+    pub randomized_delay: Duration,
 }
 
 /// Certificates hakube issues.

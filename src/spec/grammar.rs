@@ -217,7 +217,7 @@ fn any_shape(_: &str) -> Option<String> {
 
 impl Rule {
     /// An absolute path that reaches `targets`.
-    const fn path(what: &'static str, targets: &'static [Target], help: &'static str) -> Rule {
+    pub const fn path(what: &'static str, targets: &'static [Target], help: &'static str) -> Rule {
         Rule {
             what,
             targets,

@@ -1,5 +1,7 @@
 //! The `cluster.yaml` spec: the raw document, its validation, and the typed cluster model.
 
+pub mod backup;
+pub mod calendar;
 pub mod cluster;
 pub mod diag;
 pub mod family;

@@ -43,6 +43,45 @@ pub struct Spec {
     pub kubernetes: Kubernetes,
     #[serde(default)]
     pub pki: Pki,
+    /// Present (even empty) when the cluster must have a recent verified backup.
+    pub backup: Option<Backup>,
+}
+
+/// Backups: where `hakube backup` keeps them and which it keeps, how old the newest may be, and
+/// scheduled snapshots on the control planes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Backup {
+    /// The operator-side folder of `hakube backup` (relative to the spec's folder).
+    pub dir: Option<String>,
+    /// status and doctor report a problem when the newest verified backup is older (`25h`).
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub retention: Retention,
+    /// A systemd timer on every control plane that takes and verifies a local snapshot.
+    pub schedule: Option<Schedule>,
+}
+
+/// Which of `hakube backup`'s archives to keep (the command's --keep-* flags override it).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    pub keep_last: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// A systemd calendar expression (`OnCalendar=`), for example `daily` or `*-*-* 02:30`.
+    pub on_calendar: Option<String>,
+    /// Snapshots kept on each control plane.
+    pub keep: Option<u32>,
+    /// Where they are kept on the hosts.
+    pub host_dir: Option<String>,
+    /// `RandomizedDelaySec=`: spreads the control planes' runs apart.
+    pub randomized_delay: Option<String>,
 }
 
 /// Certificates hakube issues from its CAs.

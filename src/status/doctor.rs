@@ -168,6 +168,8 @@ pub const RULES: &[(&str, Rule)] = &[
     ("host-unreachable", host_unreachable),
     ("ssh-host-key", ssh_host_key),
     ("ssh-auth", ssh_auth),
+    ("backup-age", super::backups::doctor_age),
+    ("backup-schedule", super::backups::doctor_schedule),
 ];
 
 fn f(
@@ -938,6 +940,7 @@ mod tests {
                 days_left: 300,
             }],
             nodes: None,
+            backups: None,
             verdicts: vec![],
             overall: Health::Healthy,
             took_ms: 1,
@@ -980,7 +983,50 @@ mod tests {
     type Break = fn(&mut Evidence);
 
     /// (what breaks, the rule that must fire, its severity)
+    /// Backups expected, the operator's newest `age_s` old, master1's last scheduled run failed
+    /// when `failed`.
+    fn backups(age_s: u64, failed: bool) -> Option<crate::status::backups::Backups> {
+        use crate::status::backups::{Backups, HostBackup};
+        let now = 2_000_000_000;
+        Some(Backups {
+            expected: true,
+            max_age_s: 25 * 3600,
+            now_unix: now,
+            operator_dir: "/srv/backups".into(),
+            operator: Some(crate::backup::LastVerified {
+                cluster: "ha-cluster".into(),
+                file: "ha-cluster-x.tar".into(),
+                created_at: "x".into(),
+                created_unix: now - age_s,
+                verified_at: "x".into(),
+                verified_unix: now - age_s,
+                revision: 5,
+                keys: 3,
+            }),
+            hosts: vec![HostBackup {
+                host: "master1".into(),
+                stamp: None,
+                timer: Some("active".into()),
+                service_state: Some(if failed { "failed" } else { "inactive" }.into()),
+                service_result: Some(if failed { "exit-code" } else { "success" }.into()),
+                error: None,
+            }],
+        })
+    }
+
     const CASES: &[(&str, Break, &str, Severity)] = &[
+        (
+            "no verified backup for 26h",
+            |e| st(e).backups = backups(26 * 3600, false),
+            "backup-age",
+            Severity::Warning,
+        ),
+        (
+            "the scheduled backup failed on master1",
+            |e| st(e).backups = backups(3600, true),
+            "backup-schedule",
+            Severity::Warning,
+        ),
         (
             "VIP on both LBs",
             |e| st(e).vip_holders.push("lb2".into()),

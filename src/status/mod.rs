@@ -1,6 +1,7 @@
 //! `hakube status`: every HA layer, live, in one screen. Probes run in parallel, each with a
 //! short timeout, so one dead host never stalls the rest.
 
+pub mod backups;
 pub mod doctor;
 pub mod probes;
 
@@ -122,6 +123,8 @@ pub struct Status {
     pub certs: Vec<Cert>,
     /// Kubernetes nodes and whether they are Ready (kubeadm clusters, when they can be read).
     pub nodes: Option<Vec<(String, bool)>>,
+    /// The age of the last verified backup (operator and hosts); `status` only, not apply's.
+    pub backups: Option<backups::Backups>,
     pub verdicts: Vec<Verdict>,
     pub overall: Health,
     pub took_ms: u128,
@@ -177,7 +180,7 @@ pub enum Scope {
 pub async fn observe(c: &Cluster, creds: &Creds, conns: Conns<'_>, scope: Scope) -> Status {
     let start = std::time::Instant::now();
     let full = scope == Scope::Full;
-    let (views, answers, lbs, api, etcd, certs, nodes) = tokio::join!(
+    let (views, answers, lbs, api, etcd, certs, nodes, backups) = tokio::join!(
         probes::lb_views(c, conns),
         probes::vip_answers(c),
         probes::haproxy(c, creds.stats_pw.as_deref()),
@@ -191,6 +194,13 @@ pub async fn observe(c: &Cluster, creds: &Creds, conns: Conns<'_>, scope: Scope)
             }
         },
         async { if full { probes::nodes(c).await } else { None } },
+        async {
+            if full {
+                Some(backups::gather(c, conns).await)
+            } else {
+                None
+            }
+        },
     );
     let (etcd, etcd_alarms) = etcd;
     let mut s = Status {
@@ -206,12 +216,15 @@ pub async fn observe(c: &Cluster, creds: &Creds, conns: Conns<'_>, scope: Scope)
         etcd_alarms,
         certs,
         nodes,
+        backups,
         verdicts: vec![],
         overall: Health::Healthy,
         took_ms: 0,
     };
     merge_lb_views(&mut s, views);
     s.verdicts = verdicts(c, &s);
+    s.verdicts
+        .extend(s.backups.as_ref().and_then(backups::verdict));
     if !full {
         // etcd that kubeadm runs has kubeadm's own CA, which hakube's client cannot use.
         let etcd_ours = c.etcd.management == EtcdManagement::Hakube;
@@ -750,6 +763,9 @@ pub fn render_text(s: &Status) -> String {
         }
         o.push('\n');
     }
+    if let Some(b) = &s.backups {
+        o.push_str(&backups::render_text(b, &verdict("backup")));
+    }
     o.push_str(&format!("Certificates: {}\n", verdict("certificates")));
     let mut t = table(vec!["certificate", "host", "days left", "not after"]);
     for c in &s.certs {
@@ -851,6 +867,9 @@ pub fn render_prometheus(s: &Status) -> String {
             })
             .collect(),
     );
+    if let Some(b) = &s.backups {
+        o.push_str(&backups::prometheus(cl, b));
+    }
     o
 }
 

@@ -1,7 +1,8 @@
 //! The phases of apply, one file each, in the order [`super::phases`] runs them: prepare, PKI,
-//! etcd, load balancers, control plane, workers, verify. A phase changes hosts only through
+//! etcd, load balancers, control plane, backups, workers, verify. A phase changes hosts only through
 //! [`super::Ctx`]'s helpers, which also describe each step in `--dry-run`.
 
+pub mod backups;
 pub mod control_plane;
 pub mod etcd;
 mod etcd_member;

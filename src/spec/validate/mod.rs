@@ -78,9 +78,12 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     super::limits::check(lb.as_ref(), etcd.as_ref(), k8s.as_ref(), d);
     super::grammar::check_document(doc, d);
     let pki = pki::pki(&s.pki, d);
-    let node_os = super::node_os::check(&s.kubernetes, k8s.as_ref(), networks.as_ref(), base_dir, d);
+    let node_os =
+        super::node_os::check(&s.kubernetes, k8s.as_ref(), networks.as_ref(), base_dir, d);
 
     Some(Cluster {
+        // First: it runs before the `?` of the other fields.
+        backup: super::backup::check(doc, base_dir, d)?,
         name,
         base_dir: base_dir.to_path_buf(),
         hosts,
