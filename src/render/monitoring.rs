@@ -1,9 +1,11 @@
 //! Monitoring: Prometheus alert rules (plain and as a PrometheusRule), scrape configs for
-//! HAProxy's built-in exporter and etcd, and the etcd ServiceMonitor for prometheus-operator.
+//! HAProxy's built-in exporter, etcd and `hakube exporter`; for prometheus-operator the etcd
+//! ServiceMonitor and ScrapeConfigs for HAProxy and the exporter; the exporter's systemd unit.
 
 use super::{CLUSTER_DIR, HEADER, RenderedFile};
 use crate::spec::{Cluster, EtcdManagement};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 pub const DIR: &str = "/monitoring";
 pub const RULES_FILE: &str = "hakube-alerts.rules.yml";
@@ -25,13 +27,31 @@ fn rule(
     })
 }
 
-/// The alert rule groups. `hakube_*` metrics come from `hakube status --prometheus`.
-pub fn rule_groups() -> Value {
+/// A Prometheus duration of `n` scrape intervals: the alerts a drill checks wait a number of
+/// scrapes, so a 1 s lab interval makes them fire within a drill's hold and 15 s keeps the
+/// production values (5m, 1m, 30s).
+fn scrapes(n: u32, every: Duration) -> (String, String) {
+    let s = every.as_secs().max(1) * u64::from(n);
+    let unit = |v: u64, one: &str| format!("{v} {one}{}", if v == 1 { "" } else { "s" });
+    if s % 60 == 0 {
+        (format!("{}m", s / 60), unit(s / 60, "minute"))
+    } else {
+        (format!("{s}s"), unit(s, "second"))
+    }
+}
+
+/// The alert rule groups for rules evaluated every `every`. `hakube_*` metrics come from
+/// `hakube exporter` (or once from `hakube status --prometheus`).
+pub fn rule_groups(every: Duration) -> Value {
+    let (member_down, member_down_words) = scrapes(20, every);
+    let (lb_down, _) = scrapes(4, every);
+    let (quick, _) = scrapes(2, every);
+    let (moved_window, _) = scrapes(20, every);
     json!([
         {"name": "etcd", "rules": [
-            rule("EtcdMemberDown", "up{job=\"etcd\"} == 0", "5m", "critical",
+            rule("EtcdMemberDown", "up{job=\"etcd\"} == 0", &member_down, "critical",
                 "etcd member is down",
-                "etcd member {{ $labels.instance }} is down for more than 5 minutes."),
+                &format!("etcd member {{{{ $labels.instance }}}} is down for more than {member_down_words}.")),
             rule("EtcdHighCommitDurations",
                 "histogram_quantile(0.99, sum(rate(etcd_disk_backend_commit_duration_seconds_bucket{job=\"etcd\"}[5m])) by (instance, le)) > 0.25",
                 "10m", "warning", "etcd high commit durations",
@@ -53,24 +73,34 @@ pub fn rule_groups() -> Value {
                 "etcd member {{ $labels.instance }} uses {{ $value }}% of its quota; at 100% it raises NOSPACE and refuses writes. Compact and defragment."),
         ]},
         {"name": "haproxy", "rules": [
-            rule("HAProxyDown", "up{job=\"haproxy\"} == 0", "1m", "critical",
+            rule("HAProxyDown", "up{job=\"haproxy\"} == 0", &lb_down, "critical",
                 "HAProxy is down", "HAProxy on {{ $labels.instance }} does not answer its metrics endpoint."),
             rule("HAProxyAPIServerDown",
                 "haproxy_server_status{proxy=\"k8s-api\",state=\"DOWN\"} == 1",
-                "1m", "warning", "an API server is out of rotation",
+                &lb_down, "warning", "an API server is out of rotation",
                 "HAProxy on {{ $labels.instance }} marks API server {{ $labels.server }} DOWN (GET /readyz fails)."),
             rule("HAProxyAPIBackendDown",
                 "haproxy_backend_active_servers{proxy=\"k8s-api\"} == 0",
-                "30s", "critical", "no API server is in rotation",
+                &quick, "critical", "no API server is in rotation",
                 "HAProxy on {{ $labels.instance }} has no ready API server: the API is down through the VIP."),
         ]},
         {"name": "hakube", "rules": [
             rule("HakubeVIPSplitBrain", "hakube_vip_holders > 1", "10s", "critical",
                 "the API VIP is on more than one load balancer",
                 "{{ $value }} load balancers hold the VIP of cluster {{ $labels.cluster }} (split brain); check VRRP traffic between them."),
-            rule("HakubeVIPMissing", "hakube_vip_holders == 0", "30s", "critical",
+            // Holders count only LBs that answered over SSH: with some unknown, "0 holders" is
+            // missing only when the VIP does not answer either.
+            rule("HakubeVIPMissing",
+                "hakube_vip_holders == 0 and on (cluster) (hakube_vip_holders_unknown == 0 or on (cluster) hakube_vip_answering == 0)",
+                &quick, "critical",
                 "no load balancer holds the API VIP",
                 "No load balancer holds the VIP of cluster {{ $labels.cluster }}; check keepalived on the load balancers."),
+            rule("HakubeVIPHolderUnknown", "hakube_vip_holders_unknown > 0", "5m", "warning",
+                "load balancers cannot be asked whether they hold the VIP",
+                "{{ $value }} load balancers of cluster {{ $labels.cluster }} did not answer over SSH; VIP split brain or loss there goes unseen. Check SSH from the exporter's host."),
+            rule("HakubeVIPMoved", &format!("changes(hakube_vip_holder[{moved_window}]) > 0"), "0s", "warning",
+                "the API VIP moved",
+                "The VIP of cluster {{ $labels.cluster }} moved to or from {{ $labels.lb }}; check why the previous holder failed."),
             rule("HakubeCertificateExpirySoon", "hakube_certificate_expiry_seconds < 30 * 86400", "1h", "warning",
                 "a certificate expires within 30 days",
                 "{{ $labels.certificate }} on {{ $labels.host }} expires in less than 30 days; run `kubeadm certs renew` or `hakube apply`."),
@@ -97,15 +127,51 @@ fn f(name: &str, content: String) -> RenderedFile {
     }
 }
 
+/// Labels on the prometheus-operator objects: the spec's, for selector-based installs.
+fn metadata(c: &Cluster, name: &str) -> Value {
+    let mut m = json!({"name": name, "namespace": c.monitoring.namespace});
+    if !c.monitoring.labels.is_empty() {
+        m["labels"] = json!(c.monitoring.labels);
+    }
+    m
+}
+
+/// A prometheus-operator ScrapeConfig for targets outside Kubernetes; `jobName` keeps the
+/// `job` label the rules match on.
+fn scrape_config(c: &Cluster, job: &str, targets: &[String]) -> Value {
+    json!({
+        "apiVersion": "monitoring.coreos.com/v1alpha1",
+        "kind": "ScrapeConfig",
+        "metadata": metadata(c, &format!("{}-{job}", c.name)),
+        "spec": {
+            "jobName": job,
+            "metricsPath": "/metrics",
+            "scrapeInterval": interval(c),
+            "staticConfigs": [{"targets": targets, "labels": {"cluster": c.name}}],
+        },
+    })
+}
+
+fn interval(c: &Cluster) -> String {
+    format!("{}s", c.monitoring.scrape_interval.as_secs().max(1))
+}
+
+pub const EXPORTER_UNIT: &str = "hakube-exporter.service";
+
+/// Where a binary of hakube is installed on the monitoring host.
+const HAKUBE_BIN: &str = "/usr/local/bin/hakube";
+/// Where the spec and its `.hakube` operator state live on the monitoring host.
+const SPEC_ON_HOST: &str = "/etc/hakube/cluster.yaml";
+
 pub fn render(c: &Cluster) -> anyhow::Result<Vec<RenderedFile>> {
-    let groups = rule_groups();
+    let groups = rule_groups(c.monitoring.scrape_interval);
     let mut out = vec![f(RULES_FILE, yaml(&json!({"groups": groups}))?)];
     out.push(f(
         "prometheusrule.yaml",
         yaml(&json!({
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "PrometheusRule",
-            "metadata": {"name": format!("{}-ha", c.name), "namespace": "monitoring"},
+            "metadata": metadata(c, &format!("{}-ha", c.name)),
             "spec": {"groups": groups},
         }))?,
     ));
@@ -117,17 +183,21 @@ pub fn render(c: &Cluster) -> anyhow::Result<Vec<RenderedFile>> {
     } else {
         vec![]
     };
+    // etcd serves /metrics on its client port (TLS, client certificates); its plain metrics
+    // port listens on loopback only.
     let etcd_targets: Vec<String> = c
         .control_planes()
         .map(|h| port(h.address, c.etcd.client_port))
         .collect();
+    let exporter = vec![c.monitoring.exporter.to_string()];
+    let certs = c.monitoring.etcd_cert_dir.trim_end_matches('/');
     let mut scrape = vec![json!({
         "job_name": "etcd",
         "scheme": "https",
         "tls_config": {
-            "ca_file": "/etc/prometheus/secrets/etcd-certs/ca.crt",
-            "cert_file": "/etc/prometheus/secrets/etcd-certs/client.crt",
-            "key_file": "/etc/prometheus/secrets/etcd-certs/client.key",
+            "ca_file": format!("{certs}/ca.crt"),
+            "cert_file": format!("{certs}/client.crt"),
+            "key_file": format!("{certs}/client.key"),
         },
         "static_configs": [{"targets": etcd_targets, "labels": {"cluster": c.name}}],
     })];
@@ -138,13 +208,42 @@ pub fn render(c: &Cluster) -> anyhow::Result<Vec<RenderedFile>> {
             "static_configs": [{"targets": haproxy_targets, "labels": {"cluster": c.name}}],
         }));
     }
+    // The exporter probes at scrape time: give it the scrape's whole budget.
+    scrape.push(json!({
+        "job_name": "hakube",
+        "metrics_path": "/metrics",
+        "static_configs": [{"targets": exporter, "labels": {"cluster": c.name}}],
+    }));
+    let every = interval(c);
     out.push(f(
         "prometheus.yml",
         yaml(&json!({
-            "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+            "global": {"scrape_interval": every, "scrape_timeout": every, "evaluation_interval": every},
             "rule_files": [RULES_FILE],
             "scrape_configs": scrape,
         }))?,
+    ));
+    if !haproxy_targets.is_empty() {
+        out.push(f(
+            "scrapeconfig-haproxy.yaml",
+            yaml(&scrape_config(c, "haproxy", &haproxy_targets))?,
+        ));
+    }
+    out.push(f(
+        "scrapeconfig-hakube.yaml",
+        yaml(&scrape_config(c, "hakube", &exporter))?,
+    ));
+    out.push(f(
+        EXPORTER_UNIT,
+        format!(
+            "# {HEADER}\n[Unit]\nDescription=hakube exporter: HA layer metrics of cluster {name} for Prometheus\n\
+             After=network-online.target\nWants=network-online.target\n\n[Service]\n\
+             ExecStart={HAKUBE_BIN} exporter --listen {listen} -f {SPEC_ON_HOST}\n\
+             Restart=always\nRestartSec=2\nNoNewPrivileges=yes\n\n\
+             [Install]\nWantedBy=multi-user.target\n",
+            name = c.name,
+            listen = c.monitoring.exporter,
+        ),
     ));
     if c.etcd.management == EtcdManagement::Hakube {
         // etcd runs outside Kubernetes: a selector-less Service and its endpoints give the
@@ -173,18 +272,21 @@ pub fn render(c: &Cluster) -> anyhow::Result<Vec<RenderedFile>> {
         yaml(&json!({
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "ServiceMonitor",
-            "metadata": {"name": "etcd", "namespace": "monitoring"},
+            "metadata": metadata(c, "etcd"),
             "spec": {
+                // The endpoints above are an EndpointSlice; the default role reads core v1
+                // Endpoints (deprecated since Kubernetes 1.33) and would find no targets.
+                "serviceDiscoveryRole": "EndpointSlice",
                 "namespaceSelector": {"matchNames": ["kube-system"]},
                 "selector": {"matchLabels": {"component": "etcd"}},
                 "endpoints": [{
                     "port": "http-metrics",
-                    "interval": "30s",
+                    "interval": interval(c),
                     "scheme": "https",
                     "tlsConfig": {
-                        "caFile": "/etc/prometheus/secrets/etcd-certs/ca.crt",
-                        "certFile": "/etc/prometheus/secrets/etcd-certs/client.crt",
-                        "keyFile": "/etc/prometheus/secrets/etcd-certs/client.key",
+                        "caFile": format!("{certs}/ca.crt"),
+                        "certFile": format!("{certs}/client.crt"),
+                        "keyFile": format!("{certs}/client.key"),
                         "insecureSkipVerify": false,
                     },
                 }],

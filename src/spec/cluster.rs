@@ -19,6 +19,22 @@ pub struct Cluster {
     pub etcd: Etcd,
     pub kubernetes: Kubernetes,
     pub pki: Pki,
+    pub monitoring: Monitoring,
+}
+
+/// Defaults of `spec.monitoring`.
+pub const EXPORTER_ADDR: &str = "127.0.0.1:9468";
+pub const ETCD_CERT_DIR: &str = "/etc/prometheus/secrets/etcd-certs";
+
+/// Prometheus settings (see `model::Monitoring`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Monitoring {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub namespace: String,
+    pub exporter: std::net::SocketAddr,
+    pub etcd_cert_dir: String,
+    pub scrape_interval: std::time::Duration,
+    pub prometheus_url: Option<String>,
 }
 
 /// Certificates hakube issues.

@@ -43,6 +43,29 @@ pub struct Spec {
     pub kubernetes: Kubernetes,
     #[serde(default)]
     pub pki: Pki,
+    #[serde(default)]
+    pub monitoring: Monitoring,
+}
+
+/// Prometheus: what `render` writes for it, and where hakube finds it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Monitoring {
+    /// Labels on every rendered prometheus-operator object, for selector-based installs
+    /// (`release: kube-prometheus-stack`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Namespace of the PrometheusRule, ServiceMonitor and ScrapeConfigs [monitoring].
+    pub namespace: Option<String>,
+    /// `HOST:PORT` where `hakube exporter` listens and Prometheus scrapes it [127.0.0.1:9468].
+    pub exporter: Option<String>,
+    /// Folder holding `ca.crt`, `client.crt`, `client.key` for scraping etcd
+    /// [/etc/prometheus/secrets/etcd-certs].
+    pub etcd_cert_dir: Option<String>,
+    /// How often Prometheus scrapes and evaluates rules [15s].
+    pub scrape_interval: Option<String>,
+    /// Base URL of a Prometheus that runs the rendered rules (status and drills read it).
+    pub prometheus_url: Option<String>,
 }
 
 /// Certificates hakube issues from its CAs.
