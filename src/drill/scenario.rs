@@ -447,6 +447,7 @@ mod tests {
                 Health::Degraded
             },
             took_ms: 0,
+            prometheus: None,
         }
     }
 

@@ -138,7 +138,7 @@ fn metadata(c: &Cluster, name: &str) -> Value {
 
 /// A prometheus-operator ScrapeConfig for targets outside Kubernetes; `jobName` keeps the
 /// `job` label the rules match on.
-fn scrape_config(c: &Cluster, job: &str, targets: &[String]) -> Value {
+fn scrape_config(c: &Cluster, job: &str, targets: &[String], every: &str) -> Value {
     json!({
         "apiVersion": "monitoring.coreos.com/v1alpha1",
         "kind": "ScrapeConfig",
@@ -146,7 +146,8 @@ fn scrape_config(c: &Cluster, job: &str, targets: &[String]) -> Value {
         "spec": {
             "jobName": job,
             "metricsPath": "/metrics",
-            "scrapeInterval": interval(c),
+            "scrapeInterval": every,
+            "scrapeTimeout": every,
             "staticConfigs": [{"targets": targets, "labels": {"cluster": c.name}}],
         },
     })
@@ -154,6 +155,12 @@ fn scrape_config(c: &Cluster, job: &str, targets: &[String]) -> Value {
 
 fn interval(c: &Cluster) -> String {
     format!("{}s", c.monitoring.scrape_interval.as_secs().max(1))
+}
+
+/// The exporter's probes wait up to 2 s for SSH to a dead host and give up after 4 s
+/// (`hakube exporter --timeout`): its scrapes get at least 5 s.
+fn exporter_interval(c: &Cluster) -> String {
+    format!("{}s", c.monitoring.scrape_interval.as_secs().max(5))
 }
 
 pub const EXPORTER_UNIT: &str = "hakube-exporter.service";
@@ -208,9 +215,10 @@ pub fn render(c: &Cluster) -> anyhow::Result<Vec<RenderedFile>> {
             "static_configs": [{"targets": haproxy_targets, "labels": {"cluster": c.name}}],
         }));
     }
-    // The exporter probes at scrape time: give it the scrape's whole budget.
     scrape.push(json!({
         "job_name": "hakube",
+        "scrape_interval": exporter_interval(c),
+        "scrape_timeout": exporter_interval(c),
         "metrics_path": "/metrics",
         "static_configs": [{"targets": exporter, "labels": {"cluster": c.name}}],
     }));
@@ -226,12 +234,17 @@ pub fn render(c: &Cluster) -> anyhow::Result<Vec<RenderedFile>> {
     if !haproxy_targets.is_empty() {
         out.push(f(
             "scrapeconfig-haproxy.yaml",
-            yaml(&scrape_config(c, "haproxy", &haproxy_targets))?,
+            yaml(&scrape_config(c, "haproxy", &haproxy_targets, &every))?,
         ));
     }
     out.push(f(
         "scrapeconfig-hakube.yaml",
-        yaml(&scrape_config(c, "hakube", &exporter))?,
+        yaml(&scrape_config(
+            c,
+            "hakube",
+            &exporter,
+            &exporter_interval(c),
+        ))?,
     ));
     out.push(f(
         EXPORTER_UNIT,

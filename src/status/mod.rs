@@ -125,6 +125,9 @@ pub struct Status {
     pub verdicts: Vec<Verdict>,
     pub overall: Health,
     pub took_ms: u128,
+    /// The Prometheus that runs the rendered rules (`spec.monitoring.prometheusUrl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<String>,
 }
 
 impl Status {
@@ -209,6 +212,7 @@ pub async fn observe(c: &Cluster, creds: &Creds, conns: Conns<'_>, scope: Scope)
         verdicts: vec![],
         overall: Health::Healthy,
         took_ms: 0,
+        prometheus: c.monitoring.prometheus_url.clone(),
     };
     merge_lb_views(&mut s, views);
     s.verdicts = verdicts(c, &s);
@@ -761,6 +765,11 @@ pub fn render_text(s: &Status) -> String {
         ]);
     }
     o.push_str(&format!("{t}\n"));
+    if let Some(p) = &s.prometheus {
+        o.push_str(&format!(
+            "Monitoring: Prometheus at {p} (alerts: {p}/alerts)\n"
+        ));
+    }
     o
 }
 
@@ -1040,6 +1049,7 @@ mod tests {
             verdicts: vec![],
             overall: Health::Unknown,
             took_ms: 0,
+            prometheus: None,
         };
         let text = render_prometheus(&s);
         assert!(
