@@ -6,6 +6,7 @@
 //! fault primitives, or SSH on real hosts), holds it, restores it on every exit path, waits for
 //! `status` to be healthy again, and reads every acknowledged write back from etcd.
 
+pub mod alerts;
 pub mod cli;
 pub mod fault;
 pub mod metrics;
@@ -35,6 +36,10 @@ use watch::{Change, Watcher, What};
 
 /// The lab API server's etcd prefix for its key/value API (its `--kv-prefix` default, which
 /// the lab unit does not change).
+/// How long after the injection (and after recovery) expected alerts may take to fire (and
+/// to resolve).
+const ALERT_WAIT: Duration = Duration::from_secs(90);
+
 pub const LAB_KV_PREFIX: &str = "/hakube-lab/kv/";
 
 #[derive(Debug, Clone)]
@@ -380,6 +385,13 @@ impl Drill {
             self.netns.as_ref(),
         );
         let prober = Prober::start(target.clone(), t0);
+        let alerts = self
+            .c
+            .monitoring
+            .prometheus_url
+            .as_deref()
+            .filter(|_| !alerts::expected(sc).is_empty())
+            .map(|u| alerts::Watch::start(u, sc));
         rep.probe_start_ms = 0.0;
         self.say(
             sc,
@@ -457,6 +469,9 @@ impl Drill {
         let inject_wall = wall0 + Duration::from_secs_f64(inject_ms / 1000.0);
         rep.injected_at = Some(utc(inject_wall));
         self.say(sc, &format!("injecting: {}", describe(&actions)));
+        if let Some(a) = &alerts {
+            a.injected(Instant::now());
+        }
         let injected = guard.inject(&actions, self.opts.duration).await;
         rep.injected_after_ms = Some(ms_since(t0) - inject_ms);
         let mut failure: Option<String> = None;
@@ -468,6 +483,23 @@ impl Drill {
                     _ = self.interrupted(base + 1) => {
                         interrupted = true;
                         self.say(sc, "interrupted: restoring now (the restore is not interruptible)");
+                    }
+                }
+                // Hold on until the expected alerts fired, or it is clear they will not.
+                if let Some(a) = alerts.as_ref().filter(|a| !interrupted && !a.all_fired()) {
+                    self.say(
+                        sc,
+                        &format!("holding until {} fire", alerts::expected(sc).join(", ")),
+                    );
+                    let until = t0 + Duration::from_secs_f64(inject_ms / 1000.0) + ALERT_WAIT;
+                    while !a.all_fired() && Instant::now() < until {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                            _ = self.interrupted(base + 1) => {
+                                interrupted = true;
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -527,6 +559,12 @@ impl Drill {
             tokio::select! {
                 _ = tokio::time::sleep(self.opts.tail) => {}
                 _ = self.interrupted(base + 2) => {}
+            }
+        }
+        if let Some(a) = alerts.as_ref().filter(|_| recovered.is_some()) {
+            let until = Instant::now() + ALERT_WAIT;
+            while !a.all_resolved() && Instant::now() < until && self.interrupts() < base + 2 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
         // Requests still in flight are waited for (up to the request timeout), but the probe
@@ -594,6 +632,16 @@ impl Drill {
         });
         rep.outcome = outcome;
         rep.message = message;
+        if let Some(a) = alerts {
+            let (timings, err) = a.stop();
+            if let Some(m) = alerts::missed(&timings, err.as_deref())
+                && rep.outcome == Outcome::Passed
+            {
+                rep.outcome = Outcome::Failed;
+                rep.message = Some(m);
+            }
+            rep.alerts = timings;
+        }
         rep
     }
 
