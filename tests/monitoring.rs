@@ -15,7 +15,27 @@ fn get(url: &str) -> Result<Value, String> {
     serde_json::from_str(&body).map_err(|e| format!("{url}: {e}"))
 }
 
+/// Percent-encoding for a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn drill(lab: &Lab, scenario: &str, reports: &std::path::Path) -> Value {
+    // As tests/drill.rs: a drill refuses an unhealthy start, and SSH on 2 busy cores is slow.
+    eventually("status healthy", Duration::from_secs(90), || {
+        let o = lab.hakube(&["status", "-o", "json"]);
+        match o.status.code() {
+            Some(0) => Ok(()),
+            c => Err(format!("exit {c:?}: {}", text(&o))),
+        }
+    });
     let o = Command::new(HAKUBE)
         .args(["drill", scenario, "-f"])
         .arg(lab.spec())
@@ -106,6 +126,26 @@ fn prometheus_scrapes_every_target_and_drills_see_their_alerts() {
         "status shows where Prometheus is:\n{}",
         text(&status)
     );
+
+    // Every query of the rendered Grafana dashboard returns data from the live Prometheus.
+    let dashboard = lab.dir().join("monitoring").join("grafana-dashboard.json");
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(&dashboard).expect("dashboard"))
+        .expect("dashboard JSON");
+    let exprs: Vec<String> = d["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(String::from))
+        .collect();
+    assert!(exprs.len() >= 6, "{exprs:?}");
+    for e in &exprs {
+        eventually(&format!("data for {e}"), Duration::from_secs(60), || {
+            let v = get(&format!("{url}/api/v1/query?query={}", encode(e)))?;
+            let n = v["data"]["result"].as_array().map_or(0, Vec::len);
+            if n > 0 { Ok(()) } else { Err(format!("{v}")) }
+        });
+    }
 
     let reports = tempfile::tempdir().expect("tempdir");
     let sc = drill(&lab, "etcd-member-down", reports.path());

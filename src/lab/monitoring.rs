@@ -106,7 +106,12 @@ pub fn start(paths: &LabPaths, st: &LabState) -> Result<MonitoringState> {
     for f in crate::render::monitoring::render(&c)? {
         if f.host == crate::render::CLUSTER_DIR
             && let Some(name) = f.path.strip_prefix("/monitoring/")
-            && (name == "prometheus.yml" || name == crate::render::monitoring::RULES_FILE)
+            && [
+                "prometheus.yml",
+                crate::render::monitoring::RULES_FILE,
+                crate::render::monitoring::DASHBOARD_FILE,
+            ]
+            .contains(&name)
         {
             fs::write(d.join(name), &f.content)
                 .with_context(|| format!("cannot write {}", d.join(name).display()))?;

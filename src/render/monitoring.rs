@@ -164,6 +164,92 @@ fn exporter_interval(c: &Cluster) -> String {
 }
 
 pub const EXPORTER_UNIT: &str = "hakube-exporter.service";
+pub const DASHBOARD_FILE: &str = "grafana-dashboard.json";
+
+/// The dashboard's panels: (title, unit, query, legend). Only metrics the lab's Prometheus
+/// has (tests/monitoring.rs runs each query there).
+pub const DASHBOARD_PANELS: &[(&str, &str, &str, &str)] = &[
+    ("VIP holder", "none", "hakube_vip_holder", "{{lb}}"),
+    (
+        "VIP holders (confirmed / unknown)",
+        "none",
+        "label_replace(hakube_vip_holders, \"state\", \"confirmed\", \"\", \"\") or label_replace(hakube_vip_holders_unknown, \"state\", \"unknown\", \"\", \"\")",
+        "{{state}}",
+    ),
+    (
+        "API backends UP per HAProxy",
+        "none",
+        "haproxy_server_status{proxy=\"k8s-api\",state=\"UP\"}",
+        "{{instance}} {{server}}",
+    ),
+    (
+        "Layer health (0 ok, 1 degraded, 2 down, 3 unknown)",
+        "none",
+        "hakube_layer_health",
+        "{{layer}}",
+    ),
+    (
+        "etcd leader changes (1h)",
+        "none",
+        "increase(etcd_server_leader_changes_seen_total{job=\"etcd\"}[1h])",
+        "{{instance}}",
+    ),
+    (
+        "etcd leader",
+        "none",
+        "hakube_etcd_member_is_leader",
+        "{{member}}",
+    ),
+    (
+        "etcd DB size",
+        "bytes",
+        "etcd_mvcc_db_total_size_in_bytes{job=\"etcd\"}",
+        "{{instance}}",
+    ),
+    (
+        "Certificate expiry",
+        "s",
+        "hakube_certificate_expiry_seconds",
+        "{{certificate}} {{host}}",
+    ),
+];
+
+/// A Grafana dashboard for the HA layers, over a Prometheus data source chosen on import.
+fn dashboard(c: &Cluster) -> Value {
+    let panels: Vec<Value> = DASHBOARD_PANELS
+        .iter()
+        .enumerate()
+        .map(|(i, (title, unit, expr, legend))| {
+            json!({
+                "id": i + 1,
+                "type": "timeseries",
+                "title": title,
+                "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i / 2) * 8},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "targets": [{
+                    "refId": "A",
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "expr": expr,
+                    "legendFormat": legend,
+                }],
+            })
+        })
+        .collect();
+    json!({
+        "title": format!("hakube HA layers: {}", c.name),
+        "uid": format!("hakube-{}", c.name),
+        "tags": ["hakube"],
+        "schemaVersion": 39,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "10s",
+        "templating": {"list": [{
+            "name": "datasource", "type": "datasource", "query": "prometheus",
+            "label": "Prometheus",
+        }]},
+        "panels": panels,
+    })
+}
 
 /// Where a binary of hakube is installed on the monitoring host.
 const HAKUBE_BIN: &str = "/usr/local/bin/hakube";
@@ -245,6 +331,10 @@ pub fn render(c: &Cluster) -> anyhow::Result<Vec<RenderedFile>> {
             &exporter,
             &exporter_interval(c),
         ))?,
+    ));
+    out.push(f(
+        DASHBOARD_FILE,
+        format!("{}\n", serde_json::to_string_pretty(&dashboard(c))?),
     ));
     out.push(f(
         EXPORTER_UNIT,
