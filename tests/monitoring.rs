@@ -154,10 +154,15 @@ fn prometheus_scrapes_every_target_and_drills_see_their_alerts() {
     fired_and_resolved(&sc, &["HAProxyDown", "HakubeVIPMoved"]);
 
     drop(lab);
+    // Killed by lab down: gone, or a zombie until its new parent reaps it.
     for pid in pids {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']));
         assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "process {pid} (Prometheus or the exporter) outlived lab down"
+            !running,
+            "process {pid} (Prometheus or the exporter) outlived lab down: {state}"
         );
     }
 }
