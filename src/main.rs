@@ -130,6 +130,21 @@ enum Command {
         #[arg(long, conflicts_with = "output")]
         prometheus: bool,
     },
+    /// Serve the status metrics on HTTP `/metrics` for Prometheus, probing at scrape time
+    /// (read-only: needs the operator state that `apply` made next to the spec).
+    Exporter {
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Address and port to serve on [default: the spec's monitoring.exporter, 127.0.0.1:9468].
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        /// Scrapes within this long of a probe get its result instead of probing again.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        max_age: std::time::Duration,
+        /// A probe that takes longer is abandoned; the scrape says so (probe_success 0).
+        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        timeout: std::time::Duration,
+    },
     /// Diagnose: the status probes plus SSH checks, through rules (split brain, VIP, keepalived
     /// FAULT, backends, etcd quorum/alarms/lag/membership, clock skew, certificates, config
     /// drift). Each finding has evidence, the likely cause and the fix.
@@ -251,6 +266,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             prometheus,
         } => cmd_status(&spec, watch, interval, prometheus),
         Command::Doctor { spec } => cmd_doctor(&spec),
+        Command::Exporter {
+            spec,
+            listen,
+            max_age,
+            timeout,
+        } => cmd_exporter(&spec, listen, max_age, timeout),
         Command::Lab(a) => lab::cli::run(a),
         Command::Drill(a) => hakube::drill::cli::run(a),
         Command::Backup(a) => hakube::backup::cli::run_backup(a),
@@ -544,6 +565,26 @@ fn live_cluster(a: &SpecArgs) -> anyhow::Result<Option<(spec::Cluster, tokio::ru
         .enable_all()
         .build()?;
     Ok(Some((cluster, rt)))
+}
+
+fn cmd_exporter(
+    spec: &SpecArgs,
+    listen: Option<std::net::SocketAddr>,
+    max_age: std::time::Duration,
+    timeout: std::time::Duration,
+) -> anyhow::Result<i32> {
+    let Some((cluster, rt)) = live_cluster(spec)? else {
+        return Ok(2);
+    };
+    let listen = listen.unwrap_or(cluster.monitoring.exporter);
+    if let Err(e) = hakube::state::State::open(&cluster) {
+        eprintln!(
+            "hakube exporter: warning: {e:#}\n  (serving anyway; metrics follow once the state exists)"
+        );
+    }
+    let exp = hakube::exporter::Exporter::new(cluster, max_age, timeout);
+    rt.block_on(hakube::exporter::serve(exp, listen))?;
+    Ok(0)
 }
 
 fn cmd_status(

@@ -139,7 +139,7 @@ fn render_writes_every_host_and_keeps_the_password_secret() {
         .arg(&out)
         .assert()
         .code(0)
-        .stdout(predicate::str::contains("rendered 67 files for 8 hosts"));
+        .stdout(predicate::str::contains("rendered 71 files for 8 hosts"));
     for h in [
         "lb1", "lb2", "master1", "master2", "master3", "worker1", "worker2", "worker3", "_cluster",
     ] {

@@ -61,11 +61,26 @@ fn full_document() -> model::Document {
         kubernetes,
         pki,
         backup,
+        monitoring,
     } = spec;
     let model::Pki {
         certificate_validity,
     } = pki;
     *certificate_validity = Some("365d".into());
+    let model::Monitoring {
+        labels,
+        namespace,
+        exporter,
+        etcd_cert_dir,
+        scrape_interval,
+        prometheus_url,
+    } = monitoring;
+    labels.insert("release".into(), "kube-prometheus-stack".into());
+    *namespace = Some("monitoring".into());
+    *exporter = Some("127.0.0.1:9468".into());
+    *etcd_cert_dir = Some("/etc/prometheus/secrets/etcd-certs".into());
+    *scrape_interval = Some("15s".into());
+    *prometheus_url = Some("http://127.0.0.1:9090".into());
     fill_ssh(ssh);
     for h in hosts {
         let model::Host {
@@ -274,7 +289,9 @@ fn pattern(at: &[Seg]) -> String {
 }
 
 fn is_map(path: &str) -> bool {
-    path == "spec.loadBalancer.vrrp.priorities" || path == "spec.kubernetes.apiServerExtraArgs"
+    path == "spec.loadBalancer.vrrp.priorities"
+        || path == "spec.kubernetes.apiServerExtraArgs"
+        || path == "spec.monitoring.labels"
 }
 
 fn leaves(v: &Value, at: &mut Vec<Seg>, out: &mut Vec<Leaf>) {
@@ -638,7 +655,29 @@ fn read_back(pat: &str, doc: &Value, at: &[Seg], files: &[RenderedFile]) -> Reac
         | "spec.kubernetes.cni.name"
         | "spec.kubernetes.cni.sha256"
         | "spec.backup.maxAge"
-        | "spec.backup.schedule.randomizedDelay" => return Reach::Parsed,
+        | "spec.backup.schedule.randomizedDelay"
+        | "spec.monitoring.exporter"
+        | "spec.monitoring.etcdCertDir"
+        | "spec.monitoring.scrapeInterval" => return Reach::Parsed,
+        "spec.monitoring.prometheusUrl" => return Reach::Unrendered,
+        "spec.monitoring.namespace" | "spec.monitoring.labels.*" => {
+            let label = match (pat, at.last()) {
+                ("spec.monitoring.labels.*", Some(Seg::Key(k))) => Some(k.clone()),
+                _ => None,
+            };
+            files
+                .iter()
+                .filter(|f| f.path == "/monitoring/prometheusrule.yaml")
+                .flat_map(|f| yaml_docs(&f.content))
+                .map(|d| {
+                    let v = match &label {
+                        Some(k) => d["metadata"]["labels"][k.as_str()].clone(),
+                        None => d["metadata"]["namespace"].clone(),
+                    };
+                    ("prometheusrule.yaml metadata".to_string(), str_of(v))
+                })
+                .collect()
+        }
         // Used by apply's own scripts, shell-quoted, or only shown: never in a rendered file.
         "spec.kubernetes.cni.manifest" | "spec.kubernetes.cni.version" => {
             return Reach::Unrendered;

@@ -6,6 +6,7 @@
 //! fault primitives, or SSH on real hosts), holds it, restores it on every exit path, waits for
 //! `status` to be healthy again, and reads every acknowledged write back from etcd.
 
+pub mod alerts;
 pub mod cli;
 pub mod fault;
 pub mod metrics;
@@ -35,6 +36,10 @@ use watch::{Change, Event};
 
 /// The lab API server's etcd prefix for its key/value API (its `--kv-prefix` default, which
 /// the lab unit does not change).
+/// How long after the injection (and after recovery) expected alerts may take to fire (and
+/// to resolve).
+const ALERT_WAIT: Duration = Duration::from_secs(90);
+
 pub const LAB_KV_PREFIX: &str = "/hakube-lab/kv/";
 
 #[derive(Debug, Clone)]

@@ -78,6 +78,9 @@ pub struct ScenarioReport {
     pub probe_start_ms: f64,
     pub probe_end_ms: f64,
     pub files: Vec<String>,
+    /// Expected alerts, read from Prometheus during the drill (with monitoring).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<super::alerts::AlertTiming>,
     #[serde(skip)]
     pub samples: Vec<Sample>,
 }
@@ -111,6 +114,7 @@ impl ScenarioReport {
             probe_start_ms: 0.0,
             probe_end_ms: 0.0,
             files: vec![],
+            alerts: vec![],
             samples: vec![],
         }
     }

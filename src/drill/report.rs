@@ -158,6 +158,27 @@ pub fn scenario_text(r: &ScenarioReport) -> String {
             ),
         ),
     ];
+    let alert_rows: Vec<String> = r
+        .alerts
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: pending {}, firing {}, resolved {}{}",
+                a.alert,
+                opt(a.pending_ms),
+                opt(a.firing_ms),
+                opt(a.resolved_ms),
+                if a.active_before {
+                    " (already active before the fault)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    for a in &alert_rows {
+        rows.push(("alert", a.clone()));
+    }
     let moves = transitions(r, What::Vip);
     rows.push((
         "VIP",

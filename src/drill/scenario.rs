@@ -448,6 +448,7 @@ mod tests {
                 Health::Degraded
             },
             took_ms: 0,
+            prometheus: None,
         }
     }
 

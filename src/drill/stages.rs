@@ -9,7 +9,7 @@ use super::outcome::{Ending, verdict};
 use super::prober::{self, Prober};
 use super::scenario::{self, NoPlan, Plan, Scenario};
 use super::watch::{Event, Watcher};
-use super::{Drill, Outcome, ScenarioReport, describe, metrics, ms_since, utc};
+use super::{ALERT_WAIT, Drill, Outcome, ScenarioReport, alerts, describe, metrics, ms_since, utc};
 use crate::status::{self, Health};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub(super) struct Probing {
     prefix: String,
     pub watcher: Watcher,
     pub prober: Prober,
+    /// Prometheus's alerts, when the spec names a Prometheus and the scenario expects some.
+    pub alerts: Option<alerts::Watch>,
 }
 
 /// What injecting and holding the fault left behind.
@@ -129,6 +131,13 @@ impl Drill {
             self.netns.as_ref(),
         );
         let prober = Prober::start(target, t0);
+        let alerts = self
+            .c
+            .monitoring
+            .prometheus_url
+            .as_deref()
+            .filter(|_| !alerts::expected(sc).is_empty())
+            .map(|u| alerts::Watch::start(u, sc));
         rep.probe_start_ms = 0.0;
         self.say(
             sc,
@@ -164,6 +173,7 @@ impl Drill {
             prefix,
             watcher,
             prober,
+            alerts,
         })
     }
 
@@ -263,6 +273,9 @@ impl Drill {
         let inject_wall = p.wall0 + Duration::from_secs_f64(inject_ms / 1000.0);
         rep.injected_at = Some(utc(inject_wall));
         self.say(sc, &format!("injecting: {}", describe(actions)));
+        if let Some(a) = &p.alerts {
+            a.injected(Instant::now());
+        }
         let injected = guard.inject(actions, self.opts.duration).await;
         rep.injected_after_ms = Some(ms_since(p.t0) - inject_ms);
         let mut held = Held {
@@ -277,6 +290,27 @@ impl Drill {
                     _ = self.interrupted(base + 1) => {
                         held.interrupted = true;
                         self.say(sc, "interrupted: restoring now (the restore is not interruptible)");
+                    }
+                }
+                // Hold on until the expected alerts fired, or it is clear they will not.
+                if let Some(a) = p
+                    .alerts
+                    .as_ref()
+                    .filter(|a| !held.interrupted && !a.all_fired())
+                {
+                    self.say(
+                        sc,
+                        &format!("holding until {} fire", alerts::expected(sc).join(", ")),
+                    );
+                    let until = p.t0 + Duration::from_secs_f64(inject_ms / 1000.0) + ALERT_WAIT;
+                    while !a.all_fired() && Instant::now() < until {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                            _ = self.interrupted(base + 1) => {
+                                held.interrupted = true;
+                                break;
+                            }
+                        }
                     }
                 }
             }
@@ -363,6 +397,12 @@ impl Drill {
                 _ = self.interrupted(base + 2) => {}
             }
         }
+        if let Some(a) = p.alerts.as_ref().filter(|_| recovered.is_some()) {
+            let until = Instant::now() + ALERT_WAIT;
+            while !a.all_resolved() && Instant::now() < until && self.interrupts() < base + 2 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
         last
     }
 
@@ -441,6 +481,16 @@ impl Drill {
         });
         rep.outcome = outcome;
         rep.message = message;
+        if let Some(a) = p.alerts {
+            let (timings, err) = a.stop();
+            if let Some(m) = alerts::missed(&timings, err.as_deref())
+                && rep.outcome == Outcome::Passed
+            {
+                rep.outcome = Outcome::Failed;
+                rep.message = Some(m);
+            }
+            rep.alerts = timings;
+        }
         rep
     }
 

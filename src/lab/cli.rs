@@ -96,6 +96,11 @@ pub struct UpArgs {
     /// Keep what was created when `up` fails, for inspection (remove it with `lab down`).
     #[arg(long)]
     pub keep_on_failure: bool,
+    /// Also run the real Prometheus (with the rendered prometheus.yml and alert rules, 1 s
+    /// scrapes) and `hakube exporter` on the bridge address; etcd targets answer once
+    /// `hakube apply` made the operator's client certificate.
+    #[arg(long)]
+    pub monitoring: bool,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +153,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
                 workers: u.workers,
             },
             keep_on_failure: u.keep_on_failure,
+            monitoring: u.monitoring,
         }),
         LabCommand::Down => lifecycle::down(&name),
         LabCommand::Status { output } => status(&name, output),
@@ -322,6 +328,7 @@ fn status(name: &str, output: Output) -> Result<i32> {
             "clusterYaml": paths.cluster_yaml().display().to_string(),
             "sshConfig": paths.ssh_config().display().to_string(),
             "etcd": st.etcd,
+            "monitoring": st.monitoring,
             "hosts": reports,
         });
         print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?));
@@ -378,6 +385,23 @@ fn status(name: &str, output: Output) -> Result<i32> {
             svc("keepalived"),
             svc("etcd"),
             svc("hakube-lab-apiserver")
+        );
+    }
+    if let Some(m) = &st.monitoring {
+        let up = |p: Option<super::proc::ProcRef>| {
+            if p.is_some_and(|p| p.alive()) {
+                "running"
+            } else {
+                "not running"
+            }
+        };
+        let _ = writeln!(
+            out,
+            "prometheus:   {} ({}), exporter http://{}/metrics ({})",
+            m.prometheus_url,
+            up(m.prometheus),
+            m.exporter,
+            up(m.exporter_pid)
         );
     }
     let _ = writeln!(

@@ -40,6 +40,7 @@ pub struct UpOptions {
     pub subnet: Option<Ipv4Net>,
     pub topology: Topology,
     pub keep_on_failure: bool,
+    pub monitoring: bool,
 }
 
 /// Things named like this lab's, which exist now.
@@ -101,12 +102,13 @@ fn up_inner(o: &UpOptions) -> Result<i32> {
         hakube,
         etcd: Some(tools.etcd.display().to_string()),
         hosts,
+        monitoring: None,
     };
     let started = Instant::now();
     fs::create_dir_all(&paths.dir)
         .with_context(|| format!("cannot create {}", paths.dir.display()))?;
     st.save(&paths)?;
-    match build(&paths, &mut st, &tools) {
+    match build(&paths, &mut st, &tools, o.monitoring) {
         Ok(()) => {}
         Err(e) if o.keep_on_failure => {
             return Err(e.context(format!(
@@ -127,6 +129,17 @@ fn up_inner(o: &UpOptions) -> Result<i32> {
     }
     let spec = paths.cluster_yaml();
     check_spec(&spec)?;
+    if o.monitoring {
+        match super::monitoring::start(&paths, &st) {
+            Ok(m) => st.monitoring = Some(m),
+            Err(e) if o.keep_on_failure => return Err(e),
+            Err(e) => {
+                eprintln!("lab up failed; removing what it created");
+                let _ = teardown(&paths, false);
+                return Err(e);
+            }
+        }
+    }
     st.phase = "up".into();
     st.save(&paths)?;
     println!(
@@ -145,6 +158,12 @@ fn up_inner(o: &UpOptions) -> Result<i32> {
             h.name,
             h.address.to_string(),
             h.roles.join(",")
+        );
+    }
+    if let Some(m) = &st.monitoring {
+        println!(
+            "prometheus:   {} (exporter http://{}/metrics)",
+            m.prometheus_url, m.exporter
         );
     }
     println!("cluster spec: {}", spec.display());
@@ -180,7 +199,12 @@ fn check_other_labs(name: &str, subnet: Ipv4Net) -> Result<()> {
     Ok(())
 }
 
-fn build(paths: &LabPaths, st: &mut LabState, tools: &prereq::Tools) -> Result<()> {
+fn build(
+    paths: &LabPaths,
+    st: &mut LabState,
+    tools: &prereq::Tools,
+    monitoring: bool,
+) -> Result<()> {
     prereq::ensure_script_user()?;
     prereq::warn_bridge_firewall();
     // From here on, the hakube binary is the one hosts can see too.
@@ -206,7 +230,11 @@ fn build(paths: &LabPaths, st: &mut LabState, tools: &prereq::Tools) -> Result<(
     host::wait_ssh(paths, &st.hosts, Duration::from_secs(10))?;
     files::write_known_hosts(paths, st)?;
     files::write_ssh_config(paths, st)?;
-    fs::write(paths.cluster_yaml(), files::cluster_yaml(paths, st))
+    let mut spec = files::cluster_yaml(paths, st);
+    if monitoring {
+        spec.push_str(&super::monitoring::spec_lines(paths, st));
+    }
+    fs::write(paths.cluster_yaml(), spec)
         .with_context(|| format!("cannot write {}", paths.cluster_yaml().display()))?;
     Ok(())
 }
@@ -281,6 +309,8 @@ fn teardown(paths: &LabPaths, verbose: bool) -> Result<bool> {
             supervisors.extend(systemctl::recorded_supervisors(&paths.host_fs(&h.name)));
         }
         links.push(st.bridge.clone());
+        // Prometheus and the exporter run outside the namespaces: by recorded PID only.
+        recorded.extend(st.monitoring.iter().flat_map(|m| m.procs()));
     }
     netns.sort();
     netns.dedup();

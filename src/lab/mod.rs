@@ -7,6 +7,7 @@ pub mod cli;
 mod files;
 mod host;
 mod lifecycle;
+pub mod monitoring;
 mod net;
 pub mod prereq;
 pub mod proc;

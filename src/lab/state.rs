@@ -161,6 +161,9 @@ pub struct LabState {
     pub hakube: PathBuf,
     pub etcd: Option<String>,
     pub hosts: Vec<HostState>,
+    /// Prometheus and the exporter (`lab up --monitoring`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<super::monitoring::MonitoringState>,
 }
 
 impl LabState {

@@ -22,6 +22,7 @@ pub struct Cluster {
     pub node_os: super::node_os::NodeOs,
     pub pki: Pki,
     pub backup: Backup,
+    pub monitoring: Monitoring,
 }
 
 /// Backups, with defaults resolved (`spec.backup`).
@@ -49,6 +50,21 @@ pub struct BackupSchedule {
     pub host_dir: String,
     #[serde(with = "millis")]
     pub randomized_delay: Duration,
+}
+
+/// Defaults of `spec.monitoring`.
+pub const EXPORTER_ADDR: &str = "127.0.0.1:9468";
+pub const ETCD_CERT_DIR: &str = "/etc/prometheus/secrets/etcd-certs";
+
+/// Prometheus settings (see `model::Monitoring`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Monitoring {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub namespace: String,
+    pub exporter: std::net::SocketAddr,
+    pub etcd_cert_dir: String,
+    pub scrape_interval: std::time::Duration,
+    pub prometheus_url: Option<String>,
 }
 
 /// Certificates hakube issues.

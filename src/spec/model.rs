@@ -45,6 +45,8 @@ pub struct Spec {
     pub pki: Pki,
     /// Present (even empty) when the cluster must have a recent verified backup.
     pub backup: Option<Backup>,
+    #[serde(default)]
+    pub monitoring: Monitoring,
 }
 
 /// Backups: where `hakube backup` keeps them and which it keeps, how old the newest may be, and
@@ -82,6 +84,27 @@ pub struct Schedule {
     pub host_dir: Option<String>,
     /// `RandomizedDelaySec=`: spreads the control planes' runs apart.
     pub randomized_delay: Option<String>,
+}
+
+/// Prometheus: what `render` writes for it, and where hakube finds it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Monitoring {
+    /// Labels on every rendered prometheus-operator object, for selector-based installs
+    /// (`release: kube-prometheus-stack`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Namespace of the PrometheusRule, ServiceMonitor and ScrapeConfigs [monitoring].
+    pub namespace: Option<String>,
+    /// `HOST:PORT` where `hakube exporter` listens and Prometheus scrapes it [127.0.0.1:9468].
+    pub exporter: Option<String>,
+    /// Folder holding `ca.crt`, `client.crt`, `client.key` for scraping etcd
+    /// [/etc/prometheus/secrets/etcd-certs].
+    pub etcd_cert_dir: Option<String>,
+    /// How often Prometheus scrapes and evaluates rules [15s].
+    pub scrape_interval: Option<String>,
+    /// Base URL of a Prometheus that runs the rendered rules (status and drills read it).
+    pub prometheus_url: Option<String>,
 }
 
 /// Certificates hakube issues from its CAs.

@@ -275,40 +275,54 @@ pub fn render_text(b: &Backups, verdict: &str) -> String {
     format!("Backups: {verdict}\n{t}\n\n")
 }
 
-/// The backup metrics, in the text format `status --prometheus` prints.
-pub fn prometheus(cluster: &str, b: &Backups) -> String {
-    let mut o = String::new();
-    let name = "hakube_backup_last_verified_timestamp_seconds";
-    o.push_str(&format!(
-        "# HELP {name} When the newest verified backup's snapshot was taken (Unix seconds), per source: the operator machine, or a control plane's scheduled backups.\n# TYPE {name} gauge\n"
-    ));
+/// One gauge family: name, help, and rows of labels and value.
+pub type Metric = (&'static str, &'static str, Vec<(super::Labels, f64)>);
+
+/// The backup metrics: (name, help, rows of labels and value), for `status --prometheus` and
+/// the exporter (the cluster label is added there).
+pub fn metrics(b: &Backups) -> Vec<Metric> {
+    let lbl = |pairs: &[(&str, &str)]| -> super::Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut stamps = Vec::new();
     if let Some(l) = &b.operator {
-        o.push_str(&format!(
-            "{name}{{cluster=\"{cluster}\",source=\"operator\"}} {}\n",
-            l.created_unix
-        ));
+        stamps.push((lbl(&[("source", "operator")]), l.created_unix as f64));
     }
     for h in &b.hosts {
         if let Some(s) = &h.stamp {
-            o.push_str(&format!(
-                "{name}{{cluster=\"{cluster}\",source=\"host\",host=\"{}\"}} {}\n",
-                h.host, s.created_unix
+            stamps.push((
+                lbl(&[("source", "host"), ("host", &h.host)]),
+                s.created_unix as f64,
             ));
         }
     }
-    let name = "hakube_backup_schedule_ok";
-    o.push_str(&format!(
-        "# HELP {name} 1 when the control plane's backup timer is active and its last run did not fail.\n# TYPE {name} gauge\n"
-    ));
     // A host that could not be read has no value (unknown), not 0.
-    for h in b.hosts.iter().filter(|h| h.error.is_none()) {
-        o.push_str(&format!(
-            "{name}{{cluster=\"{cluster}\",host=\"{}\"}} {}\n",
-            h.host,
-            h.trouble().is_none() as u8
-        ));
-    }
-    o
+    let ok = b
+        .hosts
+        .iter()
+        .filter(|h| h.error.is_none())
+        .map(|h| {
+            (
+                lbl(&[("host", &h.host)]),
+                f64::from(u8::from(h.trouble().is_none())),
+            )
+        })
+        .collect();
+    vec![
+        (
+            "hakube_backup_last_verified_timestamp_seconds",
+            "When the newest verified backup's snapshot was taken (Unix seconds), per source: the operator machine, or a control plane's scheduled backups",
+            stamps,
+        ),
+        (
+            "hakube_backup_schedule_ok",
+            "1 when the control plane's backup timer is active and its last run did not fail",
+            ok,
+        ),
+    ]
 }
 
 /// Doctor: no verified backup younger than `spec.backup.maxAge`, from any source.
@@ -452,11 +466,22 @@ mod tests {
         let v = verdict(&b).expect("expected");
         assert_eq!(v.health, Health::Degraded);
         assert!(v.reason.contains("over 1d 1h"), "{}", v.reason);
-        let m = prometheus("c", &b);
-        assert!(m.contains(
-            "hakube_backup_last_verified_timestamp_seconds{cluster=\"c\",source=\"host\",host=\"m1\"} 100\n"
-        ));
-        assert!(m.contains("hakube_backup_schedule_ok{cluster=\"c\",host=\"m1\"} 0\n"));
+        let m = metrics(&b);
+        let row = |name: &str| {
+            m.iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, _, rows)| rows.clone())
+                .unwrap_or_default()
+        };
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            row("hakube_backup_last_verified_timestamp_seconds"),
+            vec![(vec![pair("source", "host"), pair("host", "m1")], 100.0)]
+        );
+        assert_eq!(
+            row("hakube_backup_schedule_ok"),
+            vec![(vec![pair("host", "m1")], 0.0)]
+        );
         let ok = parse_host(
             "m1",
             "backup.timer active\nbackup.service ActiveState=inactive\n",

@@ -944,6 +944,7 @@ mod tests {
             verdicts: vec![],
             overall: Health::Healthy,
             took_ms: 1,
+            prometheus: None,
         };
         Evidence {
             status: Some(status),

@@ -128,6 +128,9 @@ pub struct Status {
     pub verdicts: Vec<Verdict>,
     pub overall: Health,
     pub took_ms: u128,
+    /// The Prometheus that runs the rendered rules (`spec.monitoring.prometheusUrl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<String>,
 }
 
 impl Status {
@@ -220,6 +223,7 @@ pub async fn observe(c: &Cluster, creds: &Creds, conns: Conns<'_>, scope: Scope)
         verdicts: vec![],
         overall: Health::Healthy,
         took_ms: 0,
+        prometheus: c.monitoring.prometheus_url.clone(),
     };
     merge_lb_views(&mut s, views);
     s.verdicts = verdicts(c, &s);
@@ -777,52 +781,85 @@ pub fn render_text(s: &Status) -> String {
         ]);
     }
     o.push_str(&format!("{t}\n"));
+    if let Some(p) = &s.prometheus {
+        o.push_str(&format!(
+            "Monitoring: Prometheus at {p} (alerts: {p}/alerts)\n"
+        ));
+    }
     o
 }
 
-/// Prometheus text format, so that the rendered alert rules have a source.
-pub fn render_prometheus(s: &Status) -> String {
-    let mut o = String::new();
-    let cl = &s.cluster;
-    let mut emit = |name: &str, help: &str, rows: Vec<(String, String)>| {
-        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (labels, value) in rows {
-            o.push_str(&format!("{name}{{cluster=\"{cl}\"{labels}}} {value}\n"));
+/// Label pairs of one sample (`cluster` is added to each).
+pub type Labels = Vec<(String, String)>;
+
+fn l(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Registers the status's metrics: the one list behind `status --prometheus` and
+/// `hakube exporter`, so the rendered alerts have a source.
+pub fn register_metrics(s: &Status, reg: &mut prometheus_client::registry::Registry) {
+    use prometheus_client::metrics::{family::Family, gauge::Gauge};
+    let cl = s.cluster.clone();
+    // prometheus-client adds the final period to each help text.
+    let mut emit = |name: &str, help: &str, rows: Vec<(Labels, f64)>| {
+        let fam = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        for (mut labels, value) in rows {
+            labels.insert(0, ("cluster".into(), cl.clone()));
+            fam.get_or_create(&labels).set(value);
         }
+        reg.register(name, help, fam);
     };
+    let unknown: Vec<&str> = s.vip_unknown.iter().map(|u| u.host.as_str()).collect();
     emit(
         "hakube_vip_holders",
-        "Load balancers that hold the API VIP (1 is healthy).",
-        vec![(String::new(), s.vip_holders.len().to_string())],
+        "Load balancers confirmed over SSH to hold the API VIP (1 is healthy; see hakube_vip_holders_unknown)",
+        vec![(vec![], s.vip_holders.len() as f64)],
     );
     emit(
-        "hakube_vip_answering",
-        "1 when the API answers through the VIP.",
-        vec![(String::new(), (s.vip_answers as u8).to_string())],
+        "hakube_vip_holders_unknown",
+        "Load balancers that could not be asked over SSH whether they hold the VIP",
+        vec![(vec![], s.vip_unknown.len() as f64)],
     );
     emit(
-        "hakube_layer_health",
-        "Health per layer: 0 healthy, 1 degraded, 2 down, 3 unknown (could not be checked).",
-        s.verdicts
+        "hakube_vip_holder",
+        "1 when the load balancer holds the VIP, 0 when it does not (absent when it could not be asked)",
+        s.lbs
             .iter()
-            .map(|v| {
-                (
-                    format!(",layer=\"{}\"", v.layer),
-                    v.health.metric().to_string(),
-                )
+            .filter(|lb| !unknown.contains(&lb.host.as_str()))
+            .map(|lb| {
+                let holds = s.vip_holders.contains(&lb.host);
+                (l(&[("lb", &lb.host)]), f64::from(u8::from(holds)))
             })
             .collect(),
     );
     emit(
+        "hakube_vip_answering",
+        "1 when the API answers through the VIP",
+        vec![(vec![], f64::from(u8::from(s.vip_answers)))],
+    );
+    emit(
+        "hakube_layer_health",
+        "Health per layer: 0 healthy, 1 degraded, 2 down, 3 unknown (could not be checked)",
+        s.verdicts
+            .iter()
+            .map(|v| (l(&[("layer", &v.layer)]), f64::from(v.health.metric())))
+            .collect(),
+    );
+    emit(
         "hakube_haproxy_server_up",
-        "1 when HAProxy on the LB has the API server UP.",
+        "1 when HAProxy on the LB has the API server UP",
         s.lbs
             .iter()
-            .flat_map(|l| {
-                l.servers.iter().map(move |sv| {
+            .flat_map(|lb| {
+                lb.servers.iter().map(move |sv| {
+                    let up = sv.status.is_up();
                     (
-                        format!(",lb=\"{}\",server=\"{}\"", l.host, sv.server),
-                        (sv.status.is_up() as u8).to_string(),
+                        l(&[("lb", &lb.host), ("server", &sv.server)]),
+                        f64::from(u8::from(up)),
                     )
                 })
             })
@@ -830,46 +867,62 @@ pub fn render_prometheus(s: &Status) -> String {
     );
     emit(
         "hakube_apiserver_ready",
-        "1 when /readyz answers 200.",
+        "1 when /readyz answers 200",
         s.api
             .iter()
             .map(|a| {
-                (
-                    format!(",target=\"{}\"", a.target),
-                    ((a.readyz == Some(200)) as u8).to_string(),
-                )
+                let ready = a.readyz == Some(200);
+                (l(&[("target", &a.target)]), f64::from(u8::from(ready)))
             })
             .collect(),
     );
     emit(
         "hakube_etcd_member_up",
-        "1 when the etcd member answers its status.",
+        "1 when the etcd member answers its status",
         s.etcd
             .iter()
             .map(|m| {
-                (
-                    format!(",member=\"{}\"", m.name),
-                    (m.error.is_none() as u8).to_string(),
-                )
+                let up = m.error.is_none();
+                (l(&[("member", &m.name)]), f64::from(u8::from(up)))
             })
             .collect(),
     );
     emit(
+        "hakube_etcd_member_is_leader",
+        "1 on the etcd member that answers as the leader",
+        s.etcd
+            .iter()
+            .filter(|m| m.error.is_none())
+            .map(|m| (l(&[("member", &m.name)]), f64::from(u8::from(m.is_leader))))
+            .collect(),
+    );
+    emit(
         "hakube_certificate_expiry_seconds",
-        "Seconds until the certificate served on the endpoint expires.",
+        "Seconds until the certificate served on the endpoint expires",
         s.certs
             .iter()
             .map(|c| {
                 (
-                    format!(",certificate=\"{}\",host=\"{}\"", c.name, c.host),
-                    c.seconds_left.to_string(),
+                    l(&[("certificate", &c.name), ("host", &c.host)]),
+                    c.seconds_left as f64,
                 )
             })
             .collect(),
     );
     if let Some(b) = &s.backups {
-        o.push_str(&backups::prometheus(cl, b));
+        for (name, help, rows) in backups::metrics(b) {
+            emit(name, help, rows);
+        }
     }
+}
+
+/// The metrics in the OpenMetrics text format, once (`status --prometheus`).
+pub fn render_prometheus(s: &Status) -> String {
+    let mut reg = prometheus_client::registry::Registry::default();
+    register_metrics(s, &mut reg);
+    let mut o = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut o, &reg);
     o
 }
 
@@ -997,5 +1050,40 @@ mod tests {
         let off = failure(StatsFailure::NotConfigured, None, None);
         let v = haproxy_verdict(&[lb("lb1", Some(off.clone())), lb("lb2", Some(off))]);
         assert_eq!(v.health, Health::Unknown, "{v:?}");
+    }
+
+    #[test]
+    fn an_ssh_outage_is_exported_as_unknown_not_as_no_holder() {
+        let s = Status {
+            backups: None,
+            cluster: "c".into(),
+            vip: "10.0.0.100:6443".into(),
+            vip_holders: vec![],
+            vip_unknown: vec![unreachable("lb1"), unreachable("lb2")],
+            vip_answers: true,
+            lbs: vec![lb("lb1", None), lb("lb2", None)],
+            api: vec![],
+            etcd: vec![],
+            etcd_quota_bytes: 0,
+            etcd_alarms: vec![],
+            certs: vec![],
+            nodes: None,
+            verdicts: vec![],
+            overall: Health::Unknown,
+            took_ms: 0,
+            prometheus: None,
+        };
+        let text = render_prometheus(&s);
+        assert!(
+            text.contains("hakube_vip_holders{cluster=\"c\"} 0.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hakube_vip_holders_unknown{cluster=\"c\"} 2.0"),
+            "{text}"
+        );
+        // Neither LB could be asked, so neither says "not holding".
+        assert!(!text.contains("hakube_vip_holder{"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -28,6 +28,10 @@ pub struct Lab {
 
 impl Lab {
     pub fn up(name: &str, net: &str) -> Lab {
+        Lab::up_with(name, net, &[])
+    }
+    /// `lab up` with more flags (`--monitoring`).
+    pub fn up_with(name: &str, net: &str, extra: &[&str]) -> Lab {
         let _ = Command::new(HAKUBE)
             .args(["lab", "down", "--name", name])
             .output();
@@ -40,6 +44,7 @@ impl Lab {
                 "--subnet",
                 &format!("{net}.0/24"),
             ])
+            .args(extra)
             .output()
             .expect("run lab up");
         assert!(out.status.success(), "lab up failed: {}", text(&out));

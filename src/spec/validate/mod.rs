@@ -6,6 +6,7 @@ mod field;
 mod hosts;
 mod kubernetes;
 mod load_balancer;
+mod monitoring;
 mod networks;
 mod pki;
 
@@ -78,6 +79,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     super::limits::check(lb.as_ref(), etcd.as_ref(), k8s.as_ref(), d);
     super::grammar::check_document(doc, d);
     let pki = pki::pki(&s.pki, d);
+    let monitoring = monitoring::monitoring(&s.monitoring, d);
     let node_os =
         super::node_os::check(&s.kubernetes, k8s.as_ref(), networks.as_ref(), base_dir, d);
 
@@ -93,5 +95,6 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
         kubernetes: k8s?,
         node_os: node_os?,
         pki: pki?,
+        monitoring: monitoring?,
     })
 }
