@@ -9,6 +9,7 @@ pub mod backup;
 pub mod certs;
 pub mod drill;
 pub mod etcd;
+pub mod install;
 pub mod lab;
 pub mod output;
 pub mod pki;

@@ -54,11 +54,15 @@ impl Phase for Prepare {
                 let f = ctx.facts.get(&name).context("facts")?;
                 let mut pkgs: Vec<String> = Vec::new();
                 if h.roles.loadbalancer {
+                    let pins = &ctx.c.lb.packages;
                     for b in ["haproxy", "keepalived", "curl"] {
-                        if !f.binaries.contains_key(b) {
+                        if !f.binaries.contains_key(b) && !pins.contains_key(b) {
                             pkgs.push(b.into());
                         }
                     }
+                    pkgs.extend(crate::install::package_pins(pins, |p| {
+                        f.versions.get(&format!("pkg-{p}")).cloned()
+                    }));
                 }
                 let kubeadm_host = ctx.c.kubernetes.bootstrap == Bootstrap::Kubeadm
                     && (h.roles.control_plane || h.roles.worker);
@@ -177,6 +181,7 @@ impl Phase for Etcd {
     }
     fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
         Box::pin(async move {
+            crate::install::etcd::ensure(ctx).await?;
             let cps: Vec<&Host> = ctx.c.control_planes().collect();
             ctx.each(names(cps.iter().copied()), move |name| {
                 Box::pin(async move {

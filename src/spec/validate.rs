@@ -61,7 +61,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     check_counts(&hosts, &lbs, &cps, d);
 
     let kubernetes_pre = kubernetes_version(&s.kubernetes, d);
-    let etcd = etcd(&s.etcd, d);
+    let etcd = etcd(&s.etcd, base_dir, d);
     let lb = load_balancer(
         &s.load_balancer,
         &hosts,
@@ -776,10 +776,130 @@ fn load_balancer(
             port: l.metrics.port.unwrap_or(8405),
         },
         ingress,
+        packages: packages(&l.packages, d),
     })
 }
 
-fn etcd(e: &model::Etcd, d: &mut Diagnostics) -> Option<Etcd> {
+/// Pinned package versions, as apt spells them (they go into `apt-get install NAME=VERSION`).
+fn packages(p: &model::Packages, d: &mut Diagnostics) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, v) in [("haproxy", &p.haproxy), ("keepalived", &p.keepalived)] {
+        let Some(v) = v else { continue };
+        let ok = !v.is_empty()
+            && v.chars().next().is_some_and(|c| c.is_ascii_digit())
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
+        if ok {
+            out.insert(name.to_string(), v.clone());
+        } else {
+            d.error(
+                format!("spec.loadBalancer.packages.{name}"),
+                format!("{v:?} is not a Debian package version"),
+                format!(
+                    "write it as `apt-cache policy {name}` lists it, for example 2.6.12-1+deb12u4"
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// `spec.etcd.version` and `source`: both or neither.
+fn etcd_install(
+    e: &model::Etcd,
+    base_dir: &Path,
+    d: &mut Diagnostics,
+) -> Option<Option<EtcdInstall>> {
+    let (raw, src) = match (&e.version, &e.source) {
+        (None, None) => return Some(None),
+        (Some(_), None) => {
+            d.error(
+                "spec.etcd.version",
+                "a pinned etcd version needs the tarball it comes from",
+                "add spec.etcd.source with `path:` (a local etcd-vX.Y.Z-linux-amd64.tar.gz) or `url:`, and its `sha256:`",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            d.error(
+                "spec.etcd.source",
+                "an etcd source without spec.etcd.version",
+                "add spec.etcd.version, for example v3.5.1",
+            );
+            return None;
+        }
+        (Some(v), Some(s)) => (v, s),
+    };
+    let mut ok = true;
+    let version = match semver::Version::parse(raw.trim().trim_start_matches('v')) {
+        Ok(v) if v.pre.is_empty() && v.build.is_empty() => Some(v),
+        _ => {
+            d.error(
+                "spec.etcd.version",
+                format!("{raw:?} is not an etcd release version"),
+                "write it like v3.5.1",
+            );
+            None
+        }
+    };
+    if e.binary.is_some() {
+        d.error(
+            "spec.etcd.binary",
+            "spec.etcd.binary and spec.etcd.version exclude each other: a pinned etcd runs from /opt/hakube/etcd/current/etcd",
+            "remove spec.etcd.binary, or remove version and source to run your own binary",
+        );
+        ok = false;
+    }
+    let source = match (&src.path, &src.url) {
+        (Some(p), None) => Some(EtcdSource::Path(base_dir.join(p))),
+        (None, Some(u)) if u.starts_with("https://") || u.starts_with("http://") => {
+            Some(EtcdSource::Url(u.clone()))
+        }
+        (None, Some(u)) => {
+            d.error(
+                "spec.etcd.source.url",
+                format!("{u:?} is not an http(s) URL"),
+                "for example https://github.com/etcd-io/etcd/releases/download/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz",
+            );
+            None
+        }
+        _ => {
+            d.error(
+                "spec.etcd.source",
+                "give exactly one of `path` and `url`",
+                "path: a tarball next to the spec (air-gapped); url: where the operator machine downloads it",
+            );
+            None
+        }
+    };
+    let sha = src
+        .sha256
+        .as_deref()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let sha = if sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()) {
+        Some(sha)
+    } else {
+        d.error(
+            "spec.etcd.source.sha256",
+            "missing or not a SHA-256 (64 hex digits)",
+            "copy it from the release's SHA256SUMS, or run `sha256sum` on the tarball",
+        );
+        None
+    };
+    if !ok {
+        return None;
+    }
+    Some(Some(EtcdInstall {
+        version: version?,
+        source: source?,
+        sha256: sha?,
+    }))
+}
+
+fn etcd(e: &model::Etcd, base_dir: &Path, d: &mut Diagnostics) -> Option<Etcd> {
+    let install = etcd_install(e, base_dir, d);
     let management = match e.management.as_deref().unwrap_or("hakube") {
         "hakube" => Some(EtcdManagement::Hakube),
         "kubeadm" => Some(EtcdManagement::Kubeadm),
@@ -866,12 +986,14 @@ fn etcd(e: &model::Etcd, d: &mut Diagnostics) -> Option<Etcd> {
         election_timeout: el?,
         quota_backend_bytes: quota?,
         data_dir: e.data_dir.clone().unwrap_or_else(|| "/var/lib/etcd".into()),
-        binary: e
-            .binary
-            .clone()
-            .unwrap_or_else(|| "/usr/local/bin/etcd".into()),
+        binary: match (&e.binary, &install) {
+            (Some(b), _) => b.clone(),
+            (None, Some(Some(_))) => crate::install::etcd::BINARY.into(),
+            (None, _) => "/usr/local/bin/etcd".into(),
+        },
         client_port: e.client_port.unwrap_or(2379),
         peer_port: e.peer_port.unwrap_or(2380),
+        install: install?,
     })
 }
 
