@@ -20,3 +20,4 @@ pub mod spec;
 pub mod state;
 pub mod status;
 pub mod transport;
+pub mod upgrade;

@@ -143,6 +143,7 @@ enum Command {
     Lab(lab::cli::LabArgs),
     Drill(hakube::drill::cli::DrillArgs),
     Backup(hakube::backup::cli::BackupArgs),
+    Upgrade(hakube::upgrade::cli::UpgradeArgs),
     Restore(hakube::backup::cli::RestoreArgs),
     /// Certificates: every one hakube issued and what the live endpoints serve, with expiry;
     /// renewal one host at a time behind health gates.
@@ -254,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Lab(a) => lab::cli::run(a),
         Command::Drill(a) => hakube::drill::cli::run(a),
         Command::Backup(a) => hakube::backup::cli::run_backup(a),
+        Command::Upgrade(a) => hakube::upgrade::cli::run_upgrade(a),
         Command::Restore(a) => hakube::backup::cli::run_restore(a),
         Command::Certs { command } => cmd_certs(command),
         Command::Completions { shell } => {

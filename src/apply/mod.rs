@@ -8,7 +8,7 @@
 pub mod facts;
 pub mod files;
 pub mod members;
-mod phases;
+pub(crate) mod phases;
 
 use crate::render::RenderedFile;
 use crate::spec::Cluster;
@@ -363,6 +363,12 @@ pub async fn run(c: Cluster, opts: Options) -> Summary {
             Err(e) => return failed(e, opts.dry_run),
         }
     };
+    // A pinned etcd's tarball is checked here, before any host is touched.
+    if let Some(i) = &c.etcd.install
+        && let Err(e) = crate::install::etcd::local_tarball(&c, i)
+    {
+        return failed(e, opts.dry_run);
+    }
     match connect(&c, &opts).await {
         Ok(hosts) => apply(c, opts, hosts).await,
         Err(e) => failed(e, opts.dry_run),
@@ -412,6 +418,20 @@ pub async fn apply(
         .phases
         .push(("total".into(), started.elapsed().as_millis()));
     summary
+}
+
+/// Connect and gather facts as apply does, for commands that work through apply's helpers
+/// (`hakube upgrade`): the same files, state and dry-run behaviour.
+pub async fn context(c: Cluster, opts: Options) -> Result<Ctx> {
+    let hosts = connect(&c, &opts).await?;
+    prepare_ctx(c, opts, hosts).await
+}
+
+impl Ctx {
+    /// Name the current step in log lines (`[etcd         ]`).
+    pub fn set_phase(&self, name: &'static str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
 }
 
 async fn prepare_ctx(

@@ -19,7 +19,7 @@ fn names<'a>(it: impl Iterator<Item = &'a Host>) -> Vec<String> {
 }
 
 /// Poll `check` until it succeeds or `limit` passes; the last error explains a timeout.
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<()>
+pub(crate) async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
@@ -369,7 +369,7 @@ impl Phase for Etcd {
 /// requests finish, HAProxy sends new connections to the others); leadership moves to another
 /// member; etcd restarts; the API server comes back behind its /readyz gate and stays until
 /// every HAProxy rates it UP again.
-async fn restart_member(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<()> {
+pub(crate) async fn restart_member(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<()> {
     let name = &h.name;
     let api = ctx.c.kubernetes.bootstrap == Bootstrap::Lab
         && ctx
@@ -405,7 +405,7 @@ async fn restart_member(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<(
 
 /// When `h` leads etcd, hand leadership to another member first: a planned restart then
 /// costs no election.
-async fn move_leader_off(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<()> {
+pub(crate) async fn move_leader_off(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<()> {
     if ctx.opts.dry_run {
         ctx.log(
             "command",
@@ -437,7 +437,7 @@ async fn move_leader_off(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<
 }
 
 /// Wait until every HAProxy rates `server` UP (checks rise a few intervals after /readyz).
-async fn haproxy_rates_up(ctx: &Ctx, server: &str) -> Result<()> {
+pub(crate) async fn haproxy_rates_up(ctx: &Ctx, server: &str) -> Result<()> {
     if ctx.opts.dry_run || !ctx.c.lb.stats.enabled {
         return Ok(());
     }
@@ -660,7 +660,7 @@ async fn promote(ctx: &Ctx, host: &str, id: u64, tls: &crate::etcd::Tls) -> Resu
     Ok(())
 }
 
-async fn all_healthy(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<()> {
+pub(crate) async fn all_healthy(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<()> {
     let checks = ctx.c.control_planes().map(|h| async move {
         let ep = url("https", h.address, ctx.c.etcd.client_port);
         crate::etcd::healthy(&ep, tls, Duration::from_secs(2))
@@ -680,7 +680,7 @@ async fn all_healthy(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<()> {
     }
 }
 
-async fn wait_all_healthy(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<()> {
+pub(crate) async fn wait_all_healthy(ctx: &Ctx, tls: &crate::etcd::Tls) -> Result<()> {
     if ctx.opts.dry_run {
         ctx.log(
             "wait",
@@ -959,7 +959,11 @@ async fn lab_control_plane(ctx: &Ctx) -> Result<()> {
 }
 
 /// Wait until the API server on `h` answers `/readyz` with 200.
-async fn readyz_gate(ctx: &Ctx, ca: &std::sync::Arc<rustls::ClientConfig>, h: &Host) -> Result<()> {
+pub(crate) async fn readyz_gate(
+    ctx: &Ctx,
+    ca: &std::sync::Arc<rustls::ClientConfig>,
+    h: &Host,
+) -> Result<()> {
     let name = &h.name;
     let addr = SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port);
     if ctx.opts.dry_run {

@@ -7,6 +7,7 @@
 //! `status` to be healthy again, and reads every acknowledged write back from etcd.
 
 pub mod cli;
+pub mod client;
 pub mod fault;
 pub mod metrics;
 mod outcome;
