@@ -202,8 +202,14 @@ async fn upgrade(c: Cluster, o: &Options, report: &mut Report) -> Result<()> {
         connect_timeout: o.connect_timeout,
         ..Default::default()
     };
-    let ctx = apply::context(c, opts).await?;
+    let mut ctx = apply::context(c.clone(), opts.clone()).await?;
     ctx.set_phase("upgrade");
+    // An interrupted run may have left a service stopped mid-step (an API server drained, a
+    // keepalived stopped to move the VIP): start those first, then look again.
+    if !o.dry_run && progress_path(&ctx.c).exists() && heal(&ctx).await? {
+        ctx = apply::context(c, opts).await?;
+        ctx.set_phase("upgrade");
+    }
     // 1. What runs, and the plan (read-only so far).
     let input = observe(&ctx, o).await?;
     let steps = plan::plan(&input).map_err(|e| anyhow!("refused; nothing was changed:\n{e}"))?;
@@ -444,8 +450,43 @@ pub fn parse_git_version(s: &str) -> Option<semver::Version> {
     Some(semver::Version::new(v.major, v.minor, v.patch))
 }
 
+/// Services hakube runs that an interrupted step may have left stopped.
+const HEALED: [&str; 4] = ["etcd", "hakube-lab-apiserver", "haproxy", "keepalived"];
+
+/// Start every enabled, inactive service of [`HEALED`]; whether any was started.
+async fn heal(ctx: &Ctx) -> Result<bool> {
+    let mut started = false;
+    for (host, f) in &ctx.facts {
+        for svc in HEALED {
+            if f.services.get(svc) == Some(&(false, true)) {
+                ctx.log(
+                    "warn",
+                    host,
+                    &format!("{svc} is stopped (an interrupted upgrade step?); starting it"),
+                );
+                ctx.cmd(
+                    host,
+                    &format!("systemctl start {svc}"),
+                    &format!("systemctl start {svc}"),
+                )
+                .await?;
+                started = true;
+            }
+        }
+    }
+    Ok(started)
+}
+
 async fn preflight_health(c: &Cluster) -> Result<()> {
-    let s = crate::status::gather(c).await?;
+    // A moment to settle (a service just started, a VIP moving back).
+    let mut s = crate::status::gather(c).await?;
+    for _ in 0..30 {
+        if s.overall == crate::status::Health::Healthy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        s = crate::status::gather(c).await?;
+    }
     if s.overall != crate::status::Health::Healthy {
         let why: Vec<String> = s
             .verdicts
