@@ -1571,10 +1571,30 @@ fn pinned_etcd_and_packages() {
         ),
     ]));
     assert!(l.cluster.is_none());
-    find(&l, Severity::Error, "spec.etcd.version", "not an etcd release");
-    find(&l, Severity::Error, "spec.etcd.binary", "exclude each other");
-    find(&l, Severity::Error, "spec.etcd.source.url", "not an http(s) URL");
-    find(&l, Severity::Error, "spec.etcd.source.sha256", "64 hex digits");
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.version",
+        "not an etcd release",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.binary",
+        "exclude each other",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.source.url",
+        "not an http(s) URL",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.source.sha256",
+        "64 hex digits",
+    );
     find(
         &l,
         Severity::Error,
@@ -1586,5 +1606,10 @@ fn pinned_etcd_and_packages() {
         "    quotaBackendBytes: 2GiB\n",
         "    quotaBackendBytes: 2GiB\n    version: v3.5.1\n",
     )]));
-    find(&l, Severity::Error, "spec.etcd.version", "needs the tarball");
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.version",
+        "needs the tarball",
+    );
 }

@@ -327,7 +327,15 @@ async fn observe(ctx: &Ctx, o: &Options) -> Result<plan::Input> {
         && let Some(inst) = &c.etcd.install
     {
         let tls = ctx.state.operator_etcd_tls()?;
-        let (members, _) = crate::status::probes::etcd(c, &tls).await;
+        // A busy member may miss one short probe: ask again before calling it down.
+        let mut members = vec![];
+        for _ in 0..5 {
+            members = crate::status::probes::etcd(c, &tls).await.0;
+            if members.iter().all(|m| m.error.is_none()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         let mut unknown = vec![];
         for m in &members {
             match semver::Version::parse(&m.version) {

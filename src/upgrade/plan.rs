@@ -146,7 +146,11 @@ pub struct Input {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Step {
     /// Switch the member's link to `to`, restart it drained, check health and its version.
     Etcd {
