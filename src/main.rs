@@ -158,6 +158,7 @@ enum Command {
     Lab(lab::cli::LabArgs),
     Drill(hakube::drill::cli::DrillArgs),
     Backup(hakube::backup::cli::BackupArgs),
+    Upgrade(hakube::upgrade::cli::UpgradeArgs),
     Restore(hakube::backup::cli::RestoreArgs),
     /// Certificates: every one hakube issued and what the live endpoints serve, with expiry;
     /// renewal one host at a time behind health gates.
@@ -275,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Lab(a) => lab::cli::run(a),
         Command::Drill(a) => hakube::drill::cli::run(a),
         Command::Backup(a) => hakube::backup::cli::run_backup(a),
+        Command::Upgrade(a) => hakube::upgrade::cli::run_upgrade(a),
         Command::Restore(a) => hakube::backup::cli::run_restore(a),
         Command::Certs { command } => cmd_certs(command),
         Command::Completions { shell } => {
@@ -457,12 +459,7 @@ fn cmd_apply(a: &SpecArgs, opts: apply::Options) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let reporter: std::sync::Arc<dyn apply::report::Reporter> = if json {
-        std::sync::Arc::new(JsonEvents)
-    } else {
-        std::sync::Arc::new(TextEvents)
-    };
-    let summary = rt.block_on(apply::run(cluster, opts, reporter));
+    let summary = rt.block_on(apply::run(cluster, opts, hakube::output::events(json)));
     if json {
         println!(
             "{}",
@@ -480,46 +477,6 @@ fn cmd_apply(a: &SpecArgs, opts: apply::Options) -> anyhow::Result<i32> {
         }
     }
     Ok(if summary.error.is_some() { 2 } else { 0 })
-}
-
-/// Apply's events as JSON lines on stdout.
-struct JsonEvents;
-
-impl apply::report::Reporter for JsonEvents {
-    fn event(&self, e: &apply::report::Event<'_>) {
-        use std::io::Write;
-        let line = serde_json::to_string(e).unwrap_or_default();
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
-    }
-}
-
-/// Apply's events as text: `[phase] mark host: message`, diffs indented below.
-struct TextEvents;
-
-impl apply::report::Reporter for TextEvents {
-    fn event(&self, e: &apply::report::Event<'_>) {
-        use apply::report::Kind;
-        use std::io::Write;
-        let mark = match e.kind {
-            Kind::Change => "~",
-            Kind::Command => "$",
-            Kind::Wait => "…",
-            Kind::Ok => "✓",
-            Kind::Warn => "!",
-            Kind::Info => " ",
-        };
-        let h = if e.host.is_empty() {
-            String::new()
-        } else {
-            format!("{}: ", e.host)
-        };
-        // One lock per event, so that lines from hosts running in parallel never interleave.
-        let mut o = std::io::stdout().lock();
-        let _ = writeln!(o, "[{:<13}] {mark} {h}{}", e.phase, e.message);
-        for line in e.diff.into_iter().flat_map(str::lines) {
-            let _ = writeln!(o, "                    {line}");
-        }
-    }
 }
 
 /// Apply's per-host table and phase times (none when it stopped before reaching the hosts).

@@ -7,3 +7,52 @@ pub enum Output {
     Text,
     Json,
 }
+
+/// Apply's (and upgrade's) events, rendered for people or as JSON lines on stdout.
+pub fn events(json: bool) -> std::sync::Arc<dyn crate::apply::report::Reporter> {
+    if json {
+        std::sync::Arc::new(JsonEvents)
+    } else {
+        std::sync::Arc::new(TextEvents)
+    }
+}
+
+/// Apply's events as JSON lines on stdout.
+struct JsonEvents;
+
+impl crate::apply::report::Reporter for JsonEvents {
+    fn event(&self, e: &crate::apply::report::Event<'_>) {
+        use std::io::Write;
+        let line = serde_json::to_string(e).unwrap_or_default();
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
+}
+
+/// Apply's events as text: `[phase] mark host: message`, diffs indented below.
+struct TextEvents;
+
+impl crate::apply::report::Reporter for TextEvents {
+    fn event(&self, e: &crate::apply::report::Event<'_>) {
+        use crate::apply::report::Kind;
+        use std::io::Write;
+        let mark = match e.kind {
+            Kind::Change => "~",
+            Kind::Command => "$",
+            Kind::Wait => "…",
+            Kind::Ok => "✓",
+            Kind::Warn => "!",
+            Kind::Info => " ",
+        };
+        let h = if e.host.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", e.host)
+        };
+        // One lock per event, so that lines from hosts running in parallel never interleave.
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(o, "[{:<13}] {mark} {h}{}", e.phase, e.message);
+        for line in e.diff.into_iter().flat_map(str::lines) {
+            let _ = writeln!(o, "                    {line}");
+        }
+    }
+}

@@ -381,3 +381,21 @@ fn plan_json_has_every_hosts_port_plan() {
             .any(|l| { l["address"] == "127.0.0.1" && l["port"] == 2381 && l["field"].is_null() })
     );
 }
+
+#[test]
+fn upgrade_without_operator_state_fails_clearly_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(dir.path(), SEED);
+    hakube()
+        .args(["upgrade", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("--probe"));
+    hakube()
+        .args(["upgrade", "--dry-run", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains("no operator state"));
+    assert!(!dir.path().join(".hakube").exists());
+}

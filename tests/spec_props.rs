@@ -109,6 +109,8 @@ fn full_document() -> model::Document {
         stats,
         metrics,
         ingress,
+        // Package pins go to apt, not into a rendered file: left out (validated in validate.rs).
+        packages: _,
     } = load_balancer;
     *api_port = Some(6443);
     // VRRPv2, so that authPass is rendered.
@@ -177,6 +179,9 @@ fn full_document() -> model::Document {
         binary,
         client_port,
         peer_port,
+        // A pinned install excludes `binary`, which the full document sets.
+        version: _,
+        source: _,
     } = etcd;
     assert!(management.is_some() && heartbeat_interval.is_some());
     assert!(election_timeout.is_some() && quota_backend_bytes.is_some());

@@ -1542,3 +1542,74 @@ fn certificate_validity_is_bounded_and_short_ones_warn() {
         assert_eq!(d.location.map(|x| x.line), Some(line_of(&src, bad)), "{d}");
     }
 }
+
+#[test]
+fn pinned_etcd_and_packages() {
+    let sha = "ab".repeat(32);
+    let pinned = format!(
+        "    quotaBackendBytes: 2GiB\n    version: v3.5.1\n    source:\n      path: etcd.tar.gz\n      sha256: {}\n",
+        sha.to_uppercase()
+    );
+    let l = load(&seed_with(&[("    quotaBackendBytes: 2GiB\n", &pinned)]));
+    let c = l.cluster.as_ref().expect("valid");
+    let i = c.etcd.install.as_ref().expect("pinned");
+    assert_eq!(i.version, semver::Version::new(3, 5, 1));
+    assert_eq!(i.sha256, sha, "lower-cased");
+    assert_eq!(
+        i.source,
+        spec::EtcdSource::Path(Path::new("/nonexistent").join("etcd.tar.gz"))
+    );
+    assert_eq!(c.etcd.binary, "/opt/hakube/etcd/current/etcd");
+
+    // Each mistake at its own path, all in one run.
+    let bad = "    quotaBackendBytes: 2GiB\n    binary: /usr/bin/etcd\n    version: 3.5\n    source:\n      url: ftp://x\n      sha256: abc\n";
+    let l = load(&seed_with(&[
+        ("    quotaBackendBytes: 2GiB\n", bad),
+        (
+            "    apiPort: 6443\n",
+            "    apiPort: 6443\n    packages: {haproxy: \"2.6; rm -rf /\", keepalived: 1:2.2.7-1+b2}\n",
+        ),
+    ]));
+    assert!(l.cluster.is_none());
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.version",
+        "not an etcd release",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.binary",
+        "exclude each other",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.source.url",
+        "not an http(s) URL",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.source.sha256",
+        "64 hex digits",
+    );
+    find(
+        &l,
+        Severity::Error,
+        "spec.loadBalancer.packages.haproxy",
+        "not a Debian package version",
+    );
+
+    let l = load(&seed_with(&[(
+        "    quotaBackendBytes: 2GiB\n",
+        "    quotaBackendBytes: 2GiB\n    version: v3.5.1\n",
+    )]));
+    find(
+        &l,
+        Severity::Error,
+        "spec.etcd.version",
+        "needs the tarball",
+    );
+}

@@ -225,6 +225,13 @@ impl Ctx {
         }
     }
 
+    /// A command with no type of its own (`display` never holds a secret): [`Ctx::run`] of an
+    /// [`Op::Script`].
+    pub async fn cmd(&self, host: &str, script: &str, display: &str) -> Result<Option<Output>> {
+        self.run(host, Op::script_with_display(script, display))
+            .await
+    }
+
     /// A change made other than by a command on the host (an etcd API call, a file kept on the
     /// operator's side): `what` is reported, and in dry-run `act` is not called.
     pub async fn act<T, F, Fut>(&self, host: &str, what: &str, act: F) -> Result<Option<T>>

@@ -89,6 +89,12 @@ pub fn facts_script(c: &Cluster, h: &Host) -> String {
         s.push_str("haproxy -v 2>/dev/null | head -1 | sed 's/^/ver.haproxy=/'\n");
         s.push_str("keepalived --version 2>&1 | head -1 | sed 's/^/ver.keepalived=/'\n");
         services.extend(["haproxy", "keepalived"]);
+        // Installed package versions, only for the pinned ones (compared by the prepare phase).
+        for p in c.lb.packages.keys() {
+            s.push_str(&format!(
+                "v=$(dpkg-query -W -f='${{Version}}' {p} 2>/dev/null) && echo \"ver.pkg-{p}=$v\"\n"
+            ));
+        }
     }
     if h.roles.control_plane {
         s.push_str(&format!(
@@ -234,6 +240,7 @@ fn needs(h: &Host, f: &Facts, problems: &mut Vec<String>, c: &Cluster) {
     let mut missing = Vec::new();
     if h.roles.control_plane
         && c.etcd.management == crate::spec::EtcdManagement::Hakube
+        && c.etcd.install.is_none()
         && !f.versions.contains_key("etcd")
     {
         problems.push(format!(

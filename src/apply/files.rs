@@ -248,7 +248,8 @@ fn lab_unit(c: &Cluster, h: &Host) -> String {
          [Service]\n\
          ExecStart={bin} --listen 0.0.0.0:{port} --cert {pki}/apiserver.crt --key {pki}/apiserver.key \
          --etcd-endpoints {endpoint} --etcd-cafile /etc/etcd/pki/ca.crt \
-         --etcd-certfile /etc/etcd/pki/apiserver-etcd-client.crt --etcd-keyfile /etc/etcd/pki/apiserver-etcd-client.key\n\
+         --etcd-certfile /etc/etcd/pki/apiserver-etcd-client.crt --etcd-keyfile /etc/etcd/pki/apiserver-etcd-client.key \
+         --kubernetes-version v{version}\n\
          Restart=always\n\
          RestartSec=1s\n\n\
          [Install]\n\
@@ -258,5 +259,6 @@ fn lab_unit(c: &Cluster, h: &Host) -> String {
         bin = LAB_APISERVER_BIN,
         port = c.kubernetes.api_server_port,
         pki = LAB_PKI,
+        version = c.kubernetes.version,
     )
 }

@@ -10,7 +10,7 @@ pub mod facts;
 pub mod files;
 pub mod members;
 pub mod ops;
-mod phase;
+pub(crate) mod phase;
 pub mod report;
 
 use crate::render::RenderedFile;
@@ -18,7 +18,7 @@ use crate::spec::Cluster;
 use crate::state::State;
 use crate::transport::{self, BoxFut, Transport};
 use anyhow::{Result, bail};
-pub use ctx::{Ctx, HostStats};
+pub use ctx::{Ctx, HostStats, wait_for};
 use ctx::{Found, Hashes};
 use facts::Facts;
 pub use phase::convergence_limit;
@@ -146,6 +146,12 @@ pub async fn run(c: Cluster, opts: Options, reporter: Arc<dyn Reporter>) -> Summ
             Err(e) => return failed(e, opts.dry_run),
         }
     };
+    // A pinned etcd's tarball is checked here, before any host is touched.
+    if let Some(i) = &c.etcd.install
+        && let Err(e) = crate::install::etcd::local_tarball(&c, i)
+    {
+        return failed(e, opts.dry_run);
+    }
     match connect(&c, &opts).await {
         Ok(hosts) => apply(c, opts, hosts, reporter).await,
         Err(e) => failed(e, opts.dry_run),
@@ -200,6 +206,20 @@ pub async fn apply(
         .phases
         .push(("total".into(), started.elapsed().as_millis()));
     summary
+}
+
+/// Connect and gather facts as apply does, for commands that work through apply's helpers
+/// (`hakube upgrade`): the same files, state and dry-run behaviour.
+pub async fn context(c: Cluster, opts: Options, reporter: Arc<dyn Reporter>) -> Result<Ctx> {
+    let hosts = connect(&c, &opts).await?;
+    prepare_ctx(c, opts, hosts, reporter).await
+}
+
+impl Ctx {
+    /// Name the current step in log lines (`[etcd         ]`).
+    pub fn set_phase(&self, name: &'static str) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
 }
 
 async fn prepare_ctx(

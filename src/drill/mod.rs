@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod cli;
+pub mod client;
 pub mod fault;
 pub mod metrics;
 mod outcome;

@@ -73,6 +73,10 @@ pub struct Args {
     /// etcd key prefix of the key/value API.
     #[arg(long, default_value = "/hakube-lab/kv/", value_name = "PREFIX")]
     pub kv_prefix: String,
+    /// The Kubernetes version this stand-in reports in /version (spec.kubernetes.version), with
+    /// `-hakube-lab` appended, so that upgrades have a version to roll and check.
+    #[arg(long, value_name = "vX.Y.Z")]
+    pub kubernetes_version: Option<String>,
 }
 
 /// Run the server until SIGTERM or SIGINT. Returns the process exit code.
@@ -102,6 +106,7 @@ struct App {
     local: Client,
     readyz_timeout: Duration,
     prefix: String,
+    version: serde_json::Value,
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
@@ -168,6 +173,7 @@ async fn serve(a: Args) -> Result<()> {
         kv,
         local,
         readyz_timeout: a.readyz_timeout,
+        version: version(a.kubernetes_version.as_deref()),
         prefix: a.kv_prefix.clone(),
     });
     let listener = TcpListener::bind(a.listen)
@@ -253,11 +259,24 @@ fn err(code: StatusCode, msg: impl std::fmt::Display) -> Resp {
 }
 
 /// The /version document.
-pub fn version() -> serde_json::Value {
+pub fn version(kubernetes: Option<&str>) -> serde_json::Value {
+    let parsed = kubernetes.and_then(|k| semver::Version::parse(k.trim_start_matches('v')).ok());
+    let (major, minor, git) = match parsed {
+        Some(v) => (
+            v.major.to_string(),
+            v.minor.to_string(),
+            format!("v{v}-hakube-lab"),
+        ),
+        None => (
+            "0".into(),
+            "1".into(),
+            format!("v{}-hakube-lab", env!("CARGO_PKG_VERSION")),
+        ),
+    };
     serde_json::json!({
-        "major": "0",
-        "minor": "1",
-        "gitVersion": format!("v{}-hakube-lab", env!("CARGO_PKG_VERSION")),
+        "major": major,
+        "minor": minor,
+        "gitVersion": git,
         "gitCommit": "",
         "gitTreeState": "",
         "buildDate": "",
@@ -274,7 +293,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infallibl
     let resp = match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/livez" | "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(&app).await,
-        (&Method::GET, "/version") => json(StatusCode::OK, version()),
+        (&Method::GET, "/version") => json(StatusCode::OK, app.version.clone()),
         (&Method::GET, "/") => json(
             StatusCode::OK,
             serde_json::json!({
@@ -535,8 +554,11 @@ mod tests {
 
     #[test]
     fn version_names_the_stand_in() {
-        let v = version();
+        let v = version(None);
         assert_eq!(v["platform"], PLATFORM);
         assert!(v["gitVersion"].as_str().unwrap().contains("hakube-lab"));
+        let v = version(Some("v1.36.2"));
+        assert_eq!(v["gitVersion"], "v1.36.2-hakube-lab");
+        assert_eq!(v["minor"], "36");
     }
 }

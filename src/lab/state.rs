@@ -29,6 +29,8 @@ pub const PRIVATE_DIRS: &[&str] = &[
     "etc/ssh",
     "var/lib/etcd",
     "var/lib/hakube",
+    // Pinned installs (`/opt/hakube/etcd/vX.Y.Z`): each host has its own, as on real hosts.
+    "opt/hakube",
     "run",
     "tmp",
 ];

@@ -224,6 +224,8 @@ pub struct LoadBalancer {
     pub stats: Stats,
     pub metrics: Metrics,
     pub ingress: Option<Ingress>,
+    /// Pinned package versions: package -> version (`haproxy`, `keepalived`).
+    pub packages: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -245,6 +247,24 @@ pub struct Etcd {
     pub binary: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// A pinned etcd that hakube installs (`spec.etcd.version` and `source`).
+    pub install: Option<EtcdInstall>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdInstall {
+    pub version: semver::Version,
+    pub source: EtcdSource,
+    /// Lower-case hex.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtcdSource {
+    /// Resolved against the spec's folder.
+    Path(std::path::PathBuf),
+    Url(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -166,6 +166,8 @@ pub struct LoadBalancer {
     #[serde(default)]
     pub metrics: Metrics,
     pub ingress: Option<Ingress>,
+    #[serde(default)]
+    pub packages: Packages,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -238,10 +240,34 @@ pub struct Etcd {
     /// Backend quota, for example `2GiB` or `8GiB`.
     pub quota_backend_bytes: Option<String>,
     pub data_dir: Option<String>,
-    /// Path of the etcd binary on the hosts (management `hakube`).
+    /// Path of the etcd binary on the hosts (management `hakube`); with `version` hakube
+    /// installs etcd itself and this defaults to `/opt/hakube/etcd/current/etcd`.
     pub binary: Option<String>,
     pub client_port: Option<u16>,
     pub peer_port: Option<u16>,
+    /// The etcd release to install on every control plane, for example `v3.5.1` (needs `source`).
+    pub version: Option<String>,
+    /// Where the release tarball comes from (the layout of etcd's own release tarballs).
+    pub source: Option<EtcdSource>,
+}
+
+/// An etcd release tarball: a local file (air-gapped) or a URL, and its SHA-256.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdSource {
+    /// A tarball on the operator machine, relative to the spec file.
+    pub path: Option<String>,
+    /// A URL the operator machine downloads the tarball from.
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+}
+
+/// Package versions to pin on the load balancers (`apt-get install haproxy=VERSION`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Packages {
+    pub haproxy: Option<String>,
+    pub keepalived: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -34,6 +34,8 @@ impl Phase for Etcd {
 }
 
 async fn run(ctx: &Ctx) -> Result<()> {
+    // A pinned etcd: its versioned folder and link first (refused on a version change).
+    crate::install::etcd::ensure(ctx).await?;
     let cps: Vec<&Host> = ctx.c.control_planes().collect();
     ctx.each(names(cps.iter().copied()), move |name| {
         Box::pin(async move {

@@ -50,7 +50,7 @@ pub async fn restart_member(ctx: &Ctx, h: &Host, tls: &Tls) -> Result<()> {
 
 /// When `h` leads etcd, hand leadership to another member first: a planned restart then
 /// costs no election.
-async fn move_leader_off(ctx: &Ctx, h: &Host, tls: &Tls) -> Result<()> {
+pub async fn move_leader_off(ctx: &Ctx, h: &Host, tls: &Tls) -> Result<()> {
     let ep = url("https", h.address, ctx.c.etcd.client_port);
     ctx.act(
         &h.name,
@@ -82,7 +82,7 @@ async fn move_leader_off(ctx: &Ctx, h: &Host, tls: &Tls) -> Result<()> {
 }
 
 /// Wait until every HAProxy rates `server` UP (checks rise a few intervals after /readyz).
-async fn haproxy_rates_up(ctx: &Ctx, server: &str) -> Result<()> {
+pub async fn haproxy_rates_up(ctx: &Ctx, server: &str) -> Result<()> {
     if !ctx.c.lb.stats.enabled {
         return Ok(());
     }

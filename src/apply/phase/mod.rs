@@ -5,7 +5,7 @@
 pub mod backups;
 pub mod control_plane;
 pub mod etcd;
-mod etcd_member;
+pub mod etcd_member;
 pub mod load_balancers;
 pub mod pki;
 pub mod prepare;

@@ -32,10 +32,22 @@ pub fn kubeadm_host(c: &Cluster, h: &Host) -> bool {
 
 /// Tools `h` lacks that hakube itself uses there (HAProxy and keepalived on a load balancer;
 /// on a kubeadm host, curl and gpg for the repository key and the /readyz gates).
-pub fn base_packages(c: &Cluster, h: &Host, has: impl Fn(&str) -> bool) -> Option<Apt> {
+/// Pinned HAProxy and keepalived versions (`spec.loadBalancer.packages`) are installed as
+/// `NAME=VERSION` wherever `installed` (dpkg's version) differs.
+pub fn base_packages(
+    c: &Cluster,
+    h: &Host,
+    has: impl Fn(&str) -> bool,
+    installed: impl Fn(&str) -> Option<String>,
+) -> Option<Apt> {
     let mut want: Vec<&str> = Vec::new();
+    let pins = &c.lb.packages;
     if h.roles.loadbalancer {
-        want.extend(["haproxy", "keepalived", "curl"]);
+        want.extend(
+            ["haproxy", "keepalived", "curl"]
+                .into_iter()
+                .filter(|p| !pins.contains_key(*p)),
+        );
     }
     if kubeadm_host(c, h) {
         want.extend(["curl", "gpg"]);
@@ -48,6 +60,9 @@ pub fn base_packages(c: &Cluster, h: &Host, has: impl Fn(&str) -> bool) -> Optio
     }
     if packages.iter().any(|p| p == "curl" || p == "gpg") && kubeadm_host(c, h) {
         packages.push("ca-certificates".into());
+    }
+    if h.roles.loadbalancer {
+        packages.extend(crate::install::package_pins(pins, installed));
     }
     (!packages.is_empty()).then(|| Apt::install(packages))
 }
@@ -73,7 +88,8 @@ async fn host(ctx: &Ctx, name: String) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("{name}: not in the spec"))?;
     let f = ctx.facts(&name)?;
     let has = |b: &str| f.binaries.contains_key(b);
-    if let Some(apt) = base_packages(&ctx.c, h, has) {
+    let installed = |p: &str| f.versions.get(&format!("pkg-{p}")).cloned();
+    if let Some(apt) = base_packages(&ctx.c, h, has, installed) {
         ctx.run(&name, apt).await?;
     }
     if kubeadm_host(&ctx.c, h) {

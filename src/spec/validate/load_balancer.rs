@@ -111,6 +111,7 @@ pub(super) fn load_balancer(
             port: l.metrics.port.unwrap_or(8405),
         },
         ingress,
+        packages: packages(&l.packages, d),
     })
 }
 
@@ -323,4 +324,28 @@ fn health_check(hc: &model::HealthCheck, d: &mut Diagnostics) -> Option<HealthCh
         timeout: timeout?,
         connect_timeout: connect_timeout?,
     })
+}
+
+/// Pinned package versions, as apt spells them (they go into `apt-get install NAME=VERSION`).
+pub(super) fn packages(p: &model::Packages, d: &mut Diagnostics) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, v) in [("haproxy", &p.haproxy), ("keepalived", &p.keepalived)] {
+        let Some(v) = v else { continue };
+        let ok = !v.is_empty()
+            && v.chars().next().is_some_and(|c| c.is_ascii_digit())
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
+        if ok {
+            out.insert(name.to_string(), v.clone());
+        } else {
+            d.error(
+                format!("spec.loadBalancer.packages.{name}"),
+                format!("{v:?} is not a Debian package version"),
+                format!(
+                    "write it as `apt-cache policy {name}` lists it, for example 2.6.12-1+deb12u4"
+                ),
+            );
+        }
+    }
+    out
 }

@@ -61,7 +61,7 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     hosts::check_counts(&hosts, &lbs, &cps, d);
 
     let kubernetes_pre = kubernetes::version(&s.kubernetes, d);
-    let etcd = etcd::etcd(&s.etcd, d);
+    let etcd = etcd::etcd(&s.etcd, base_dir, d);
     let lb = load_balancer::load_balancer(
         &s.load_balancer,
         &hosts,
