@@ -221,10 +221,22 @@ pub async fn join(
             &format!("etcd member add {} --learner --peer-urls={peer}", h.name),
             || async {
                 let mut cl = connect_healthy(ctx, tls).await?;
-                cl.member_add([peer], Some(MemberAddOptions::new().with_is_learner()))
+                let r = cl
+                    .member_add([peer], Some(MemberAddOptions::new().with_is_learner()))
                     .await
                     .with_context(|| format!("etcd member add {} --learner", h.name))?;
-                crate::etcd::members(&mut cl).await
+                // The list in the answer: a member list asked next may reach a member that has
+                // not applied the change yet.
+                Ok(r.member_list()
+                    .iter()
+                    .map(|m| Member {
+                        id: m.id(),
+                        name: m.name().to_string(),
+                        peer_urls: m.peer_urls().to_vec(),
+                        client_urls: m.client_urls().to_vec(),
+                        is_learner: m.is_learner(),
+                    })
+                    .collect::<Vec<_>>())
             },
         )
         .await?;
