@@ -40,8 +40,12 @@ pub struct Member {
 
 pub async fn members(c: &mut Client) -> Result<Vec<Member>> {
     let r = c.member_list().await.context("etcd member list")?;
-    Ok(r.members()
-        .iter()
+    Ok(to_members(r.members()))
+}
+
+/// The members of a member list (or of member add's answer).
+pub fn to_members(list: &[etcd_client::Member]) -> Vec<Member> {
+    list.iter()
         .map(|m| Member {
             id: m.id(),
             name: m.name().to_string(),
@@ -49,7 +53,7 @@ pub async fn members(c: &mut Client) -> Result<Vec<Member>> {
             client_urls: m.client_urls().to_vec(),
             is_learner: m.is_learner(),
         })
-        .collect())
+        .collect()
 }
 
 /// A linearizable read through one endpoint: the member is part of a quorum right now.

@@ -227,16 +227,7 @@ pub async fn join(
                     .with_context(|| format!("etcd member add {} --learner", h.name))?;
                 // The list in the answer: a member list asked next may reach a member that has
                 // not applied the change yet.
-                Ok(r.member_list()
-                    .iter()
-                    .map(|m| Member {
-                        id: m.id(),
-                        name: m.name().to_string(),
-                        peer_urls: m.peer_urls().to_vec(),
-                        client_urls: m.client_urls().to_vec(),
-                        is_learner: m.is_learner(),
-                    })
-                    .collect::<Vec<_>>())
+                Ok(crate::etcd::to_members(r.member_list()))
             },
         )
         .await?;
