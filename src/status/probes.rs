@@ -175,8 +175,8 @@ pub enum Conns<'a> {
 /// SSH connect timeout for probes.
 pub const SSH_CONNECT: Duration = Duration::from_secs(2);
 /// A probe's command over an open connection: generous, since a busy host is slow to fork a
-/// session but is not down.
-pub const SSH_COMMAND: Duration = Duration::from_secs(5);
+/// session but is not down (CI, two labs on 2 cores: `date` took over 5 s once).
+pub const SSH_COMMAND: Duration = Duration::from_secs(10);
 
 /// Run `script` on `h` over SSH, with a connection from `conns`.
 pub async fn ssh_run(
