@@ -6,6 +6,7 @@
 //! so `--dry-run` is the same code with its hands tied.
 
 pub mod cli;
+pub mod drain;
 pub mod plan;
 
 use crate::apply::report::Kind;
@@ -671,10 +672,12 @@ async fn wait_vip(ctx: &Ctx, what: &str, ok: impl Fn(&[String]) -> bool) -> Resu
     Ok(seen.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
-/// One load balancer: the VIP moves away first if it holds it; then packages, HAProxy,
-/// keepalived; then HAProxy must rate every API server UP and one LB hold the VIP.
+/// One load balancer: the VIP moves away first if it holds it (drained, see [`drain`]); then
+/// packages and HAProxy, which must rate every API server UP before keepalived starts; then,
+/// if keepalived will take the VIP back (preemption), the current holder is drained first.
 async fn load_balancer(ctx: &Ctx, host: &str, packages: &[String], holder: bool) -> Result<()> {
     if holder {
+        drain::start(ctx, host).await?;
         ctx.cmd(
             host,
             "systemctl stop keepalived",
@@ -698,6 +701,7 @@ async fn load_balancer(ctx: &Ctx, host: &str, packages: &[String], holder: bool)
                 &format!("the VIP moved to {}", on.join(", ")),
             );
         }
+        drain::stop(ctx, host).await?;
     }
     if !packages.is_empty() {
         let list = packages.join(" ");
@@ -714,6 +718,27 @@ async fn load_balancer(ctx: &Ctx, host: &str, packages: &[String], holder: bool)
         "systemctl restart haproxy",
     )
     .await?;
+    haproxy_rates_all_up(ctx, host).await?;
+    // The LB the VIP will leave when this keepalived starts: the holder, if this one outranks it
+    // and preempts.
+    let returns_to = |holders: &[String]| {
+        let prio = |h: &str| ctx.c.lb.vrrp.priorities.get(h).copied().unwrap_or(0);
+        holders
+            .iter()
+            .find(|o| ctx.c.lb.vrrp.preempt && *o != host && prio(host) > prio(o))
+            .cloned()
+    };
+    let leaving = if ctx.opts.dry_run {
+        holder.then(|| "the holder".to_string())
+    } else {
+        let vip = ctx.c.lb.vip.to_string();
+        returns_to(&crate::apply::phase::load_balancers::vip_holders(ctx, &vip).await?)
+    };
+    if let Some(other) = &leaving
+        && !ctx.opts.dry_run
+    {
+        drain::start(ctx, other).await?;
+    }
     let (script, display) = if holder {
         ("systemctl start keepalived", "systemctl start keepalived")
     } else {
@@ -722,46 +747,35 @@ async fn load_balancer(ctx: &Ctx, host: &str, packages: &[String], holder: bool)
             "systemctl restart keepalived",
         )
     };
-    ctx.cmd(host, script, display).await?;
+    let started = ctx.cmd(host, script, display).await;
+    if let Some(other) = &leaving {
+        if ctx.opts.dry_run {
+            ctx.log(
+                Kind::Wait,
+                host,
+                "would drain the VIP holder and wait until the VIP is back on this load balancer",
+            );
+        } else {
+            let back = match started {
+                Ok(_) => wait_vip(ctx, &format!("the VIP back on {host}"), |h| h == [host])
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            let lifted = drain::stop(ctx, other).await;
+            back?;
+            lifted?;
+        }
+    } else {
+        started?;
+    }
     if ctx.opts.dry_run {
         ctx.log(
             Kind::Wait,
             host,
-            "would wait until its HAProxy rates every API server UP and one LB holds the VIP",
+            "would wait until exactly one load balancer holds the VIP",
         );
         return Ok(());
-    }
-    let pw = ctx.state.stats_password();
-    let servers: Vec<String> = ctx.c.control_planes().map(|h| h.name.clone()).collect();
-    if ctx.c.lb.stats.enabled {
-        let pw = &pw;
-        let servers = &servers;
-        crate::apply::wait_for(
-            &format!("{host}: HAProxy rates every API server UP"),
-            Duration::from_secs(30),
-            || async move {
-                let lbs = crate::status::probes::haproxy(&ctx.c, pw.as_deref()).await;
-                let mine = lbs
-                    .iter()
-                    .find(|l| l.host == host)
-                    .context("no stats from it")?;
-                let down: Vec<&String> = servers
-                    .iter()
-                    .filter(|s| {
-                        !mine
-                            .servers
-                            .iter()
-                            .any(|x| x.server == **s && x.status == "UP")
-                    })
-                    .collect();
-                if down.is_empty() {
-                    Ok(())
-                } else {
-                    bail!("not UP: {down:?}")
-                }
-            },
-        )
-        .await?;
     }
     let on = wait_vip(ctx, "exactly one VIP holder", |h| h.len() == 1).await?;
     ctx.log(
@@ -773,6 +787,50 @@ async fn load_balancer(ctx: &Ctx, host: &str, packages: &[String], holder: bool)
         ),
     );
     Ok(())
+}
+
+/// HAProxy on `host` rates every API server UP (waited for; skipped without a stats page).
+async fn haproxy_rates_all_up(ctx: &Ctx, host: &str) -> Result<()> {
+    if ctx.opts.dry_run {
+        ctx.log(
+            Kind::Wait,
+            host,
+            "would wait until its HAProxy rates every API server UP",
+        );
+        return Ok(());
+    }
+    if !ctx.c.lb.stats.enabled {
+        return Ok(());
+    }
+    let pw = ctx.state.stats_password();
+    let servers: Vec<String> = ctx.c.control_planes().map(|h| h.name.clone()).collect();
+    let (pw, servers) = (&pw, &servers);
+    crate::apply::wait_for(
+        &format!("{host}: HAProxy rates every API server UP"),
+        Duration::from_secs(30),
+        || async move {
+            let lbs = crate::status::probes::haproxy(&ctx.c, pw.as_deref()).await;
+            let mine = lbs
+                .iter()
+                .find(|l| l.host == host)
+                .context("no stats from it")?;
+            let down: Vec<&String> = servers
+                .iter()
+                .filter(|s| {
+                    !mine
+                        .servers
+                        .iter()
+                        .any(|x| x.server == **s && x.status == "UP")
+                })
+                .collect();
+            if down.is_empty() {
+                Ok(())
+            } else {
+                bail!("not UP: {down:?}")
+            }
+        },
+    )
+    .await
 }
 
 /// The lab API server on `host`, drained, with the new version: stop (HAProxy sends new
