@@ -34,7 +34,8 @@ be healthy, and reads every acknowledged write back from etcd.\n\nScenarios: lb-
 haproxy on the VIP holder), lb-host-loss (partition the VIP holder), apiserver-down (stop one API \
 server), control-plane-partition, etcd-member-down (a follower), etcd-leader-loss, worker-loss, \
 or all; soak injects nothing and fails on any failed request (to prove quiet, or to measure an \
-operation run meanwhile).\n\nOn a lab (a spec in /var/lib/hakube-lab/<lab>/) faults use `hakube lab fault`. \
+operation run meanwhile); `soak --load` adds CPU, disk and network jitter load and also fails on \
+any VIP move, etcd leader change or HAProxy backend change.\n\nOn a lab (a spec in /var/lib/hakube-lab/<lab>/) faults use `hakube lab fault`. \
 Elsewhere they go over SSH and need --yes.\n\nExit status: 0 every drill passed, 1 a drill \
 failed (no recovery or lost writes), 2 error, 3 refused, 130 interrupted. See docs/drills.md."
 )]
@@ -80,6 +81,11 @@ pub struct DrillArgs {
     /// SSH as on real hosts (ssh; needs --yes, also on a lab).
     #[arg(long, value_enum, default_value_t = Via::Auto)]
     pub via: Via,
+    /// soak only: load the VIP holder and the etcd leader (busy loops at twice the core count,
+    /// fsync'd writes next to etcd's data, 50 ms ± 20 ms jitter where netem exists), and fail on
+    /// any VIP move, etcd leader change or HAProxy backend change as well as failed requests.
+    #[arg(long)]
+    pub load: bool,
 }
 
 /// Exit status for a set of results.
@@ -114,6 +120,9 @@ pub fn run(a: DrillArgs) -> Result<i32> {
         "all" => Scenario::ALL.to_vec(),
         s => vec![Scenario::parse(s).ok_or_else(|| anyhow::anyhow!("unknown scenario {s}"))?],
     };
+    if a.load && scenarios != [Scenario::Soak] {
+        bail!("--load is for `soak`: the other scenarios measure one fault at a time");
+    }
     if a.host.is_some() && scenarios.len() > 1 {
         bail!("--host picks the target of one scenario; it cannot be used with `all`");
     }
@@ -129,6 +138,7 @@ pub fn run(a: DrillArgs) -> Result<i32> {
         via: a.via,
         recovery_timeout: a.recovery_timeout,
         request_timeout: a.request_timeout,
+        load: a.load,
         ..Options::default()
     };
     let json = a.output == Output::Json;

@@ -22,6 +22,20 @@ pub enum Action {
     StaticPod { host: String, pod: String },
     /// Every packet in and out of the host dropped; put back by removing the rules.
     Partition { host: String },
+    /// Load next to the cluster's processes (a soak under load); put back by stopping it.
+    Load { host: String, load: Load },
+}
+
+/// The loads of `drill soak --load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Load {
+    /// Busy loops, twice the host's core count.
+    Cpu,
+    /// Synchronous 64 KiB writes in a loop, next to etcd's data directory.
+    Disk { etcd: bool },
+    /// 50 ms ± 20 ms delay on the host's interface (netem; skipped where the kernel lacks it).
+    Jitter,
 }
 
 impl Action {
@@ -29,7 +43,8 @@ impl Action {
         match self {
             Action::Stop { host, .. }
             | Action::StaticPod { host, .. }
-            | Action::Partition { host } => host,
+            | Action::Partition { host }
+            | Action::Load { host, .. } => host,
         }
     }
 
@@ -40,7 +55,23 @@ impl Action {
                 format!("stop the {pod} static pod on {host} (move its manifest away)")
             }
             Action::Partition { host } => format!("partition {host} (drop all its traffic)"),
+            Action::Load { host, load } => match load {
+                Load::Cpu => format!("load the CPU of {host} (2 busy loops per core)"),
+                Load::Disk { .. } => format!("load the disk of {host} (fsync'd writes)"),
+                Load::Jitter => format!("delay {host}'s packets by 50 ms ± 20 ms"),
+            },
         }
+    }
+
+    /// A fault the drill may go on without (the host cannot take it), with a warning.
+    pub fn optional(&self) -> bool {
+        matches!(
+            self,
+            Action::Load {
+                load: Load::Jitter,
+                ..
+            }
+        )
     }
 
     pub fn undo(&self) -> String {
@@ -48,6 +79,7 @@ impl Action {
             Action::Stop { host, service } => format!("start {service} on {host}"),
             Action::StaticPod { host, pod } => format!("put the {pod} manifest back on {host}"),
             Action::Partition { host } => format!("heal {host}"),
+            Action::Load { host, .. } => format!("stop the load on {host}"),
         }
     }
 }
@@ -99,6 +131,8 @@ pub trait Injector: Send + Sync {
 pub struct LabInjector {
     pub lab: String,
     pub exe: PathBuf,
+    /// Loads run over SSH on a lab too: its hosts have sshd, and SSH is not cut by a load.
+    pub ssh: SshInjector,
 }
 
 impl LabInjector {
@@ -113,6 +147,7 @@ impl LabInjector {
             (Action::Partition { host }, false) => vec!["partition".into(), host.clone()],
             (Action::Partition { host }, true) => vec!["heal".into(), host.clone()],
             (Action::StaticPod { .. }, _) => bail!("a lab has no static pods"),
+            (Action::Load { .. }, _) => bail!("loads go over SSH, also on a lab"),
         })
     }
 
@@ -144,13 +179,22 @@ impl Injector for LabInjector {
     fn kind(&self) -> Kind {
         Kind::Lab
     }
-    fn inject<'a>(&'a self, a: &'a Action, _hold: Duration) -> BoxFut<'a, Result<()>> {
+    fn inject<'a>(&'a self, a: &'a Action, hold: Duration) -> BoxFut<'a, Result<()>> {
+        if matches!(a, Action::Load { .. }) {
+            return self.ssh.inject(a, hold);
+        }
         Box::pin(async move { self.fault(Self::args(a, false)?).await })
     }
     fn restore<'a>(&'a self, a: &'a Action) -> BoxFut<'a, Result<()>> {
+        if matches!(a, Action::Load { .. }) {
+            return self.ssh.restore(a);
+        }
         Box::pin(async move { self.fault(Self::args(a, true)?).await })
     }
     fn by_hand(&self, a: &Action) -> String {
+        if matches!(a, Action::Load { .. }) {
+            return self.ssh.by_hand(a);
+        }
         match Self::args(a, true) {
             Ok(args) => format!("hakube lab fault {} --name {}", args.join(" "), self.lab),
             Err(e) => e.to_string(),
@@ -231,12 +275,57 @@ fn id(a: &Action) -> String {
         Action::Stop { service, .. } => format!("stop-{service}"),
         Action::StaticPod { pod, .. } => format!("pod-{pod}"),
         Action::Partition { .. } => "partition".into(),
+        Action::Load { load, .. } => match load {
+            Load::Cpu => "load-cpu".into(),
+            Load::Disk { .. } => "load-disk".into(),
+            Load::Jitter => "load-jitter".into(),
+        },
     }
 }
 
+/// Where the disk load writes: beside etcd's data directory (same file system), or /var/tmp.
+fn disk_load_file(c: &Cluster, etcd: bool) -> String {
+    let dir = if etcd {
+        std::path::Path::new(&c.etcd.data_dir)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/var/tmp".into())
+    } else {
+        "/var/tmp".into()
+    };
+    format!("{dir}/.hakube-soak-fsync")
+}
+
+/// The interface that carries `addr`, in shell.
+fn iface_of(addr: &str) -> String {
+    format!(
+        "dev=$(ip -o -4 addr show | awk -v a={} '{{split($4, p, \"/\"); if (p[1] == a) {{print $2; exit}}}}')\n",
+        quote(addr)
+    )
+}
+
 /// The shell that undoes `a` on its host (idempotent).
-pub fn restore_script(a: &Action) -> String {
+pub fn restore_script(c: &Cluster, a: &Action) -> String {
     match a {
+        Action::Load { host, load } => {
+            let mut s = format!(
+                "f={RUN_DIR}/{id}.pgid; if [ -f $f ]; then kill -TERM -$(cat $f) 2>/dev/null || true; rm -f $f; fi\n",
+                id = id(a)
+            );
+            match load {
+                Load::Cpu => {}
+                Load::Disk { etcd } => s.push_str(&format!("rm -f {}\n", disk_load_file(c, *etcd))),
+                Load::Jitter => {
+                    let addr = c
+                        .host(host)
+                        .map(|h| h.address.to_string())
+                        .unwrap_or_default();
+                    s.push_str(&iface_of(&addr));
+                    s.push_str("if [ -n \"$dev\" ] && tc qdisc show dev \"$dev\" 2>/dev/null | grep -q netem; then tc qdisc del dev \"$dev\" root; fi\n");
+                }
+            }
+            s
+        }
         Action::Stop { service, .. } => format!("systemctl start {}", quote(service)),
         Action::StaticPod { pod, .. } => format!(
             "if [ -f {PARKED}/{pod}.yaml ]; then mv -f {PARKED}/{pod}.yaml {MANIFESTS}/{pod}.yaml; fi",
@@ -250,8 +339,8 @@ pub fn restore_script(a: &Action) -> String {
 
 /// Start a detached `sleep SECS; restore` in its own session; its PID goes to a file that
 /// [`cancel_deadman`] reads.
-fn deadman(a: &Action, secs: u64) -> String {
-    let body = format!("sleep {secs}; {}", restore_script(a));
+fn deadman(c: &Cluster, a: &Action, secs: u64) -> String {
+    let body = format!("sleep {secs}; {}", restore_script(c, a));
     format!(
         "mkdir -p {RUN_DIR}\nnohup setsid sh -c {} >/dev/null 2>&1 </dev/null &\necho $! > {RUN_DIR}/{}.pid\n",
         quote(&body),
@@ -262,24 +351,58 @@ fn deadman(a: &Action, secs: u64) -> String {
 fn cancel_deadman(a: &Action) -> String {
     let f = format!("{RUN_DIR}/{}.pid", id(a));
     format!(
-        "if [ -f {f} ]; then p=$(cat {f}); kill -TERM -- -$p 2>/dev/null || kill -TERM $p 2>/dev/null || true; rm -f {f}; fi\n"
+        "if [ -f {f} ]; then p=$(cat {f}); kill -TERM -$p 2>/dev/null || kill -TERM $p 2>/dev/null || true; rm -f {f}; fi\n"
     )
 }
 
 /// The shell that injects `a` on its host, dead-man switch first.
-pub fn inject_script(a: &Action, hold: Duration) -> String {
+pub fn inject_script(c: &Cluster, a: &Action, hold: Duration) -> String {
     let secs = (hold + DEADMAN_MARGIN).as_secs();
     let mut s = String::from("set -e\n");
     match a {
+        Action::Load { host, load } => {
+            // Each load runs in a session of its own (its PGID kept for the restore) and ends
+            // by itself with the dead-man switch's deadline.
+            let body = match load {
+                // No `timeout` here: it moves its child to a process group of its own, out of
+                // reach of the restore's group kill. The dead-man switch ends them instead.
+                Load::Cpu => {
+                    ": hakube-soak; i=0; n=$((2 * $(nproc))); while [ $i -lt $n ]; do (while :; do :; done) & i=$((i + 1)); done; wait".to_string()
+                }
+                Load::Disk { etcd } => format!(
+                    ": hakube-soak; while :; do dd if=/dev/zero of={f} bs=64k count=16 oflag=dsync conv=fsync 2>/dev/null; done",
+                    f = disk_load_file(c, *etcd)
+                ),
+                Load::Jitter => {
+                    let addr = c.host(host).map(|h| h.address.to_string()).unwrap_or_default();
+                    s.push_str(&iface_of(&addr));
+                    s.push_str(&format!(
+                        "[ -n \"$dev\" ] || {{ echo 'no interface carries {addr}' >&2; exit 1; }}\n\
+                         command -v tc >/dev/null || {{ echo 'tc is missing (apt-get install iproute2)' >&2; exit 1; }}\n"
+                    ));
+                    s.push_str(&deadman(c, a, secs));
+                    s.push_str(
+                        "tc qdisc replace dev \"$dev\" root netem delay 50ms 20ms distribution normal 2>/tmp/.hakube-netem.err || { echo \"netem is not available here: $(cat /tmp/.hakube-netem.err)\" >&2; exit 1; }\n",
+                    );
+                    return s;
+                }
+            };
+            s.push_str(&deadman(c, a, secs));
+            s.push_str(&format!(
+                "mkdir -p {RUN_DIR}\nnohup setsid sh -c {} >/dev/null 2>&1 </dev/null &\necho $! > {RUN_DIR}/{}.pgid\n",
+                quote(&body),
+                id(a)
+            ));
+        }
         Action::Stop { service, .. } => {
-            s.push_str(&deadman(a, secs));
+            s.push_str(&deadman(c, a, secs));
             s.push_str(&format!("systemctl stop {}\n", quote(service)));
         }
         Action::StaticPod { pod, .. } => {
             s.push_str(&format!(
                 "[ -f {MANIFESTS}/{pod}.yaml ] || {{ echo 'no static pod manifest {MANIFESTS}/{pod}.yaml' >&2; exit 1; }}\n"
             ));
-            s.push_str(&deadman(a, secs));
+            s.push_str(&deadman(c, a, secs));
             s.push_str(&format!(
                 "mkdir -p {PARKED}\nmv -f {MANIFESTS}/{pod}.yaml {PARKED}/{pod}.yaml\n"
             ));
@@ -298,7 +421,7 @@ pub fn inject_script(a: &Action, hold: Duration) -> String {
                 "[ -n \"${1:-}\" ] && [ -n \"${3:-}\" ] || { echo 'cannot find SSH_CLIENT: refusing to cut off the SSH session' >&2; exit 1; }\n",
                 "case $1 in *:*) fam=ip6;; *) fam=ip;; esac\n",
             ));
-            s.push_str(&deadman(a, secs));
+            s.push_str(&deadman(c, a, secs));
             s.push_str(&format!(
                 "nft -f - <<EOF\n\
                  table inet {PARTITION_TABLE} {{\n\
@@ -317,18 +440,18 @@ impl Injector for SshInjector {
     }
     fn inject<'a>(&'a self, a: &'a Action, hold: Duration) -> BoxFut<'a, Result<()>> {
         Box::pin(async move {
-            self.run(a.host(), &inject_script(a, hold), &a.describe())
+            self.run(a.host(), &inject_script(&self.c, a, hold), &a.describe())
                 .await
         })
     }
     fn restore<'a>(&'a self, a: &'a Action) -> BoxFut<'a, Result<()>> {
         Box::pin(async move {
-            let script = format!("{}{}", cancel_deadman(a), restore_script(a));
+            let script = format!("{}{}", cancel_deadman(a), restore_script(&self.c, a));
             self.run(a.host(), &script, &a.undo()).await
         })
     }
     fn by_hand(&self, a: &Action) -> String {
-        format!("ssh {} {}", a.host(), quote(&restore_script(a)))
+        format!("ssh {} {}", a.host(), quote(&restore_script(&self.c, a)))
     }
 }
 
@@ -337,6 +460,8 @@ impl Injector for SshInjector {
 pub struct Guard {
     inj: Arc<dyn Injector>,
     armed: Vec<Action>,
+    /// Optional faults the hosts could not take, with why.
+    pub skipped: Vec<String>,
 }
 
 /// How often a restore is tried before the drill gives up and says how to do it by hand.
@@ -344,14 +469,23 @@ const RESTORE_TRIES: u32 = 3;
 
 impl Guard {
     pub fn new(inj: Arc<dyn Injector>) -> Guard {
-        Guard { inj, armed: vec![] }
+        Guard {
+            inj,
+            armed: vec![],
+            skipped: vec![],
+        }
     }
 
     /// Inject every action. Each is armed before it is tried, so a half-done one is restored.
     pub async fn inject(&mut self, actions: &[Action], hold: Duration) -> Result<()> {
         for a in actions {
             self.armed.push(a.clone());
-            self.inj.inject(a, hold).await?;
+            match self.inj.inject(a, hold).await {
+                Err(e) if a.optional() => self
+                    .skipped
+                    .push(format!("skipped: {}: {e:#}", a.describe())),
+                r => r?,
+            }
         }
         Ok(())
     }
@@ -523,10 +657,76 @@ mod tests {
         assert!(e.contains("could not heal a") && e.contains("fix a"), "{e}");
     }
 
+    fn cluster() -> Cluster {
+        let y = "apiVersion: hakube.io/v1alpha1\nkind: Cluster\nmetadata: {name: t}\nspec:\n  hosts:\n    - {name: lb1, address: 10.0.0.11, roles: [loadbalancer]}\n    - {name: lb2, address: 10.0.0.12, roles: [loadbalancer]}\n    - {name: master2, address: 10.0.0.102, roles: [control-plane]}\n  networks: {management: 10.0.0.0/24}\n  loadBalancer: {vip: 10.0.0.100}\n  kubernetes: {bootstrap: lab}\n";
+        crate::spec::load_str(y, "cluster.yaml", std::path::Path::new("/tmp"))
+            .cluster
+            .expect("valid spec")
+    }
+
+    /// `sh -n`: the shell parses it.
+    fn parses(script: &str) {
+        let o = std::process::Command::new("sh")
+            .args(["-n", "-c", script])
+            .output()
+            .expect("sh");
+        assert!(
+            o.status.success(),
+            "{}\n{script}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    #[test]
+    fn loads_start_after_their_deadman_switch_and_stop_by_process_group() {
+        let c = cluster();
+        for (host, load) in [
+            ("lb1", Load::Cpu),
+            ("master2", Load::Disk { etcd: true }),
+            ("master2", Load::Jitter),
+        ] {
+            let a = Action::Load {
+                host: host.into(),
+                load,
+            };
+            let s = inject_script(&c, &a, Duration::from_secs(60));
+            parses(&s);
+            let r = restore_script(&c, &a);
+            parses(&r);
+            // The dead-man switch restores 60 s after the hold.
+            assert!(s.contains("sleep 120; "), "{s}");
+            match load {
+                Load::Cpu => {
+                    assert!(s.contains("n=$((2 * $(nproc)))") && !s.contains("timeout"));
+                    assert!(s.find("setsid").unwrap() < s.rfind("load-cpu.pgid").unwrap());
+                    assert!(r.contains("kill -TERM -$(cat $f)"), "{r}");
+                }
+                Load::Disk { .. } => {
+                    assert!(s.contains("of=/var/lib/.hakube-soak-fsync"), "{s}");
+                    assert!(r.contains("rm -f /var/lib/.hakube-soak-fsync"), "{r}");
+                }
+                Load::Jitter => {
+                    assert!(s.contains("a='10.0.0.102'"), "{s}");
+                    assert!(s.contains("netem delay 50ms 20ms"), "{s}");
+                    assert!(r.contains("grep -q netem"), "{r}");
+                }
+            }
+        }
+        assert!(
+            Action::Load {
+                host: "lb1".into(),
+                load: Load::Jitter
+            }
+            .optional()
+        );
+        assert!(!part("lb1").optional());
+    }
+
     #[test]
     fn scripts_leave_a_deadman_switch_and_keep_ssh_open() {
+        let c = cluster();
         let a = part("master2");
-        let s = inject_script(&a, Duration::from_secs(5));
+        let s = inject_script(&c, &a, Duration::from_secs(5));
         assert!(s.contains("sleep 65; nft delete table inet hakube_drill_partition"));
         assert!(s.contains("$fam saddr $1 tcp dport $3 accept"));
         // The dead-man switch is in place before anything is dropped.
@@ -535,7 +735,7 @@ mod tests {
             host: "lb1".into(),
             service: "haproxy".into(),
         };
-        assert!(inject_script(&stop, Duration::ZERO).ends_with("systemctl stop 'haproxy'\n"));
-        assert_eq!(restore_script(&stop), "systemctl start 'haproxy'");
+        assert!(inject_script(&c, &stop, Duration::ZERO).ends_with("systemctl stop 'haproxy'\n"));
+        assert_eq!(restore_script(&c, &stop), "systemctl start 'haproxy'");
     }
 }

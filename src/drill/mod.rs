@@ -60,6 +60,9 @@ pub struct Options {
     pub baseline: Duration,
     /// Probing after recovery, to catch late effects (a VIP moving back, for example).
     pub tail: Duration,
+    /// `soak` under load: CPU, disk and jitter on the VIP holder and the etcd leader, and any
+    /// VIP move, leader change or backend change fails it.
+    pub load: bool,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             interval: Duration::from_millis(50),
             baseline: Duration::from_secs(1),
             tail: Duration::from_secs(1),
+            load: false,
         }
     }
 }
@@ -178,6 +182,7 @@ impl Drill {
                 Arc::new(LabInjector {
                     lab: name.clone(),
                     exe: std::env::current_exe().context("cannot find the hakube binary")?,
+                    ssh: SshInjector::new(&c),
                 })
             }
             _ => Arc::new(SshInjector::new(&c)),

@@ -4,7 +4,7 @@
 use super::fault::{Action, Kind};
 use super::metrics::{Metrics, Sample};
 use super::scenario::Scenario;
-use super::watch::{Change, Leader};
+use super::watch::{Change, Leader, Rating};
 use crate::observe::vip::Holders;
 use serde::Serialize;
 use std::time::Duration;
@@ -81,8 +81,61 @@ pub struct ScenarioReport {
     /// Expected alerts, read from Prometheus during the drill (with monitoring).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<super::alerts::AlertTiming>,
+    /// For a soak: what moved although nothing was broken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disturbances: Option<Disturbances>,
     #[serde(skip)]
     pub samples: Vec<Sample>,
+}
+
+/// What a soak must not see: the HA layers reacting although nothing was broken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disturbances {
+    /// The set of LBs holding the VIP changed (an LB that could not be asked is no change).
+    pub vip_moves: usize,
+    /// etcd's leader changed or went missing (a member that could not be asked is no change).
+    pub leader_changes: usize,
+    /// HAProxy changed its rating of an API server (a stats page that did not answer is none).
+    pub backend_changes: usize,
+}
+
+impl Disturbances {
+    pub fn count(changes: &[Change]) -> Disturbances {
+        use super::watch::Event;
+        let mut d = Disturbances::default();
+        for c in changes {
+            match &c.event {
+                Event::Vip { from, to } if from.names() != to.names() => d.vip_moves += 1,
+                Event::Leader { from, to }
+                    if *from != Leader::Unknown && *to != Leader::Unknown =>
+                {
+                    d.leader_changes += 1
+                }
+                Event::Backend {
+                    from: Rating::State(_),
+                    to: Rating::State(_),
+                    ..
+                } => d.backend_changes += 1,
+                _ => {}
+            }
+        }
+        d
+    }
+
+    pub fn total(&self) -> usize {
+        self.vip_moves + self.leader_changes + self.backend_changes
+    }
+}
+
+impl std::fmt::Display for Disturbances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} VIP move(s), {} etcd leader change(s), {} HAProxy backend change(s)",
+            self.vip_moves, self.leader_changes, self.backend_changes
+        )
+    }
 }
 
 impl ScenarioReport {
@@ -115,6 +168,7 @@ impl ScenarioReport {
             probe_end_ms: 0.0,
             files: vec![],
             alerts: vec![],
+            disturbances: None,
             samples: vec![],
         }
     }
@@ -148,6 +202,8 @@ pub struct Ending<'a> {
     pub failed_requests: usize,
     pub requests: usize,
     pub interrupted: bool,
+    /// A soak under load: any disturbance fails it.
+    pub must_be_quiet: Option<Disturbances>,
 }
 
 /// Passed when the cluster recovered and every acknowledged write is there (and, for a soak,
@@ -186,6 +242,9 @@ pub fn verdict(e: &Ending) -> (Outcome, Option<String>) {
             e.failed_requests, e.requests
         ));
     }
+    if let Some(d) = e.must_be_quiet.filter(|d| d.total() > 0) {
+        problems.push(format!("under load with no fault injected: {d}"));
+    }
     if e.interrupted {
         let msg = if problems.is_empty() {
             "interrupted; the fault was restored and the cluster recovered".to_string()
@@ -220,6 +279,7 @@ mod tests {
             failed_requests: 3,
             requests: 100,
             interrupted: false,
+            must_be_quiet: None,
         }
     }
 
@@ -268,6 +328,65 @@ mod tests {
             ..e
         };
         assert_eq!(verdict(&quiet).0, Outcome::Passed);
+    }
+
+    #[test]
+    fn a_soak_under_load_fails_on_any_disturbance_but_not_on_unknowns() {
+        use crate::drill::watch::Event;
+        use crate::observe::haproxy::ServerState;
+        let at = |event| Change { t_ms: 1.0, event };
+        let m = |n: &str| Leader::Member(n.into());
+        let changes = vec![
+            at(Event::Leader {
+                from: m("m1"),
+                to: Leader::Unknown,
+            }),
+            at(Event::Leader {
+                from: Leader::Unknown,
+                to: m("m1"),
+            }),
+            at(Event::Backend {
+                server: "m1".into(),
+                lb: "lb1".into(),
+                from: Rating::State(ServerState::Up),
+                to: Rating::NoAnswer,
+            }),
+        ];
+        assert_eq!(Disturbances::count(&changes), Disturbances::default());
+        let moved = [
+            changes.clone(),
+            vec![
+                at(Event::Leader {
+                    from: m("m1"),
+                    to: m("m2"),
+                }),
+                at(Event::Backend {
+                    server: "m1".into(),
+                    lb: "lb1".into(),
+                    from: Rating::State(ServerState::Up),
+                    to: Rating::State(ServerState::Down),
+                }),
+            ],
+        ]
+        .concat();
+        let d = Disturbances::count(&moved);
+        assert_eq!(
+            (d.leader_changes, d.backend_changes, d.vip_moves),
+            (1, 1, 0)
+        );
+        let w = WriteCheck::default();
+        let e = Ending {
+            scenario: Scenario::Soak,
+            failed_requests: 0,
+            must_be_quiet: Some(d),
+            ..ending(Some(&w))
+        };
+        let (o, msg) = verdict(&e);
+        assert_eq!(o, Outcome::Failed);
+        assert!(
+            msg.unwrap_or_default()
+                .contains("1 etcd leader change(s), 1 HAProxy backend change(s)")
+        );
     }
 
     #[test]

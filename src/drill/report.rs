@@ -179,6 +179,9 @@ pub fn scenario_text(r: &ScenarioReport) -> String {
     for a in &alert_rows {
         rows.push(("alert", a.clone()));
     }
+    if let Some(d) = &r.disturbances {
+        rows.push(("disturbances", d.to_string()));
+    }
     let moves = transitions(r, What::Vip);
     rows.push((
         "VIP",

@@ -155,6 +155,7 @@ pub fn loss(c: &Cluster, actions: &[Action]) -> Loss {
                 _ => (false, true, false),
             },
             Action::StaticPod { pod, .. } => (false, true, pod == "etcd"),
+            Action::Load { .. } => (false, false, false),
         };
         for (yes, list) in [
             (lb, &mut l.load_balancers),
@@ -295,6 +296,36 @@ pub fn plan(c: &Cluster, s: &Status, sc: Scenario, host: Option<&str>) -> Result
         chosen_as,
         actions,
     })
+}
+
+/// The loads of `soak --load`: CPU and jitter on the VIP holder; CPU, disk next to etcd's data
+/// and jitter on the etcd leader (the two hosts whose slowness moves the VIP or the leader).
+/// Returns the actions and the hosts they touch.
+pub fn soak_load(s: &Status) -> Result<(Vec<Action>, String), String> {
+    use super::fault::Load;
+    let holder = match s.vip_holders.as_slice() {
+        [one] => one.clone(),
+        other => {
+            return Err(format!(
+                "a soak under load needs one VIP holder, not {other:?}"
+            ));
+        }
+    };
+    let leader = leader(s)
+        .ok_or("a soak under load needs an etcd leader, and etcd reports none")?
+        .to_string();
+    let load = |host: &str, load| Action::Load {
+        host: host.into(),
+        load,
+    };
+    let actions = vec![
+        load(&holder, Load::Cpu),
+        load(&leader, Load::Cpu),
+        load(&leader, Load::Disk { etcd: true }),
+        load(&holder, Load::Jitter),
+        load(&leader, Load::Jitter),
+    ];
+    Ok((actions, format!("{holder}, {leader}")))
 }
 
 /// Reasons to refuse the plan on this cluster right now (empty: go ahead).

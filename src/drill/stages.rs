@@ -5,7 +5,7 @@
 //! ([`Drill::recover`]), and collect what was seen into the report ([`Drill::collect`]).
 
 use super::fault::{Action, Guard, Kind};
-use super::outcome::{Ending, verdict};
+use super::outcome::{Disturbances, Ending, verdict};
 use super::prober::{self, Prober};
 use super::scenario::{self, NoPlan, Plan, Scenario};
 use super::watch::{Event, Watcher};
@@ -58,11 +58,21 @@ impl Drill {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
-        let plan = match scenario::plan(&self.c, &s, sc, self.opts.host.as_deref()) {
+        let mut plan = match scenario::plan(&self.c, &s, sc, self.opts.host.as_deref()) {
             Ok(p) => p,
             Err(NoPlan::Skip(m)) => return Err(rep.end(Outcome::Skipped, m)),
             Err(NoPlan::Invalid(m)) => return Err(rep.end(Outcome::Refused, m)),
         };
+        if sc.is_soak() && self.opts.load {
+            match scenario::soak_load(&s) {
+                Ok((actions, on)) => {
+                    plan.actions = actions;
+                    plan.target = on;
+                    plan.chosen_as = "the VIP holder and the etcd leader, under load".into();
+                }
+                Err(m) => return Err(rep.end(Outcome::Refused, m)),
+            }
+        }
         rep.target = Some(plan.target.clone());
         rep.chosen_as = Some(plan.chosen_as.clone());
         rep.faults = plan.actions.clone();
@@ -277,6 +287,10 @@ impl Drill {
             a.injected(Instant::now());
         }
         let injected = guard.inject(actions, self.opts.duration).await;
+        for w in guard.skipped.drain(..) {
+            self.say(sc, &w);
+            rep.warnings.push(w);
+        }
         rep.injected_after_ms = Some(ms_since(p.t0) - inject_ms);
         let mut held = Held {
             inject_ms,
@@ -467,6 +481,9 @@ impl Drill {
             .collect();
         rep.writes = Some(writes);
 
+        if sc.is_soak() {
+            rep.disturbances = Some(Disturbances::count(&rep.changes));
+        }
         let (outcome, message) = verdict(&Ending {
             scenario: sc,
             inject_failure: held.failure,
@@ -478,6 +495,7 @@ impl Drill {
             failed_requests: rep.metrics.as_ref().map_or(0, |m| m.failed),
             requests: rep.metrics.as_ref().map_or(0, |m| m.requests),
             interrupted: held.interrupted,
+            must_be_quiet: rep.disturbances.filter(|_| self.opts.load),
         });
         rep.outcome = outcome;
         rep.message = message;
