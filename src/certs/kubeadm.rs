@@ -27,6 +27,13 @@ use std::time::Duration;
 pub const CHECK_EXPIRATION: &str = "kubeadm certs check-expiration -o json";
 pub const RENEW_ALL: &str = "kubeadm certs renew all";
 const MANIFESTS: &str = "/etc/kubernetes/manifests";
+/// The static pods kubeadm's certificates are served by, etcd last (kubeadm's etcd only).
+const STATIC_PODS: [&str; 4] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "etcd",
+];
 /// Where the manifests wait while the kubelet stops their pods: outside the folder it watches.
 pub const MOVED: &str = "/etc/kubernetes/hakube/manifests-moved";
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -436,6 +443,20 @@ pub async fn renew_cluster(
 async fn control_plane(ctx: &Ctx, h: &Host, first: bool, within: Option<Duration>) -> Result<()> {
     let host = h.name.as_str();
     let t = ctx.host(host)?;
+    // An interrupted run may have left manifests out (their pods stopped): put them back first,
+    // whether or not anything is due now.
+    let left = leftovers(t).await?;
+    if !left.is_empty() {
+        ctx.log(
+            Kind::Warn,
+            host,
+            &format!(
+                "{} left in {MOVED} by an interrupted run; moving them back",
+                left.join(", ")
+            ),
+        );
+        back_and_gated(ctx, t, h, &left).await?;
+    }
     if let Some(w) = within {
         // Read-only, so it runs in dry-run too: it decides what the plan is.
         let due = due(&expiration(t).await?, w);
@@ -457,15 +478,38 @@ async fn control_plane(ctx: &Ctx, h: &Host, first: bool, within: Option<Duration
     let pods = static_pods(&ctx.c);
     ctx.run(host, move_out(&pods)).await?;
     containers(ctx, t, &pods, false).await?;
-    ctx.run(host, move_back(&pods)).await?;
-    let ca = api_ca(ctx)?;
-    crate::apply::phase::control_plane::readyz_gate_within(ctx, &ca, h, KUBELET_LIMIT).await?;
-    crate::apply::phase::etcd_member::haproxy_rates_up(ctx, host).await?;
-    containers(ctx, t, &pods, true).await?;
+    back_and_gated(ctx, t, h, &pods).await?;
     if first {
         crate::apply::phase::control_plane::admin_kubeconfig(ctx, h).await?;
     }
     Ok(())
+}
+
+/// Move the manifests of `pods` back, then the gates: `/readyz` on that host, every HAProxy
+/// rating it UP, and the containers running again.
+async fn back_and_gated(ctx: &Ctx, t: &dyn Transport, h: &Host, pods: &[&str]) -> Result<()> {
+    ctx.run(&h.name, move_back(pods)).await?;
+    let ca = api_ca(ctx)?;
+    crate::apply::phase::control_plane::readyz_gate_within(ctx, &ca, h, KUBELET_LIMIT).await?;
+    crate::apply::phase::etcd_member::haproxy_rates_up(ctx, &h.name).await?;
+    containers(ctx, t, pods, true).await
+}
+
+/// The listing of [`MOVED`] (read-only; nothing when it does not exist).
+pub fn list_moved() -> String {
+    format!("ls -1 {} 2>/dev/null || true", quote(MOVED))
+}
+
+/// The static pods whose manifests an interrupted run left in [`MOVED`].
+async fn leftovers(t: &dyn Transport) -> Result<Vec<&'static str>> {
+    let ls = list_moved();
+    let o = transport::run(t, &ls, &ls, READ_TIMEOUT).await?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    let names: Vec<&str> = text.lines().map(str::trim).collect();
+    Ok(STATIC_PODS
+        .into_iter()
+        .filter(|p| names.contains(&format!("{p}.yaml").as_str()))
+        .collect())
 }
 
 /// Wait until the kubelet has stopped every container of `pods` (`running: false`), or runs

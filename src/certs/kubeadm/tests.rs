@@ -262,10 +262,12 @@ async fn dry_run_lists_each_control_plane_fully_before_the_next() {
         cps[2].name
     ));
     assert_eq!(events(&rec), want);
-    // The dry-run only read: nothing but check-expiration ran on any host.
+    // The dry-run only read: nothing but the listing and check-expiration ran on any host.
     for (n, f) in &w.hosts {
         assert!(
-            f.ran().iter().all(|s| s == CHECK_EXPIRATION),
+            f.ran()
+                .iter()
+                .all(|s| *s == list_moved() || s == CHECK_EXPIRATION),
             "{n} ran {:?}",
             f.ran()
         );
@@ -289,7 +291,11 @@ async fn all_renews_on_every_control_plane_without_reading_first() {
             .count(),
         1
     );
-    assert!(w.hosts.values().all(|f| f.ran().is_empty()));
+    assert!(
+        w.hosts
+            .values()
+            .all(|f| f.ran().iter().all(|s| *s == list_moved()))
+    );
 }
 
 #[tokio::test]
@@ -310,7 +316,7 @@ async fn a_failing_step_stops_before_the_next_control_plane() {
     assert!(e.contains("master2, master3 not touched"), "{e}");
     assert_eq!(
         w.hosts["master1"].ran(),
-        vec![CHECK_EXPIRATION, RENEW_ALL],
+        vec![list_moved().as_str(), CHECK_EXPIRATION, RENEW_ALL],
         "no manifest was moved"
     );
     assert!(w.hosts["master2"].ran().is_empty());
@@ -338,4 +344,44 @@ fn stacked_etcd_under_kubeadm_is_restarted_with_the_rest() {
         crictl_ps(&["kube-apiserver", "etcd"]),
         "crictl ps -q --name '^(kube-apiserver|etcd)$'"
     );
+}
+
+#[tokio::test]
+async fn manifests_left_out_by_an_interrupted_run_go_back_first() {
+    let w = World::new();
+    w.hosts["master2"].on(
+        "manifests-moved",
+        0,
+        "kube-apiserver.yaml\nkube-scheduler.yaml\n",
+    );
+    for n in ["master1", "master2", "master3"] {
+        w.hosts[n].on("check-expiration", 0, &all_fine());
+    }
+    let (ctx, rec) = w.ctx(true);
+    renew(&ctx, Some(Duration::from_secs(30 * DAY)))
+        .await
+        .expect("dry-run");
+    let h = ctx
+        .c
+        .hosts
+        .iter()
+        .find(|h| h.name == "master2")
+        .expect("m2");
+    let ev = events(&rec);
+    let m2: Vec<&String> = ev.iter().filter(|l| l.starts_with("master2|")).collect();
+    assert_eq!(
+        m2,
+        vec![
+            "master2|Warn|kube-apiserver, kube-scheduler left in /etc/kubernetes/hakube/manifests-moved by an interrupted run; moving them back",
+            "master2|Command|would run: mv /etc/kubernetes/hakube/manifests-moved/kube-apiserver.yaml /etc/kubernetes/hakube/manifests-moved/kube-scheduler.yaml /etc/kubernetes/manifests/ (the kubelet starts kube-apiserver, kube-scheduler)",
+            &format!(
+                "master2|Wait|would wait for https://{}:{}/readyz = 200",
+                h.address, ctx.c.kubernetes.api_server_port
+            ),
+            "master2|Wait|would wait for every HAProxy to rate it UP",
+            "master2|Wait|would wait for kube-apiserver, kube-scheduler running again",
+            "master2|Ok|no certificate kubeadm renews expires within 30days",
+        ]
+    );
+    assert!(!ev.iter().any(|l| l.contains("renew all")), "{ev:#?}");
 }
