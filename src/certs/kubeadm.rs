@@ -22,6 +22,7 @@ use crate::transport::{self, Transport, quote};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const CHECK_EXPIRATION: &str = "kubeadm certs check-expiration -o json";
@@ -280,21 +281,42 @@ pub fn findings(certs: &[OnHost], within: Duration) -> Vec<Finding> {
 }
 
 /// What `certs check` adds for a kubeadm cluster: kubeadm's report from every control plane
-/// (connected over SSH) and the operator's admin kubeconfig. A host that cannot be read is a
-/// finding, not the end of the check.
+/// (connected over SSH, all at once: reading changes nothing) and the operator's admin
+/// kubeconfig. A host that cannot be read is a finding, not the end of the check.
 pub async fn check(c: &Cluster) -> (Vec<OnHost>, Vec<OnHost>, Vec<Finding>) {
+    let timeout = crate::apply::Options::default().connect_timeout;
+    check_with(c, |h| async move {
+        let t = transport::ssh::Ssh::connect(h, &c.base_dir, timeout).await?;
+        Ok(Arc::new(t) as Arc<dyn Transport>)
+    })
+    .await
+}
+
+/// [`check`] over the connections `connect` makes.
+pub(crate) async fn check_with<'a, F, Fut>(
+    c: &'a Cluster,
+    connect: F,
+) -> (Vec<OnHost>, Vec<OnHost>, Vec<Finding>)
+where
+    F: Fn(&'a Host) -> Fut,
+    Fut: Future<Output = Result<Arc<dyn Transport>>> + 'a,
+{
+    let reads = c.control_planes().map(|h| {
+        let conn = connect(h);
+        async move {
+            let r = match conn.await {
+                Ok(t) => expiration(t.as_ref()).await,
+                Err(e) => Err(e),
+            };
+            (h.name.as_str(), r)
+        }
+    });
     let mut kubeadm = vec![];
     let mut problems = vec![];
-    let timeout = crate::apply::Options::default().connect_timeout;
-    for h in c.control_planes() {
-        let r = async {
-            let t = transport::ssh::Ssh::connect(h, &c.base_dir, timeout).await?;
-            expiration(&t).await
-        }
-        .await;
+    for (host, r) in futures::future::join_all(reads).await {
         match r {
             Ok(v) => kubeadm.extend(v),
-            Err(e) => problems.push(unreadable(&h.name, &e)),
+            Err(e) => problems.push(unreadable(host, &e)),
         }
     }
     let mut kubeconfigs = vec![];

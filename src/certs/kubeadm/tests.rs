@@ -150,6 +150,69 @@ fn a_kubeconfigs_client_certificate_is_checked() {
     );
 }
 
+#[tokio::test]
+async fn check_reads_every_control_plane_and_names_the_one_it_cannot() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cluster(dir.path());
+    let data = base64::engine::general_purpose::STANDARD.encode(client_cert_pem(400));
+    std::fs::write(
+        crate::apply::phase::control_plane::admin_kubeconfig_path(&c),
+        format!("users:\n- name: kubernetes-admin\n  user:\n    client-certificate-data: {data}\n"),
+    )
+    .expect("write");
+    let (kubeadm, kubeconfigs, problems) = check_with(&c, |h| async move {
+        let f = Fake::new(&h.name);
+        match h.name.as_str() {
+            "master1" => {
+                f.on("check-expiration", 0, SAMPLE);
+            }
+            "master2" => {
+                f.on("check-expiration", 0, "<html>502</html>");
+            }
+            _ => bail!("{}: connection refused (scripted)", h.name),
+        }
+        Ok(Arc::new(f) as Arc<dyn Transport>)
+    })
+    .await;
+    assert_eq!(kubeadm.len(), 14);
+    assert!(kubeadm.iter().all(|k| k.host == "master1"));
+    assert_eq!(kubeconfigs.len(), 1);
+    assert!(
+        kubeconfigs[0]
+            .seconds_left
+            .is_some_and(|s| s > 399 * DAY as i64)
+    );
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(problems[0].what.contains("on master2 could not be read"));
+    assert!(
+        problems[0].what.contains(CHECK_EXPIRATION),
+        "{}",
+        problems[0].what
+    );
+    assert!(problems[1].what.contains("master3: connection refused"));
+    assert!(problems.iter().all(|p| p.severity == Severity::Warning));
+
+    // The table shows where each came from.
+    let r = super::super::Report {
+        kept: vec![],
+        served: vec![],
+        findings: findings(&kubeadm, Duration::from_secs(30 * DAY)),
+        kubeadm,
+        kubeconfigs,
+        within_seconds: 30 * DAY,
+    };
+    let text = super::super::render_text(&r);
+    assert!(text.contains("kubeadm on master1"), "{text}");
+    assert!(text.contains("MISSING"), "{text}");
+    assert!(text.contains("kubeconfig (operator)"), "{text}");
+    assert!(
+        text.contains("critical: apiserver-kubelet-client on master1 expired"),
+        "{text}"
+    );
+    assert_eq!(r.exit_code(), 2);
+}
+
 struct World {
     hosts: BTreeMap<String, Arc<Fake>>,
     dir: tempfile::TempDir,
