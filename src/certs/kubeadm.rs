@@ -495,6 +495,9 @@ async fn control_plane(ctx: &Ctx, h: &Host, first: bool, within: Option<Duration
         }
         ctx.log(Kind::Info, host, &format!("due: {}", due.join(", ")));
     }
+    if ctx.c.etcd.management == EtcdManagement::Kubeadm {
+        quorum_gate(ctx, h).await?;
+    }
     ctx.run(host, Op::script_with_display(RENEW_ALL, RENEW_ALL))
         .await?;
     let pods = static_pods(&ctx.c);
@@ -503,6 +506,35 @@ async fn control_plane(ctx: &Ctx, h: &Host, first: bool, within: Option<Duration
     back_and_gated(ctx, t, h, &pods).await?;
     if first {
         crate::apply::phase::control_plane::admin_kubeconfig(ctx, h).await?;
+    }
+    Ok(())
+}
+
+/// Before `h`'s stacked etcd member stops: every other control plane's API server must be
+/// ready (kubeadm points each at its own member), so that the remaining members keep quorum.
+async fn quorum_gate(ctx: &Ctx, h: &Host) -> Result<()> {
+    ctx.log(
+        Kind::Info,
+        &h.name,
+        "etcd is kubeadm's (stacked): every other control plane must be ready before this \
+         member stops",
+    );
+    let ca = api_ca(ctx)?;
+    for o in ctx.c.control_planes().filter(|o| o.name != h.name) {
+        crate::apply::phase::control_plane::readyz_gate_within(
+            ctx,
+            &ca,
+            o,
+            Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "refused: stopping {}'s etcd member while {} is not ready could lose quorum; \
+                 nothing on {} was changed",
+                h.name, o.name, h.name
+            )
+        })?;
     }
     Ok(())
 }

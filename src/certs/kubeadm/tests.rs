@@ -448,3 +448,54 @@ async fn manifests_left_out_by_an_interrupted_run_go_back_first() {
     );
     assert!(!ev.iter().any(|l| l.contains("renew all")), "{ev:#?}");
 }
+
+#[tokio::test]
+async fn with_kubeadms_etcd_the_other_members_are_gated_first_and_etcd_restarts_too() {
+    let w = World::new();
+    let (mut ctx, rec) = w.ctx(true);
+    ctx.c.etcd.management = EtcdManagement::Kubeadm;
+    renew(&ctx, None).await.expect("dry-run");
+    let ev = events(&rec);
+    let cps: Vec<Host> = ctx.c.control_planes().cloned().collect();
+    let port = ctx.c.kubernetes.api_server_port;
+    let at = |needle: &str| {
+        ev.iter()
+            .position(|l| l == needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing from {ev:#?}"))
+    };
+    // master2's turn: master1 and master3 ready first, then its renewal.
+    let gate = at(&format!(
+        "{}|Info|etcd is kubeadm's (stacked): every other control plane must be ready before this member stops",
+        cps[1].name
+    ));
+    let m1 = at(&format!(
+        "{}|Wait|would wait for https://{}:{port}/readyz = 200",
+        cps[0].name, cps[0].address
+    ));
+    assert!(m1 < gate, "master1's own gate comes during its turn");
+    let after = &ev[gate..];
+    let pos = |needle: &str| {
+        after
+            .iter()
+            .position(|l| l == needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing after the gate: {after:#?}"))
+    };
+    let r1 = pos(&format!(
+        "{}|Wait|would wait for https://{}:{port}/readyz = 200",
+        cps[0].name, cps[0].address
+    ));
+    let r3 = pos(&format!(
+        "{}|Wait|would wait for https://{}:{port}/readyz = 200",
+        cps[2].name, cps[2].address
+    ));
+    let renew = pos(&format!(
+        "{}|Command|would run: kubeadm certs renew all",
+        cps[1].name
+    ));
+    assert!(r1 < renew && r3 < renew, "{after:#?}");
+    assert!(
+        ev.iter().any(|l| l.contains("/etc/kubernetes/manifests/etcd.yaml")
+            && l.contains("the kubelet stops kube-apiserver, kube-controller-manager, kube-scheduler, etcd")),
+        "{ev:#?}"
+    );
+}
