@@ -393,7 +393,7 @@ fn crictl_ps(pods: &[&str]) -> String {
 }
 
 /// The CA that signs what the API servers serve (copied from upgrade's `api_ca`).
-fn api_ca(ctx: &Ctx) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+fn api_ca(ctx: &Ctx) -> Result<Arc<rustls::ClientConfig>> {
     let pem = ctx
         .state
         .api_ca_pem()
@@ -405,7 +405,7 @@ fn api_ca(ctx: &Ctx) -> Result<std::sync::Arc<rustls::ClientConfig>> {
 /// folder every 20 s by default, then the API server needs its own start-up).
 const KUBELET_LIMIT: Duration = Duration::from_secs(180);
 
-/// Whether some certificate on `host` needs `kubeadm certs renew all`: a leaf kubeadm can renew
+/// The certificates that make `kubeadm certs renew all` due on a host: leaves kubeadm can renew
 /// that expires within `within`.
 fn due(certs: &[OnHost], within: Duration) -> Vec<String> {
     certs
@@ -445,7 +445,7 @@ pub async fn renew_cluster(
     c: Cluster,
     within: Option<Duration>,
     dry_run: bool,
-    reporter: std::sync::Arc<dyn crate::apply::report::Reporter>,
+    reporter: Arc<dyn crate::apply::report::Reporter>,
 ) -> Result<()> {
     let _lock = if dry_run {
         None
