@@ -5,8 +5,13 @@
 //! the hosts. Renewing retires the expiring ones from the state (moved aside, never deleted),
 //! and the normal apply path then issues new ones, copies them, and restarts etcd members and
 //! API servers one at a time behind health gates.
+//!
+//! With `bootstrap: kubeadm`, [`kubeadm`] adds what kubeadm keeps on each control plane and the
+//! client certificates in kubeconfigs, and renews them one control plane at a time.
 
-use crate::spec::Cluster;
+pub mod kubeadm;
+
+use crate::spec::{Bootstrap, Cluster};
 use crate::state::State;
 use crate::status::Cert as Served;
 use anyhow::{Context, Result};
@@ -45,6 +50,10 @@ pub struct Finding {
 pub struct Report {
     pub kept: Vec<Kept>,
     pub served: Vec<Served>,
+    /// `kubeadm certs check-expiration` on each control plane (kubeadm clusters).
+    pub kubeadm: Vec<kubeadm::OnHost>,
+    /// Client certificates in the operator's kubeconfigs (kubeadm clusters).
+    pub kubeconfigs: Vec<kubeadm::OnHost>,
     pub findings: Vec<Finding>,
     pub within_seconds: u64,
 }
@@ -57,6 +66,16 @@ impl Report {
             Some(Severity::Warning) => 1,
             _ => 0,
         }
+    }
+}
+
+/// `12 days left`, or `42 minutes left` inside a day.
+fn left_words(seconds: i64) -> String {
+    let days = seconds.div_euclid(86400);
+    if days > 0 {
+        format!("{days} days left")
+    } else {
+        format!("{} minutes left", seconds / 60)
     }
 }
 
@@ -128,7 +147,6 @@ pub fn findings(kept: &[Kept], served: &[Served], within: Duration) -> Vec<Findi
     let within = within.as_secs() as i64;
     let mut out = vec![];
     for k in kept {
-        let days = k.seconds_left.div_euclid(86400);
         let fix = if k.is_ca {
             "hakube does not rotate CAs yet: plan a CA rotation (apply --replace-ca, with downtime)"
                 .to_string()
@@ -148,11 +166,7 @@ pub fn findings(kept: &[Kept], served: &[Served], within: Duration) -> Vec<Findi
                     "{} expires on {} ({})",
                     k.name,
                     k.not_after,
-                    if days > 0 {
-                        format!("{days} days left")
-                    } else {
-                        format!("{} minutes left", k.seconds_left / 60)
-                    }
+                    left_words(k.seconds_left)
                 ),
                 fix,
             });
@@ -185,16 +199,28 @@ pub fn findings(kept: &[Kept], served: &[Served], within: Duration) -> Vec<Findi
     out
 }
 
-/// Look at everything: the state's certificates and what the live endpoints serve.
+/// Look at everything: the state's certificates and what the live endpoints serve, and with
+/// kubeadm what it reports on each control plane and the admin kubeconfig's client certificate.
 pub async fn check(c: &Cluster, within: Duration) -> Result<Report> {
     let state = State::open(c)?;
     let kept = kept(&state)?;
     let tls = state.operator_etcd_tls()?;
     let served = crate::status::probes::certs(c, state.api_ca_pem().as_deref(), &tls).await;
-    let findings = findings(&kept, &served, within);
+    let mut findings = findings(&kept, &served, within);
+    let (kubeadm, kubeconfigs) = if c.kubernetes.bootstrap == Bootstrap::Kubeadm {
+        let (k, kc, problems) = kubeadm::check(c).await;
+        findings.extend(problems);
+        findings.extend(kubeadm::findings(&k, within));
+        findings.extend(kubeadm::findings(&kc, within));
+        (k, kc)
+    } else {
+        (vec![], vec![])
+    };
     Ok(Report {
         kept,
         served,
+        kubeadm,
+        kubeconfigs,
         findings,
         within_seconds: within.as_secs(),
     })
@@ -238,6 +264,24 @@ pub fn render_text(r: &Report) -> String {
             format!("served by {}", s.host),
             s.not_after.clone(),
             left(s.seconds_left),
+        ]);
+    }
+    for c in r.kubeadm.iter().chain(&r.kubeconfigs) {
+        let place = if c.host == "operator" {
+            "kubeconfig (operator)".to_string()
+        } else {
+            format!("kubeadm on {}", c.host)
+        };
+        let name = if c.is_ca {
+            format!("{} (CA)", c.name)
+        } else {
+            c.name.clone()
+        };
+        t.add_row(vec![
+            name,
+            place,
+            c.not_after.clone().unwrap_or_else(|| "MISSING".into()),
+            c.seconds_left.map(left).unwrap_or_default(),
         ]);
     }
     let mut out = format!("{t}\n");

@@ -41,7 +41,11 @@ struct SpecArgs {
 #[derive(Subcommand)]
 enum CertsCommand {
     /// List every certificate in the operator state and every one the API servers and etcd
-    /// serve, with its expiry; a renewed certificate that is not served yet is a finding.
+    /// serve, with its expiry; a renewed certificate that is not served yet is a finding. With
+    /// `bootstrap: kubeadm`, also kubeadm's certificates on each control plane (`kubeadm certs
+    /// check-expiration -o json` over SSH, which covers the client certificates of admin.conf,
+    /// super-admin.conf, controller-manager.conf and scheduler.conf) and the client certificate
+    /// of the admin kubeconfig next to the spec.
     ///
     /// Exit status: 0 fine, 1 one inside --within or not served yet, 2 one expired.
     Check {
@@ -55,6 +59,12 @@ enum CertsCommand {
     /// and roll them out with apply: etcd members restart one at a time (their API server
     /// drained first, leadership moved away), then the API servers, each behind a health gate.
     /// The old certificates are kept in .hakube/<cluster>/pki/retired/. CAs are not renewed.
+    ///
+    /// With `bootstrap: kubeadm`, then one control plane at a time (never all at once):
+    /// `kubeadm certs renew all`, the static pods restarted by moving their manifests out of
+    /// /etc/kubernetes/manifests until the kubelet has stopped them and back, gated on /readyz
+    /// and HAProxy rating it UP; on the first control plane the admin kubeconfig next to the
+    /// spec is refreshed. A control plane with nothing expiring within --within is skipped.
     Renew {
         #[command(flatten)]
         spec: SpecArgs,
@@ -599,26 +609,65 @@ fn cmd_certs(command: CertsCommand) -> anyhow::Result<i32> {
             };
             let state = hakube::state::State::open(&cluster)?;
             let due = hakube::certs::due(&hakube::certs::kept(&state)?, (!all).then_some(within));
+            let kubeadm = cluster.kubernetes.bootstrap == spec::Bootstrap::Kubeadm;
             if due.is_empty() {
                 eprintln!(
-                    "no leaf certificate expires within {}; nothing to renew (--all renews every one)",
+                    "no leaf certificate in the operator state expires within {}; nothing to \
+                     renew there (--all renews every one)",
                     humantime::format_duration(within)
                 );
+            } else {
+                eprintln!(
+                    "renewing {} certificate(s): {}",
+                    due.len(),
+                    due.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+                let code = cmd_apply(
+                    &spec,
+                    apply::Options {
+                        dry_run,
+                        renew: due,
+                        ..Default::default()
+                    },
+                )?;
+                if code != 0 {
+                    return Ok(code);
+                }
+            }
+            if !kubeadm {
                 return Ok(0);
             }
             eprintln!(
-                "renewing {} certificate(s): {}",
-                due.len(),
-                due.iter().cloned().collect::<Vec<_>>().join(", ")
+                "kubeadm's certificates: `kubeadm certs renew all` on {}, one control plane at a time",
+                if all {
+                    "every control plane".to_string()
+                } else {
+                    format!(
+                        "each control plane with one expiring within {}",
+                        humantime::format_duration(within)
+                    )
+                }
             );
-            cmd_apply(
-                &spec,
-                apply::Options {
-                    dry_run,
-                    renew: due,
-                    ..Default::default()
-                },
-            )
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let json = spec.output == Output::Json;
+            match rt.block_on(hakube::certs::kubeadm::renew_cluster(
+                cluster,
+                (!all).then_some(within),
+                dry_run,
+                hakube::output::events(json),
+            )) {
+                Ok(()) if dry_run => {
+                    eprintln!("dry run: nothing was changed");
+                    Ok(0)
+                }
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    Ok(2)
+                }
+            }
         }
     }
 }

@@ -399,3 +399,41 @@ fn upgrade_without_operator_state_fails_clearly_and_creates_nothing() {
         .stdout(predicate::str::contains("no operator state"));
     assert!(!dir.path().join(".hakube").exists());
 }
+
+#[test]
+fn certs_renew_dry_run_without_operator_state_fails_clearly_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = spec_in(dir.path(), SEED);
+    // Help text is wrapped to the terminal: compare it with whitespace collapsed.
+    let help = |cmd: &str| {
+        let o = hakube()
+            .args(["certs", cmd, "--help"])
+            .output()
+            .expect("help");
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let renew = help("renew");
+    for s in [
+        "--dry-run",
+        "`kubeadm certs renew all`",
+        "one control plane at a time (never all at once)",
+    ] {
+        assert!(renew.contains(s), "{s:?} missing from: {renew}");
+    }
+    let check = help("check");
+    assert!(
+        check.contains("kubeadm certs check-expiration -o json"),
+        "{check}"
+    );
+    hakube()
+        .args(["certs", "renew", "--dry-run", "-f"])
+        .arg(&f)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no operator state"));
+    assert!(!dir.path().join(".hakube").exists());
+}

@@ -18,8 +18,10 @@ use crate::spec::Cluster;
 use crate::state::State;
 use crate::transport::{self, BoxFut, Transport};
 use anyhow::{Result, bail};
+/// What a [`Ctx`] starts from (for contexts built over other transports in tests).
+pub(crate) use ctx::Found;
+use ctx::Hashes;
 pub use ctx::{Ctx, HostStats, wait_for};
-use ctx::{Found, Hashes};
 use facts::Facts;
 pub use phase::convergence_limit;
 use report::{Kind, Reporter};

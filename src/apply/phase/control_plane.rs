@@ -72,12 +72,22 @@ async fn lab(ctx: &Ctx) -> Result<()> {
 
 /// Wait until the API server on `h` answers `/readyz` with 200.
 pub async fn readyz_gate(ctx: &Ctx, ca: &Arc<rustls::ClientConfig>, h: &Host) -> Result<()> {
+    readyz_gate_within(ctx, ca, h, Duration::from_secs(60)).await
+}
+
+/// [`readyz_gate`] with its own bound (a kubelet restarting a static pod takes longer).
+pub async fn readyz_gate_within(
+    ctx: &Ctx,
+    ca: &Arc<rustls::ClientConfig>,
+    h: &Host,
+    limit: Duration,
+) -> Result<()> {
     let addr = SocketAddr::new(h.address, ctx.c.kubernetes.api_server_port);
     ctx.wait(
         &h.name,
         &format!("https://{addr}/readyz = 200"),
         &format!("https://{addr}/readyz is 200"),
-        Duration::from_secs(60),
+        limit,
         || async {
             let r = crate::probe::get(ca, addr, "/readyz", Duration::from_secs(2)).await?;
             if r.status == 200 {
@@ -333,7 +343,7 @@ async fn cni(ctx: &Ctx, first: &Host) -> Result<()> {
 
 /// The admin kubeconfig next to the spec (0600), its server the VIP, so that the operator (and
 /// `kubectl`) reach the cluster the way its clients do.
-async fn admin_kubeconfig(ctx: &Ctx, first: &Host) -> Result<()> {
+pub(crate) async fn admin_kubeconfig(ctx: &Ctx, first: &Host) -> Result<()> {
     let dest = admin_kubeconfig_path(&ctx.c);
     let server = format!("https://{}", ctx.c.control_plane_endpoint());
     ctx.act(
