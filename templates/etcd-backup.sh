@@ -20,9 +20,13 @@ tool() {
 }
 ETCDCTL=$(tool etcdctl)
 ETCDUTL=$(tool etcdutl)
+# $1: the command timeout. etcdctl retries a refused connection until it, so a status gets a
+# short one (a stopped member must fail the run, not hang it) and a snapshot a long one.
 ctl() {
+    t=$1
+    shift
     ETCDCTL_API=3 "$ETCDCTL" --endpoints="$ENDPOINT" --cacert="$CACERT" --cert="$CERT" \
-        --key="$KEY" --dial-timeout=5s --command-timeout=2h "$@"
+        --key="$KEY" --dial-timeout=5s --command-timeout="$t" "$@"
 }
 
 mkdir -p "$BACKUP_DIR"
@@ -40,7 +44,7 @@ PARTIAL="$BACKUP_DIR/$NAME.partial"
 trap 'rm -f "$PARTIAL" "$PARTIAL.part"' EXIT
 
 # Room for the snapshot: twice the database's size must be free.
-if ! EP=$(ctl endpoint status -w json 2>&1); then
+if ! EP=$(ctl 15s endpoint status -w json 2>&1); then
     fail "the local etcd member at $ENDPOINT does not answer: $(printf '%s' "$EP" | tail -n 2)"
 fi
 DB=$(printf '%s' "$EP" | sed -n 's/.*"dbSize":\([0-9]*\).*/\1/p')
@@ -51,7 +55,7 @@ NEED=$((DB * 2 / 1024 + 1024))
     fail "only $FREE KiB free in $BACKUP_DIR, $NEED KiB needed (twice the $DB-byte database); free space there or lower spec.backup.schedule.keep"
 
 log "snapshot of member $MEMBER ($ENDPOINT, database $DB bytes) to $PARTIAL"
-if ! OUT=$(ctl snapshot save "$PARTIAL" 2>&1); then
+if ! OUT=$(ctl 2h snapshot save "$PARTIAL" 2>&1); then
     fail "etcdctl snapshot save from $ENDPOINT: $(printf '%s' "$OUT" | tail -n 3)"
 fi
 

@@ -67,7 +67,7 @@ fn service(lab: &Lab, host: &str) -> String {
 }
 
 #[test]
-#[ignore = "not yet green: never seen to finish (its runs were cut short by a loaded machine and, once, a rebuilt binary); run with --ignored"]
+
 fn scheduled_backups_run_verify_prune_and_report_failures() {
     if !is_root() {
         eprintln!("skipped: needs root (CI runs as root)");
