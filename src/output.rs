@@ -8,6 +8,22 @@ pub enum Output {
     Json,
 }
 
+/// Load a spec for a command that acts on the cluster: the cluster, or `None` after printing
+/// every diagnostic and `<file>: the spec has errors; <consequence>` on stderr (exit 2).
+pub fn load_spec(
+    file: &std::path::Path,
+    consequence: &str,
+) -> anyhow::Result<Option<crate::spec::Cluster>> {
+    let loaded = crate::spec::load_file(file)?;
+    if loaded.cluster.is_none() {
+        for d in &loaded.diagnostics.items {
+            eprintln!("{d}");
+        }
+        eprintln!("{}: the spec has errors; {consequence}", file.display());
+    }
+    Ok(loaded.cluster)
+}
+
 /// Apply's (and upgrade's) events, rendered for people or as JSON lines on stdout.
 pub fn events(json: bool) -> std::sync::Arc<dyn crate::apply::report::Reporter> {
     if json {

@@ -142,14 +142,7 @@ pub struct RestoreArgs {
 }
 
 fn load(file: &Path) -> Result<Option<Cluster>> {
-    let loaded = crate::spec::load_file(file)?;
-    if loaded.cluster.is_none() {
-        for d in &loaded.diagnostics.items {
-            eprintln!("{d}");
-        }
-        eprintln!("{}: the spec has errors", file.display());
-    }
-    Ok(loaded.cluster)
+    crate::output::load_spec(file, "nothing was done")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

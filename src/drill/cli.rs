@@ -105,15 +105,7 @@ pub fn exit_code(rs: &[ScenarioReport]) -> i32 {
 }
 
 pub fn run(a: DrillArgs) -> Result<i32> {
-    let loaded = crate::spec::load_file(&a.file)?;
-    let Some(c) = loaded.cluster else {
-        for d in &loaded.diagnostics.items {
-            eprintln!("{d}");
-        }
-        eprintln!(
-            "{}: the spec has errors; no drill was run",
-            a.file.display()
-        );
+    let Some(c) = crate::output::load_spec(&a.file, "no drill was run")? else {
         return Ok(2);
     };
     let scenarios: Vec<Scenario> = match a.scenario.as_str() {

@@ -59,15 +59,7 @@ pub struct UpgradeArgs {
 }
 
 pub fn run_upgrade(a: UpgradeArgs) -> Result<i32> {
-    let loaded = crate::spec::load_file(&a.file)?;
-    let Some(c) = loaded.cluster else {
-        for d in &loaded.diagnostics.items {
-            eprintln!("{d}");
-        }
-        eprintln!(
-            "{}: the spec has errors; nothing was upgraded",
-            a.file.display()
-        );
+    let Some(c) = crate::output::load_spec(&a.file, "nothing was upgraded")? else {
         return Ok(2);
     };
     let json = a.output == Output::Json;
