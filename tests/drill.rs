@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -272,42 +271,12 @@ fn drills_measure_recover_refuse_and_restore_on_ctrl_c() {
     await_healthy(&lab, "healthy before Ctrl-C");
     let (_, s) = status_code(&lab);
     let holder = s["vip_holders"][0].as_str().unwrap_or("lb1").to_string();
-    let mut child = Command::new(HAKUBE)
-        .args([
-            "drill",
-            "lb-failover",
-            "--duration",
-            "120s",
-            "-o",
-            "json",
-            "-f",
-        ])
-        .arg(lab.spec())
-        .arg("--report-dir")
-        .arg(reports.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the drill");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("injecting") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("the drill injects within 30 s");
+    let drill = Background::drill(
+        &lab,
+        &["lb-failover", "--duration", "120s"],
+        reports.path(),
+    )
+    .await_injected(Duration::from_secs(30));
     eventually(
         "haproxy stopped by the drill",
         Duration::from_secs(10),
@@ -320,19 +289,17 @@ fn drills_measure_recover_refuse_and_restore_on_ctrl_c() {
         },
     );
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(drill.pid() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .expect("SIGINT");
-    let out = child.wait_with_output().expect("drill exits");
-    let log = reader.join().unwrap_or_default();
-    assert_eq!(out.status.code(), Some(130), "{log}");
+    let (code, v, log) = drill.finish();
+    assert_eq!(code, 130, "{log}");
     // Restored before it exited: no waiting, no manual step.
     assert!(
         is_active(&lab, &holder, "haproxy"),
         "haproxy on {holder} was restored:\n{log}"
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(v["scenarios"][0]["outcome"], "interrupted", "{log}");
     assert!(v["scenarios"][0]["hold_ms"].as_u64().unwrap_or(u64::MAX) < 60_000);
     await_healthy(&lab, "healthy after Ctrl-C");
