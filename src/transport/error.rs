@@ -295,10 +295,9 @@ pub fn sudo_refusal(code: i32, stderr: &str) -> Option<String> {
     refused.then(|| line.trim_start_matches("sudo: ").trim().to_string())
 }
 
-/// One message for every host whose sudo refused, grouped by user and by sudo's words:
-/// `(user, detail, host)` each; `outcome` ends the last problem line ("nothing was changed").
-/// `None` when there are none.
-pub fn sudo_refusals(mut refused: Vec<(String, String, String)>, outcome: &str) -> Option<String> {
+/// Every host whose sudo refused, grouped by user and by sudo's words, one line per group, and
+/// the fix: `(user, detail, host)` each. `None` when there are none.
+pub fn sudo_groups(mut refused: Vec<(String, String, String)>) -> Option<(Vec<String>, String)> {
     if refused.is_empty() {
         return None;
     }
@@ -310,7 +309,7 @@ pub fn sudo_refusals(mut refused: Vec<(String, String, String)>, outcome: &str) 
             _ => groups.push((user, detail, vec![host])),
         }
     }
-    let lines: Vec<String> = groups
+    let lines = groups
         .iter()
         .map(|(u, d, hs)| {
             format!(
@@ -319,17 +318,21 @@ pub fn sudo_refusals(mut refused: Vec<(String, String, String)>, outcome: &str) 
             )
         })
         .collect();
-    let users: Vec<&str> = {
-        let mut v: Vec<&str> = groups.iter().map(|(u, _, _)| u.as_str()).collect();
-        v.dedup();
-        v
-    };
-    let u = users.join(", ");
-    Some(format!(
-        "{}; {outcome}\n  help: hakube runs every command as root through `sudo -n sh -c`: give {u} a NOPASSWD rule on those hosts, for example `echo '{first} ALL=(ALL:ALL) NOPASSWD: ALL' | sudo tee /etc/sudoers.d/{first}; sudo chmod 0440 /etc/sudoers.d/{first}` (check it with `sudo visudo -c`), or connect as root (spec.ssh.user: root)",
-        lines.join("\n"),
-        first = users[0],
-    ))
+    let mut users: Vec<&str> = groups.iter().map(|(u, _, _)| u.as_str()).collect();
+    users.dedup();
+    let first = users[0];
+    let help = format!(
+        "hakube runs every command as root through `sudo -n sh -c`: give {} a NOPASSWD rule on those hosts, for example `echo '{first} ALL=(ALL:ALL) NOPASSWD: ALL' | sudo tee /etc/sudoers.d/{first}; sudo chmod 0440 /etc/sudoers.d/{first}` (check it with `sudo visudo -c`), or connect as root (spec.ssh.user: root)",
+        users.join(", ")
+    );
+    Some((lines, help))
+}
+
+/// [`sudo_groups`] as one error message; `outcome` ends the last problem line ("nothing was
+/// changed").
+pub fn sudo_refusals(refused: Vec<(String, String, String)>, outcome: &str) -> Option<String> {
+    let (lines, help) = sudo_groups(refused)?;
+    Some(format!("{}; {outcome}\n  help: {help}", lines.join("\n")))
 }
 
 /// The last `n` lines of `s`.
