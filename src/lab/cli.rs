@@ -74,10 +74,11 @@ pub enum LabCommand {
     /// Inject faults for drills: kill or stop services, partition or slow down hosts.
     #[command(subcommand)]
     Fault(FaultCommand),
-    /// Switch the sudo rule of the lab's user (`lab up --user`) on every host, or on the hosts
-    /// named: `nopasswd` (as `lab up` sets it) or `password` (sudo then asks for a password the
-    /// user does not have, so `sudo -n` refuses: how hakube meets a user without passwordless
-    /// sudo).
+    /// Switch the sudo rule of the lab's user (`lab up --user`).
+    ///
+    /// On every host, or on the hosts named: `nopasswd` (as `lab up` sets it) or `password`
+    /// (sudo then asks for a password the user does not have, so `sudo -n` refuses: how hakube
+    /// meets a user without passwordless sudo).
     Sudo {
         /// `nopasswd` or `password`.
         #[arg(value_enum)]
