@@ -156,14 +156,21 @@ pub fn spawn_holder(paths: &LabPaths, st: &LabState, h: &HostState) -> Result<Pr
         binds.push((cpath(&fs_root.join(d))?, cpath(&Path::new("/").join(d))?));
     }
     if st.user.is_some() {
-        let home = Path::new("/").join(super::user::HOME_DIR);
-        fs::create_dir_all(&home)
-            .with_context(|| format!("cannot create the mount point {}", home.display()))?;
         for f in super::user::PRIVATE_FILES
             .iter()
             .chain(&[super::user::HOME_DIR])
         {
-            binds.push((cpath(&fs_root.join(f))?, cpath(&Path::new("/").join(f))?));
+            let (src, dst) = (fs_root.join(f), Path::new("/").join(f));
+            // A bind mount needs its mount point (/home, /etc/sudoers.d may be missing).
+            if src.is_dir() && !dst.exists() {
+                fs::create_dir_all(&dst).with_context(|| {
+                    format!(
+                        "cannot create the mount point {} on this machine",
+                        dst.display()
+                    )
+                })?;
+            }
+            binds.push((cpath(&src)?, cpath(&dst)?));
         }
     }
     let hostname = OsString::from(&h.name);

@@ -107,7 +107,17 @@ pub fn prepare(fs_root: &Path, host: &str, u: &LabUser, authorized_key: &str) ->
         }
         text.push_str(&line);
         let dst = fs_root.join(file);
-        fs::write(&dst, text).with_context(|| format!("cannot write {}", dst.display()))?;
+        // Created 0600, so the shadow copy (the machine's hashes) is never readable by others.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&dst)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write {}", dst.display()))?;
         fs::set_permissions(&dst, fs::Permissions::from_mode(mode))?;
         Ok(())
     };
@@ -120,7 +130,7 @@ pub fn prepare(fs_root: &Path, host: &str, u: &LabUser, authorized_key: &str) ->
     add("etc/group", format!("{n}:x:{id}:\n"), 0o644)?;
     add("etc/hosts", format!("127.0.1.1 {host}\n"), 0o644)?;
     // `*`: no password can log in, but the account is not locked (sshd refuses locked ones).
-    add("etc/shadow", format!("{n}:*:19000:0:99999:7:::\n"), 0o640)?;
+    add("etc/shadow", format!("{n}:*:19000:0:99999:7:::\n"), 0o600)?;
     let sudoers = fs_root.join("etc/sudoers.d");
     fs::create_dir_all(&sudoers)?;
     fs::set_permissions(&sudoers, fs::Permissions::from_mode(0o755))?;
