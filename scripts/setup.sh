@@ -38,6 +38,8 @@ reqs=(
   # checks a repository key's fingerprint the way apply does on a host.
   containerd:containerd
   gpg:gpg
+  # `hakube lab up --user NAME` gives that user passwordless sudo on the lab's hosts.
+  /usr/bin/sudo:sudo
 )
 
 have() {

@@ -126,6 +126,11 @@ pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc
             errors.join("\n")
         );
     }
+    if c.hosts.iter().any(|h| h.ssh.user != "root") {
+        transport::check_sudo(&hosts, opts.concurrency, "nothing was changed")
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
     Ok(hosts)
 }
 

@@ -74,9 +74,27 @@ pub enum LabCommand {
     /// Inject faults for drills: kill or stop services, partition or slow down hosts.
     #[command(subcommand)]
     Fault(FaultCommand),
+    /// Switch the sudo rule of the lab's user (`lab up --user`).
+    ///
+    /// On every host, or on the hosts named: `nopasswd` (as `lab up` sets it) or `password`
+    /// (sudo then asks for a password the user does not have, so `sudo -n` refuses: how hakube
+    /// meets a user without passwordless sudo).
+    Sudo {
+        /// `nopasswd` or `password`.
+        #[arg(value_enum)]
+        rule: SudoRule,
+        /// Hosts to change (default: all).
+        hosts: Vec<String>,
+    },
     /// Internal: the process that holds a host's namespaces.
     #[command(name = "__hold", hide = true)]
     Hold { host: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SudoRule {
+    Nopasswd,
+    Password,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +119,12 @@ pub struct UpArgs {
     /// `hakube apply` made the operator's client certificate.
     #[arg(long)]
     pub monitoring: bool,
+    /// Log in as this non-root user instead of root: every host gets the user (in its own
+    /// copies of /etc/passwd, /etc/group, /etc/shadow and /home, so this machine is not
+    /// changed) with passwordless sudo, sshd refuses root, and cluster.yaml and ssh_config say
+    /// `user: NAME`. Needs sudo installed (scripts/setup.sh).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -154,12 +178,45 @@ pub fn run(args: LabArgs) -> anyhow::Result<i32> {
             },
             keep_on_failure: u.keep_on_failure,
             monitoring: u.monitoring,
+            user: u.user,
         }),
         LabCommand::Down => lifecycle::down(&name),
         LabCommand::Status { output } => status(&name, output),
         LabCommand::Exec { host, command } => exec(&name, &host, &command),
         LabCommand::Fault(f) => fault(&name, f),
+        LabCommand::Sudo { rule, hosts } => sudo(&name, rule, &hosts),
     }
+}
+
+fn sudo(name: &str, rule: SudoRule, hosts: &[String]) -> Result<i32> {
+    let (paths, st) = open(name)?;
+    let Some(user) = &st.user else {
+        anyhow::bail!(
+            "lab {name} logs in as root: it has no user whose sudo could change\n  help: create it with `hakube lab up --name {name} --user NAME`"
+        );
+    };
+    let nopasswd = rule == SudoRule::Nopasswd;
+    let targets: Vec<&HostState> = if hosts.is_empty() {
+        st.hosts.iter().collect()
+    } else {
+        hosts.iter().map(|h| st.host(h)).collect::<Result<_>>()?
+    };
+    for h in &targets {
+        super::user::write_sudoers(&paths.host_fs(&h.name), user, nopasswd)?;
+    }
+    let names: Vec<&str> = targets.iter().map(|h| h.name.as_str()).collect();
+    println!(
+        "{}: sudo for {} {} on {}",
+        st.name,
+        user.name,
+        if nopasswd {
+            "needs no password"
+        } else {
+            "asks for a password"
+        },
+        names.join(", ")
+    );
+    Ok(0)
 }
 
 /// Entry point when the binary is invoked as `systemctl` on a lab host.
@@ -329,6 +386,7 @@ fn status(name: &str, output: Output) -> Result<i32> {
             "sshConfig": paths.ssh_config().display().to_string(),
             "etcd": st.etcd,
             "monitoring": st.monitoring,
+            "user": st.login(),
             "hosts": reports,
         });
         print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?));

@@ -57,10 +57,11 @@ pub fn write_ssh_config(paths: &LabPaths, st: &LabState) -> Result<()> {
         .flat_map(|h| [h.name.clone(), h.address.to_string()])
         .collect();
     out.push_str(&format!(
-        "Host {patterns}\n    User root\n    Port 22\n    IdentityFile {key}\n    IdentitiesOnly yes\n    \
+        "Host {patterns}\n    User {user}\n    Port 22\n    IdentityFile {key}\n    IdentitiesOnly yes\n    \
          UserKnownHostsFile {kh}\n    GlobalKnownHostsFile /dev/null\n    StrictHostKeyChecking yes\n    \
          PasswordAuthentication no\n    ConnectTimeout 5\n    LogLevel ERROR\n",
         patterns = patterns.join(" "),
+        user = st.login(),
         key = paths.ssh_key().display(),
         kh = paths.known_hosts().display(),
     ));
@@ -108,7 +109,7 @@ pub fn cluster_yaml(paths: &LabPaths, st: &LabState) -> String {
          metadata:\n  name: {name}\n\
          spec:\n\
          \x20 ssh:\n\
-         \x20   user: root\n\
+         \x20   user: {user}\n\
          \x20   port: 22\n\
          \x20   configFile: {ssh_config}\n\
          \x20   identityFile: {key}\n\
@@ -135,6 +136,7 @@ pub fn cluster_yaml(paths: &LabPaths, st: &LabState) -> String {
         key = paths.ssh_key().display(),
         known_hosts = paths.known_hosts().display(),
         vip = st.vip,
+        user = st.login(),
     )
 }
 

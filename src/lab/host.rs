@@ -27,7 +27,12 @@ const SEED: &[&str] = &[
 
 /// Create the host's private tree and its sshd files. Also creates any missing mount point in
 /// the machine's own tree (an empty folder such as /etc/etcd), since a bind mount needs one.
-pub fn prepare_fs(paths: &LabPaths, h: &HostState, authorized_key: &str) -> Result<()> {
+pub fn prepare_fs(
+    paths: &LabPaths,
+    h: &HostState,
+    authorized_key: &str,
+    user: Option<&super::user::LabUser>,
+) -> Result<()> {
     let fs_root = paths.host_fs(&h.name);
     // sd_booted() looks for this folder; without it keepalived never sends READY=1.
     fs::create_dir_all(fs_root.join("run/systemd/system"))
@@ -77,14 +82,16 @@ pub fn prepare_fs(paths: &LabPaths, h: &HostState, authorized_key: &str) -> Resu
         )?;
     }
     crate::pki::write_secret(&ssh.join("authorized_keys"), authorized_key)?;
+    if let Some(u) = user {
+        super::user::prepare(&fs_root, &h.name, u, authorized_key)?;
+    }
     let config = format!(
         "# Written by `hakube lab up` for host {host} of lab {lab}.\n\
          Port 22\n\
          ListenAddress {addr}\n\
          HostKey /etc/ssh/ssh_host_ed25519_key\n\
          PidFile /run/sshd.pid\n\
-         AuthorizedKeysFile /etc/ssh/authorized_keys\n\
-         PermitRootLogin prohibit-password\n\
+         {logins}\
          PasswordAuthentication no\n\
          KbdInteractiveAuthentication no\n\
          UsePAM no\n\
@@ -97,6 +104,7 @@ pub fn prepare_fs(paths: &LabPaths, h: &HostState, authorized_key: &str) -> Resu
         lab = paths.name,
         addr = h.address,
         path = paths.host_path_env(),
+        logins = super::user::sshd_lines(user),
     );
     fs::write(ssh.join("sshd_config"), config)?;
     Ok(())
@@ -146,6 +154,24 @@ pub fn spawn_holder(paths: &LabPaths, st: &LabState, h: &HostState) -> Result<Pr
     }
     for d in PRIVATE_DIRS {
         binds.push((cpath(&fs_root.join(d))?, cpath(&Path::new("/").join(d))?));
+    }
+    if st.user.is_some() {
+        for f in super::user::PRIVATE_FILES
+            .iter()
+            .chain(&[super::user::HOME_DIR])
+        {
+            let (src, dst) = (fs_root.join(f), Path::new("/").join(f));
+            // A bind mount needs its mount point (/home, /etc/sudoers.d may be missing).
+            if src.is_dir() && !dst.exists() {
+                fs::create_dir_all(&dst).with_context(|| {
+                    format!(
+                        "cannot create the mount point {} on this machine",
+                        dst.display()
+                    )
+                })?;
+            }
+            binds.push((cpath(&src)?, cpath(&dst)?));
+        }
     }
     let hostname = OsString::from(&h.name);
     let mut cmd = Command::new(&st.hakube);

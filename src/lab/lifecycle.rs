@@ -41,6 +41,8 @@ pub struct UpOptions {
     pub topology: Topology,
     pub keep_on_failure: bool,
     pub monitoring: bool,
+    /// A non-root login user with passwordless sudo (`--user`).
+    pub user: Option<String>,
 }
 
 /// Things named like this lab's, which exist now.
@@ -89,6 +91,7 @@ fn up_inner(o: &UpOptions) -> Result<i32> {
     net::check_subnet_free(subnet, &o.name)?;
     check_other_labs(&o.name, subnet)?;
     let hosts = state::plan_hosts(&o.name, o.topology, subnet)?;
+    let user = o.user.as_deref().map(super::user::plan).transpose()?;
     let hakube = std::env::current_exe()
         .and_then(fs::canonicalize)
         .context("cannot find the hakube binary itself")?;
@@ -103,6 +106,7 @@ fn up_inner(o: &UpOptions) -> Result<i32> {
         etcd: Some(tools.etcd.display().to_string()),
         hosts,
         monitoring: None,
+        user,
     };
     let started = Instant::now();
     fs::create_dir_all(&paths.dir)
@@ -168,6 +172,12 @@ fn up_inner(o: &UpOptions) -> Result<i32> {
     }
     println!("cluster spec: {}", spec.display());
     println!("ssh config:   {}", paths.ssh_config().display());
+    if let Some(u) = &st.user {
+        println!(
+            "login user:   {} (passwordless sudo; root cannot log in)",
+            u.name
+        );
+    }
     println!(
         "try:          ssh -F {} {} hostname",
         paths.ssh_config().display(),
@@ -214,7 +224,7 @@ fn build(
     net::create_bridge(st)?;
     for i in 0..st.hosts.len() {
         let h = st.hosts[i].clone();
-        host::prepare_fs(paths, &h, &pubkey)?;
+        host::prepare_fs(paths, &h, &pubkey, st.user.as_ref())?;
         net::create_netns(&h)?;
         st.hosts[i].netns_inode = proc::ns_file_inode(&Path::new("/run/netns").join(&h.netns));
         st.save(paths)?;

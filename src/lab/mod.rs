@@ -14,3 +14,4 @@ pub mod proc;
 pub mod state;
 pub mod systemctl;
 pub mod unit;
+pub mod user;

@@ -166,6 +166,9 @@ pub struct LabState {
     /// Prometheus and the exporter (`lab up --monitoring`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<super::monitoring::MonitoringState>,
+    /// The non-root login user (`lab up --user`); root logs in when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<super::user::LabUser>,
 }
 
 impl LabState {
@@ -218,6 +221,11 @@ impl LabState {
                     .join(", ")
             )
         })
+    }
+
+    /// The user hakube logs in as: the lab's user, or root.
+    pub fn login(&self) -> &str {
+        self.user.as_ref().map_or("root", |u| u.name.as_str())
     }
 
     pub fn gateway(&self) -> Ipv4Addr {

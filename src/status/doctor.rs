@@ -166,6 +166,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("etcd-membership", membership),
     ("lb-config-drift", drift),
     ("host-unreachable", host_unreachable),
+    ("ssh-sudo", ssh_sudo),
     ("ssh-host-key", ssh_host_key),
     ("ssh-auth", ssh_auth),
     ("backup-age", super::backups::doctor_age),
@@ -667,6 +668,7 @@ fn ssh_findings(
 ) -> Vec<Finding> {
     e.unreachable
         .iter()
+        .filter(|u| u.sudo_refused.is_none())
         .filter_map(|u| {
             let (sev, cause) = pick(u.cause)?;
             Some(f(
@@ -693,6 +695,28 @@ fn host_unreachable(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
         Some(ConnectCause::Other) | None => Some((Severity::Warning, "SSH to the host fails")),
         _ => None,
     })
+}
+
+/// Hosts where the SSH user could log in but sudo refused: one finding for all of them.
+fn ssh_sudo(c: &Cluster, e: &Evidence) -> Vec<Finding> {
+    let refused = e
+        .unreachable
+        .iter()
+        .filter_map(|u| {
+            let user = c.host(&u.host).map_or("?", |h| h.ssh.user.as_str());
+            Some((user.to_string(), u.sudo_refused.clone()?, u.host.clone()))
+        })
+        .collect();
+    let Some((lines, help)) = crate::transport::error::sudo_groups(refused) else {
+        return vec![];
+    };
+    vec![f(
+        "ssh-sudo",
+        Severity::Warning,
+        lines.join("; "),
+        "the SSH user is not root and sudo asks it for a password (or does not let it run sh), so hakube can read nothing on those hosts",
+        help,
+    )]
 }
 
 fn ssh_host_key(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
@@ -1197,6 +1221,12 @@ mod tests {
             Severity::Warning,
         ),
         (
+            "sudo asks the SSH user for a password",
+            |e| e.unreachable.extend(["lb1", "master1"].map(sudo_refused)),
+            "ssh-sudo",
+            Severity::Warning,
+        ),
+        (
             "host key changed",
             |e| {
                 e.unreachable
@@ -1231,12 +1261,45 @@ mod tests {
         ),
     ];
 
+    fn sudo_refused(host: &str) -> Unobserved {
+        Unobserved {
+            host: host.into(),
+            cause: None,
+            why: "sudo refused: a password is required".into(),
+            help: "give ops passwordless sudo".into(),
+            sudo_refused: Some("a password is required".into()),
+        }
+    }
+
+    #[test]
+    fn sudo_refusals_are_one_finding_not_one_per_host() {
+        let c = cluster();
+        let mut e = healthy();
+        e.unreachable
+            .extend(["lb1", "lb2", "master1"].map(sudo_refused));
+        let found = diagnose(&c, &e);
+        let sudo: Vec<_> = found.iter().filter(|f| f.rule == "ssh-sudo").collect();
+        assert_eq!(sudo.len(), 1, "{found:?}");
+        assert!(
+            sudo[0]
+                .evidence
+                .contains("needs passwordless sudo on lb1, lb2, master1"),
+            "{}",
+            sudo[0].evidence
+        );
+        assert!(
+            found.iter().all(|f| f.rule != "host-unreachable"),
+            "{found:?}"
+        );
+    }
+
     fn unobserved(host: &str, cause: ConnectCause) -> Unobserved {
         Unobserved {
             host: host.into(),
             cause: Some(cause),
             why: format!("{} (ssh's words)", cause.summary()),
             help: format!("the fix for {}", cause.summary()),
+            sudo_refused: None,
         }
     }
 

@@ -59,6 +59,9 @@ pub struct Unobserved {
     pub why: String,
     /// How to fix it.
     pub help: String,
+    /// sudo's words when it refused to run the command (the SSH user lacks passwordless sudo).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sudo_refused: Option<String>,
 }
 
 impl Unobserved {
@@ -70,12 +73,21 @@ impl Unobserved {
                 cause: Some(ce.cause),
                 why: format!("{} ({})", ce.cause.summary(), ce.detail),
                 help: ce.help(),
+                sudo_refused: None,
+            },
+            Error::SudoRefused { user, detail, .. } => Unobserved {
+                host: host.into(),
+                cause: None,
+                why: format!("sudo refused: {detail}"),
+                help: format!("give {user} passwordless sudo (NOPASSWD), or connect as root"),
+                sudo_refused: Some(detail.clone()),
             },
             other => Unobserved {
                 host: host.into(),
                 cause: None,
                 why: other.to_string(),
                 help: String::new(),
+                sudo_refused: None,
             },
         }
     }
@@ -961,6 +973,7 @@ mod tests {
             cause: Some(crate::transport::ConnectCause::TimedOut),
             why: "unreachable (connection timed out)".into(),
             help: String::new(),
+            sudo_refused: None,
         }
     }
 

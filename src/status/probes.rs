@@ -194,6 +194,7 @@ pub async fn ssh_run(
                 cause: None,
                 why: "no connection to it".into(),
                 help: String::new(),
+                sudo_refused: None,
             })?;
             transport::run(t.as_ref(), script, display, SSH_COMMAND)
                 .await
@@ -509,6 +510,7 @@ pub async fn on_hosts(
                 cause: None,
                 why: "not in the spec".into(),
                 help: String::new(),
+                sudo_refused: None,
             })?;
             let fail = |e: transport::Error| Unobserved::from_transport(n, &e);
             let t = transport::ssh::Ssh::connect(h, &c.base_dir, SSH_CONNECT)

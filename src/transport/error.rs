@@ -295,6 +295,46 @@ pub fn sudo_refusal(code: i32, stderr: &str) -> Option<String> {
     refused.then(|| line.trim_start_matches("sudo: ").trim().to_string())
 }
 
+/// Every host whose sudo refused, grouped by user and by sudo's words, one line per group, and
+/// the fix: `(user, detail, host)` each. `None` when there are none.
+pub fn sudo_groups(mut refused: Vec<(String, String, String)>) -> Option<(Vec<String>, String)> {
+    if refused.is_empty() {
+        return None;
+    }
+    refused.sort();
+    let mut groups: Vec<(String, String, Vec<String>)> = Vec::new();
+    for (user, detail, host) in refused {
+        match groups.last_mut() {
+            Some((u, d, hs)) if *u == user && *d == detail => hs.push(host),
+            _ => groups.push((user, detail, vec![host])),
+        }
+    }
+    let lines = groups
+        .iter()
+        .map(|(u, d, hs)| {
+            format!(
+                "spec.ssh.user {u} needs passwordless sudo on {} (`sudo -n sh -c true` failed: {d})",
+                hs.join(", ")
+            )
+        })
+        .collect();
+    let mut users: Vec<&str> = groups.iter().map(|(u, _, _)| u.as_str()).collect();
+    users.dedup();
+    let first = users[0];
+    let help = format!(
+        "hakube runs every command as root through `sudo -n sh -c`: give {} a NOPASSWD rule on those hosts, for example `echo '{first} ALL=(ALL:ALL) NOPASSWD: ALL' | sudo tee /etc/sudoers.d/{first}; sudo chmod 0440 /etc/sudoers.d/{first}` (check it with `sudo visudo -c`), or connect as root (spec.ssh.user: root)",
+        users.join(", ")
+    );
+    Some((lines, help))
+}
+
+/// [`sudo_groups`] as one error message; `outcome` ends the last problem line ("nothing was
+/// changed").
+pub fn sudo_refusals(refused: Vec<(String, String, String)>, outcome: &str) -> Option<String> {
+    let (lines, help) = sudo_groups(refused)?;
+    Some(format!("{}; {outcome}\n  help: {help}", lines.join("\n")))
+}
+
 /// The last `n` lines of `s`.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.trim_end().lines().collect();
@@ -396,6 +436,36 @@ mod tests {
         assert!(t.contains("ssh-keyscan -p 22 10.91.0.202"), "{t}");
         assert!(!t.contains("connect once"), "{t}");
         assert_eq!(e.connect_cause(), Some(ConnectCause::HostKeyChanged));
+    }
+
+    #[test]
+    fn sudo_refusals_are_one_message_for_all_hosts() {
+        assert_eq!(sudo_refusals(vec![], "x"), None);
+        let r = |h: &str, d: &str| ("ops".to_string(), d.to_string(), h.to_string());
+        let msg = sudo_refusals(
+            vec![
+                r("master1", "a password is required"),
+                r("lb2", "a password is required"),
+                r("lb1", "a password is required"),
+                r("worker1", "ops is not in the sudoers file"),
+            ],
+            "nothing was changed",
+        )
+        .expect("refused");
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(
+            lines[0],
+            "spec.ssh.user ops needs passwordless sudo on lb1, lb2, master1 (`sudo -n sh -c true` failed: a password is required)"
+        );
+        assert!(
+            lines[1].contains("on worker1 (")
+                && lines[1].ends_with("sudoers file); nothing was changed")
+        );
+        assert!(
+            lines[2].starts_with("  help: ")
+                && lines[2].contains("ops ALL=(ALL:ALL) NOPASSWD: ALL")
+        );
+        assert_eq!(lines.len(), 3);
     }
 
     #[test]

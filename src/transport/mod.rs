@@ -140,6 +140,34 @@ pub async fn run_with(
     Ok(out)
 }
 
+/// Whether every host runs commands as root: one `sudo -n sh -c true` per host (a no-op as
+/// root), so that a user without passwordless sudo is refused once, for all hosts together,
+/// before anything else runs. Other failures are left to the commands that follow.
+pub async fn check_sudo(
+    hosts: &std::collections::BTreeMap<String, std::sync::Arc<dyn Transport>>,
+    concurrency: usize,
+    outcome: &str,
+) -> std::result::Result<(), String> {
+    use futures::stream::StreamExt;
+    let refused: Vec<(String, String, String)> =
+        futures::stream::iter(hosts.values().map(|t| async move {
+            match tokio::time::timeout(TIMEOUT, t.exec("true", None)).await {
+                Ok(Err(Error::SudoRefused {
+                    host, user, detail, ..
+                })) => Some((user, detail, host)),
+                _ => None,
+            }
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    match error::sudo_refusals(refused, outcome) {
+        Some(msg) => Err(msg),
+        None => Ok(()),
+    }
+}
+
 /// Single-quote `s` for a POSIX shell.
 pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
