@@ -271,12 +271,8 @@ fn drills_measure_recover_refuse_and_restore_on_ctrl_c() {
     await_healthy(&lab, "healthy before Ctrl-C");
     let (_, s) = status_code(&lab);
     let holder = s["vip_holders"][0].as_str().unwrap_or("lb1").to_string();
-    let drill = Background::drill(
-        &lab,
-        &["lb-failover", "--duration", "120s"],
-        reports.path(),
-    )
-    .await_injected(Duration::from_secs(30));
+    let drill = Background::drill(&lab, &["lb-failover", "--duration", "120s"], reports.path())
+        .await_injected(Duration::from_secs(30));
     eventually(
         "haproxy stopped by the drill",
         Duration::from_secs(10),
