@@ -9,42 +9,6 @@ use std::time::Duration;
 
 const DIR: &str = "/var/lib/hakube/backups";
 
-fn status_json(lab: &Lab) -> serde_json::Value {
-    let o = lab.hakube(&["status", "-o", "json"]);
-    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
-}
-
-fn verdict(s: &serde_json::Value, layer: &str) -> (String, String) {
-    s["verdicts"]
-        .as_array()
-        .and_then(|v| v.iter().find(|x| x["layer"] == layer))
-        .map(|x| {
-            (
-                x["health"].as_str().unwrap_or("").to_string(),
-                x["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .unwrap_or_default()
-}
-
-fn findings(lab: &Lab) -> Vec<(String, String)> {
-    let o = lab.hakube(&["doctor", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-    v["findings"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|f| {
-                    (
-                        f["rule"].as_str().unwrap_or("").to_string(),
-                        f["evidence"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn snapshots(lab: &Lab, host: &str) -> Vec<String> {
     let o = lab.exec(host, &format!("ls -1 {DIR} | grep '\\.db$' | sort"));
     String::from_utf8_lossy(&o.stdout)
@@ -152,7 +116,7 @@ fn scheduled_backups_run_verify_prune_and_report_failures() {
 
     // 4. status, its metrics and doctor report the hosts' backup ages.
     let s = eventually("backup verdict healthy", Duration::from_secs(60), || {
-        let s = status_json(&lab);
+        let (_, s) = status_json(&lab);
         let (h, r) = verdict(&s, "backup");
         if h == "healthy" {
             Ok(s)
@@ -205,12 +169,14 @@ fn scheduled_backups_run_verify_prune_and_report_failures() {
     let f = eventually("doctor backup-schedule", Duration::from_secs(60), || {
         let f = findings(&lab);
         f.iter()
-            .find(|(r, e)| r == "backup-schedule" && e.contains("master2") && e.contains("failed"))
+            .find(|(r, _, e)| {
+                r == "backup-schedule" && e.contains("master2") && e.contains("failed")
+            })
             .cloned()
             .ok_or_else(|| format!("{f:?}"))
     });
-    assert!(f.1.contains("hakube-backup.service"), "{f:?}");
-    let s = status_json(&lab);
+    assert!(f.2.contains("hakube-backup.service"), "{f:?}");
+    let (_, s) = status_json(&lab);
     let (h, r) = verdict(&s, "backup");
     assert_eq!(h, "degraded", "{r}");
     assert!(r.contains("master2"), "{r}");
@@ -236,7 +202,7 @@ fn scheduled_backups_run_verify_prune_and_report_failures() {
 fn no_backup_findings(lab: &Lab, what: &str) {
     eventually(what, Duration::from_secs(90), || {
         let f = findings(lab);
-        if f.iter().all(|(r, _)| !r.starts_with("backup-")) {
+        if f.iter().all(|(r, _, _)| !r.starts_with("backup-")) {
             Ok(())
         } else {
             Err(format!("{f:?}"))

@@ -6,46 +6,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn status_json(lab: &Lab) -> (i32, serde_json::Value) {
-    let o = lab.hakube(&["status", "-o", "json"]);
-    (
-        o.status.code().unwrap_or(-1),
-        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null),
-    )
-}
-
-fn verdict(s: &serde_json::Value, layer: &str) -> (String, String) {
-    s["verdicts"]
-        .as_array()
-        .and_then(|v| v.iter().find(|x| x["layer"] == layer))
-        .map(|x| {
-            (
-                x["health"].as_str().unwrap_or("").to_string(),
-                x["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .unwrap_or_default()
-}
-
-fn findings(lab: &Lab) -> Vec<(String, String, String)> {
-    let o = lab.hakube(&["doctor", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
-    v["findings"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|f| {
-                    (
-                        f["rule"].as_str().unwrap_or("").into(),
-                        f["severity"].as_str().unwrap_or("").into(),
-                        f["evidence"].as_str().unwrap_or("").into(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Wait until `layer` has `health` with a reason containing `needle`.
 fn await_verdict(lab: &Lab, layer: &str, health: &str, needle: &str) -> serde_json::Value {
     eventually(

@@ -246,3 +246,46 @@ impl Background {
         )
     }
 }
+
+/// `status -o json`: (exit code, JSON).
+pub fn status_json(lab: &Lab) -> (i32, serde_json::Value) {
+    let o = lab.hakube(&["status", "-o", "json"]);
+    (
+        o.status.code().unwrap_or(-1),
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// (health, reason) of one layer in a status JSON.
+pub fn verdict(s: &serde_json::Value, layer: &str) -> (String, String) {
+    s["verdicts"]
+        .as_array()
+        .and_then(|v| v.iter().find(|x| x["layer"] == layer))
+        .map(|x| {
+            (
+                x["health"].as_str().unwrap_or("").to_string(),
+                x["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// `doctor -o json`'s findings: (rule, severity, evidence).
+pub fn findings(lab: &Lab) -> Vec<(String, String, String)> {
+    let o = lab.hakube(&["doctor", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    v["findings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["rule"].as_str().unwrap_or("").into(),
+                        f["severity"].as_str().unwrap_or("").into(),
+                        f["evidence"].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
