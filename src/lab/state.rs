@@ -247,24 +247,32 @@ pub struct Topology {
 }
 
 /// Host names and addresses, in the runbook's style: lbN at .11+, masterN at .101+ (the VIP is
-/// .100), workerN at .201+.
+/// .100), workerN at .201+, running on past .254 in a subnet larger than a /24 (a /23 holds 310
+/// workers: a 100-host lab).
 pub fn plan_hosts(lab: &str, t: Topology, subnet: Ipv4Net) -> Result<Vec<HostState>> {
     if subnet.prefix_len() > 24 {
         bail!(
             "the lab subnet {subnet} is too small\n  help: use a /24 or larger, for example 10.77.0.0/24"
         );
     }
+    // Every address but the network's and the broadcast's, from .201 on.
+    let worker_room = (1u32 << (32 - u32::from(subnet.prefix_len()))).saturating_sub(202);
     let groups: [(&str, &str, u32, u32, u32); 3] = [
         ("lb", "loadbalancer", t.lbs, 11, 89),
         ("master", "control-plane", t.control_planes, 101, 99),
-        ("worker", "worker", t.workers, 201, 54),
+        ("worker", "worker", t.workers, 201, worker_room),
     ];
     let id = lab_id(lab);
     let mut hosts = Vec::new();
     for (prefix, role, count, first, max) in groups {
         if count > max {
             bail!(
-                "at most {max} hosts with the role {role} fit the lab's address plan (asked for {count})"
+                "at most {max} hosts with the role {role} fit the lab's address plan in {subnet} (asked for {count}){}",
+                if role == "worker" {
+                    "\n  help: a larger subnet holds more workers, for example --subnet 10.77.0.0/23 (310)"
+                } else {
+                    ""
+                }
             );
         }
         for i in 1..=count {
@@ -299,6 +307,33 @@ mod tests {
         let other = default_subnet("second");
         assert_ne!(other, default_subnet("default"));
         assert_eq!(other, default_subnet("second"));
+    }
+
+    #[test]
+    fn workers_run_on_past_the_first_24_in_a_larger_subnet() {
+        let t = |workers| Topology {
+            lbs: 2,
+            control_planes: 5,
+            workers,
+        };
+        let e = plan_hosts("big", t(55), "10.9.8.0/24".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 54") && e.contains("/23"), "{e}");
+        let hosts = plan_hosts("big", t(93), "10.9.8.0/23".parse().unwrap()).unwrap();
+        assert_eq!(hosts.len(), 100);
+        let at = |n: &str| {
+            hosts
+                .iter()
+                .find(|h| h.name == n)
+                .map(|h| h.address.to_string())
+        };
+        assert_eq!(at("worker54").as_deref(), Some("10.9.8.254"));
+        assert_eq!(at("worker55").as_deref(), Some("10.9.8.255"));
+        assert_eq!(at("worker56").as_deref(), Some("10.9.9.0"));
+        assert_eq!(at("worker93").as_deref(), Some("10.9.9.37"));
+        assert!(plan_hosts("big", t(310), "10.9.8.0/23".parse().unwrap()).is_ok());
+        assert!(plan_hosts("big", t(311), "10.9.8.0/23".parse().unwrap()).is_err());
     }
 
     #[test]
