@@ -70,6 +70,10 @@ pub struct Args {
     /// --etcd-readycheck-timeout is 2s too).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub readyz_timeout: Duration,
+    /// After SIGTERM, keep serving this long with /readyz failing before closing the listener,
+    /// so that load balancers mark it DOWN first (kube-apiserver's --shutdown-delay-duration).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub shutdown_delay: Duration,
     /// etcd key prefix of the key/value API.
     #[arg(long, default_value = "/hakube-lab/kv/", value_name = "PREFIX")]
     pub kv_prefix: String,
@@ -107,6 +111,8 @@ struct App {
     readyz_timeout: Duration,
     prefix: String,
     version: serde_json::Value,
+    /// SIGTERM came: /readyz fails while the shutdown delay runs.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
@@ -175,6 +181,7 @@ async fn serve(a: Args) -> Result<()> {
         readyz_timeout: a.readyz_timeout,
         version: version(a.kubernetes_version.as_deref()),
         prefix: a.kv_prefix.clone(),
+        shutting_down: false.into(),
     });
     let listener = TcpListener::bind(a.listen)
         .await
@@ -187,10 +194,22 @@ async fn serve(a: Args) -> Result<()> {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
+        let delay_over = async {
+            match stop_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv(), if stop_at.is_none() => {
+                stop_at = Some(shutting_down(&app, a.shutdown_delay));
+            }
+            _ = tokio::signal::ctrl_c(), if stop_at.is_none() => {
+                stop_at = Some(shutting_down(&app, a.shutdown_delay));
+            }
+            _ = delay_over => break,
             acc = listener.accept() => {
                 let (tcp, _) = match acc {
                     Ok(x) => x,
@@ -233,6 +252,17 @@ async fn serve(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGTERM: /readyz fails from now on; the listener closes once `delay` is over.
+fn shutting_down(app: &App, delay: Duration) -> tokio::time::Instant {
+    app.shutting_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "hakube-lab-apiserver: SIGTERM: /readyz fails now; still serving for {}ms so that load balancers mark this server DOWN first",
+        delay.as_millis()
+    );
+    tokio::time::Instant::now() + delay
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -323,6 +353,9 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infallibl
 }
 
 async fn readyz(app: &App) -> Resp {
+    if app.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
     let mut c = app.local.clone();
     // A linearizable read (the default) needs the member to reach the leader and a quorum.
     match tokio::time::timeout(app.readyz_timeout, c.get("/hakube-lab/readyz", None)).await {
@@ -351,6 +384,48 @@ fn check_key(key: &str) -> Option<Resp> {
     None
 }
 
+/// etcd errors that say the request had no effect, so that it is safe to send again: the same
+/// list as the etcd retry of OpenShift's kube-apiserver (`etcd3retry`, retried writes).
+/// Upstream kube-apiserver returns them to its clients as a 500 instead.
+const NO_EFFECT: [&str; 3] = [
+    "etcdserver: leader changed",
+    "etcdserver: no leader",
+    "raft proposal dropped",
+];
+
+fn no_effect(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => NO_EFFECT.iter().any(|m| s.message().ends_with(m)),
+        _ => false,
+    }
+}
+
+/// Run one etcd request, again after 0.3, 0.6, 1.2 and 2.4 s while etcd says it had no effect
+/// (a leadership move drops the proposals in flight), all within [`KV_TIMEOUT`].
+async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, Resp>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + KV_TIMEOUT;
+    let mut pause = Duration::from_millis(300);
+    loop {
+        match tokio::time::timeout_at(deadline, op()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if no_effect(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => {
+                return Err(unavailable(format!(
+                    "etcd did not answer within {KV_TIMEOUT:?}"
+                )));
+            }
+        }
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> Resp {
     err(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}"))
 }
@@ -368,20 +443,23 @@ async fn put(app: &App, key: &str, req: Request<Incoming>) -> Resp {
             );
         }
     };
-    let mut c = app.kv.clone();
     let full = format!("{}{key}", app.prefix);
-    match tokio::time::timeout(KV_TIMEOUT, c.put(full, body.to_vec(), None)).await {
-        Ok(Ok(r)) => {
+    let body = body.to_vec();
+    match with_retry(|| {
+        let mut c = app.kv.clone();
+        let (full, body) = (full.clone(), body.clone());
+        async move { c.put(full, body, None).await }
+    })
+    .await
+    {
+        Ok(r) => {
             let rev = r.header().map(|h| h.revision()).unwrap_or(0);
             json(
                 StatusCode::OK,
                 serde_json::json!({ "key": key, "revision": rev }),
             )
         }
-        Ok(Err(e)) => unavailable(e),
-        Err(_) => unavailable(format!(
-            "the write was not acknowledged within {KV_TIMEOUT:?}"
-        )),
+        Err(r) => r,
     }
 }
 
@@ -389,9 +467,15 @@ async fn get(app: &App, key: &str) -> Resp {
     if let Some(r) = check_key(key) {
         return r;
     }
-    let mut c = app.kv.clone();
-    match tokio::time::timeout(KV_TIMEOUT, c.get(format!("{}{key}", app.prefix), None)).await {
-        Ok(Ok(r)) => match r.kvs().first() {
+    let full = format!("{}{key}", app.prefix);
+    match with_retry(|| {
+        let mut c = app.kv.clone();
+        let full = full.clone();
+        async move { c.get(full, None).await }
+    })
+    .await
+    {
+        Ok(r) => match r.kvs().first() {
             Some(kv) => respond(
                 StatusCode::OK,
                 "application/octet-stream",
@@ -399,8 +483,7 @@ async fn get(app: &App, key: &str) -> Resp {
             ),
             None => err(StatusCode::NOT_FOUND, format!("no key {key}")),
         },
-        Ok(Err(e)) => unavailable(e),
-        Err(_) => unavailable(format!("no answer within {KV_TIMEOUT:?}")),
+        Err(r) => r,
     }
 }
 
@@ -408,14 +491,19 @@ async fn delete(app: &App, key: &str) -> Resp {
     if let Some(r) = check_key(key) {
         return r;
     }
-    let mut c = app.kv.clone();
-    match tokio::time::timeout(KV_TIMEOUT, c.delete(format!("{}{key}", app.prefix), None)).await {
-        Ok(Ok(r)) => json(
+    let full = format!("{}{key}", app.prefix);
+    match with_retry(|| {
+        let mut c = app.kv.clone();
+        let full = full.clone();
+        async move { c.delete(full, None).await }
+    })
+    .await
+    {
+        Ok(r) => json(
             StatusCode::OK,
             serde_json::json!({ "deleted": r.deleted() }),
         ),
-        Ok(Err(e)) => unavailable(e),
-        Err(_) => unavailable(format!("no answer within {KV_TIMEOUT:?}")),
+        Err(r) => r,
     }
 }
 
@@ -536,6 +624,42 @@ pub fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn grpc(msg: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::unavailable(msg))
+    }
+
+    /// Only what etcd says had no effect is sent again: a timed-out write may have been applied.
+    #[tokio::test]
+    async fn retries_only_what_had_no_effect() {
+        assert!(no_effect(&grpc("etcdserver: leader changed")));
+        assert!(no_effect(&grpc("etcdserver: no leader")));
+        assert!(!no_effect(&grpc("etcdserver: request timed out")));
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let r = with_retry(|| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(grpc("etcdserver: leader changed"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.ok(), Some(2));
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        let r: Result<(), Resp> = with_retry(|| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err(grpc("etcdserver: request timed out")) }
+        })
+        .await;
+        assert_eq!(
+            r.err().map(|r| r.status()),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn prefix_range_end() {

@@ -54,8 +54,17 @@ pub fn cluster_configuration(c: &Cluster) -> Value {
     let api = k.kubeadm_api;
     let mut api_server = Map::new();
     api_server.insert("certSANs".into(), json!(k.cert_sans));
-    if !k.api_server_extra_args.is_empty() {
-        api_server.insert("extraArgs".into(), args(api, &k.api_server_extra_args));
+    // Serve on with /readyz failing after SIGTERM until every HAProxy rated it DOWN, so that a
+    // restart (upgrade, certificate renewal) resets no connection HAProxy just handed it.
+    let mut extra = k.api_server_extra_args.clone();
+    let delay = c.lb.health_check.shutdown_delay();
+    if !delay.is_zero() {
+        extra
+            .entry("shutdown-delay-duration".into())
+            .or_insert_with(|| format!("{}ms", delay.as_millis()));
+    }
+    if !extra.is_empty() {
+        api_server.insert("extraArgs".into(), args(api, &extra));
     }
     let mut volumes = Vec::new();
     if let Some(policy) = k.api_server_extra_args.get("audit-policy-file") {

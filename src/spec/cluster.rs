@@ -159,6 +159,18 @@ impl HealthCheck {
     /// connect times out (HAProxy's check connect timeout is min(connect timeout, inter) once
     /// `timeout check` is set), `fastinter` apart (`inter` for the plain TCP check, which
     /// renders no `fastinter`).
+    /// How long an API server keeps serving after SIGTERM with `/readyz` failing, so that every
+    /// HAProxy marks it DOWN before it closes its listener (connections still queued on a
+    /// closing listener are reset, and HAProxy cannot retry them in TCP mode): the next check,
+    /// `fall` failing ones `fastinter` apart, and one more as margin. A plain TCP check never
+    /// sees `/readyz`, so there is nothing to wait for.
+    pub fn shutdown_delay(&self) -> Duration {
+        match self.kind {
+            CheckKind::Https => self.interval + self.fastinter() * self.fall,
+            CheckKind::Tcp => Duration::ZERO,
+        }
+    }
+
     pub fn silent_detect(&self) -> (Duration, Duration) {
         let t = self.connect_timeout.min(self.interval);
         let gap = match self.kind {
