@@ -132,11 +132,12 @@ pub fn kept(state: &State) -> Result<Vec<Kept>> {
 }
 
 /// The kept certificate a live endpoint should serve: `<host>-apiserver` for the lab API
-/// server, `<host>-server` for etcd's client port.
+/// server, `<host>-server` for etcd's client port, `<host>-peer` for its peer port.
 fn kept_for<'a>(kept: &'a [Kept], s: &Served) -> Option<&'a Kept> {
     let name = match s.name.as_str() {
         "apiserver" => format!("cluster/{}-apiserver", s.host),
         "etcd-server" => format!("etcd/{}-server", s.host),
+        "etcd-peer" => format!("etcd/{}-peer", s.host),
         _ => return None,
     };
     kept.iter().find(|k| k.name == name)
@@ -185,7 +186,9 @@ pub fn findings(kept: &[Kept], served: &[Served], within: Duration) -> Vec<Findi
                      renewed, not served yet",
                     s.name, s.host, s.not_after, k.name, k.not_after
                 ),
-                fix: "hakube apply -f SPEC (restarts it, one host at a time)".into(),
+                fix: "hakube apply -f SPEC (etcd loads it on the next connection; an API server \
+                      restarts, one host at a time)"
+                    .into(),
             });
         }
         if s.seconds_left <= 0 {

@@ -30,6 +30,10 @@ pub type Hashes = BTreeMap<(String, String), Option<String>>;
 /// How long one changing command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Files up to this size are written in one batch per host and component; larger ones
+/// (binaries) one at a time.
+const BATCH_MAX: usize = 256 * 1024;
+
 pub struct Ctx {
     pub c: Cluster,
     pub opts: Options,
@@ -160,6 +164,7 @@ impl Ctx {
             None => transport::remote_hashes(t, &paths).await?,
         };
         let mut changed = Vec::new();
+        let mut batch = Vec::new();
         for (f, h) in want.iter().zip(have) {
             if h.as_deref() == Some(f.sha256().as_str()) {
                 self.stat(host, |s| s.unchanged += 1);
@@ -190,13 +195,11 @@ impl Ctx {
                     &format!("would {verb} {} ({:04o})", f.path, f.mode),
                     Some(&diff),
                 );
-            } else {
+            } else if f.data().len() > BATCH_MAX {
                 transport::write_file(t, &f.path, f.data(), f.mode).await?;
-                self.hashes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert((host.to_string(), f.path.clone()), Some(f.sha256()));
-                self.log(Kind::Change, host, &format!("{verb}d {}", f.path));
+                self.written(host, f, verb);
+            } else {
+                batch.push((*f, verb));
             }
             self.stat(host, |s| s.changed += 1);
             for svc in &f.services {
@@ -204,7 +207,24 @@ impl Ctx {
             }
             changed.push((*f).clone());
         }
+        // Together, so that a certificate and its key change at once.
+        let files: Vec<(&str, &[u8], u32)> = batch
+            .iter()
+            .map(|(f, _)| (f.path.as_str(), f.data(), f.mode))
+            .collect();
+        transport::write_files(t, &files).await?;
+        for (f, verb) in batch {
+            self.written(host, f, verb);
+        }
         Ok(changed)
+    }
+
+    fn written(&self, host: &str, f: &RenderedFile, verb: &str) {
+        self.hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((host.to_string(), f.path.clone()), Some(f.sha256()));
+        self.log(Kind::Change, host, &format!("{verb}d {}", f.path));
     }
 
     /// Run an operation that changes the host. In dry-run, only say so.

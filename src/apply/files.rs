@@ -1,6 +1,7 @@
 //! The files apply wants on each host: everything `render` produces, plus certificates from the
 //! local PKI and, with `bootstrap: lab`, the lab API server.
 
+use crate::apply::ops::ETCD_TLS;
 use crate::pki::Usage;
 use crate::render::{self, Component, RenderedFile};
 use crate::spec::{Bootstrap, Cluster, EtcdManagement, Host};
@@ -122,28 +123,28 @@ pub fn desired(
                 Component::Pki,
                 "/etc/etcd/pki/server.crt",
                 sc,
-                &["etcd"],
+                &[ETCD_TLS],
             ));
             files.push(secret(
                 h,
                 Component::Pki,
                 "/etc/etcd/pki/server.key",
                 sk,
-                &["etcd"],
+                &[ETCD_TLS],
             ));
             files.push(public(
                 h,
                 Component::Pki,
                 "/etc/etcd/pki/peer.crt",
                 pc,
-                &["etcd"],
+                &[ETCD_TLS],
             ));
             files.push(secret(
                 h,
                 Component::Pki,
                 "/etc/etcd/pki/peer.key",
                 pk,
-                &["etcd"],
+                &[ETCD_TLS],
             ));
             files.push(public(
                 h,
@@ -249,7 +250,7 @@ fn lab_unit(c: &Cluster, h: &Host) -> String {
          ExecStart={bin} --listen 0.0.0.0:{port} --cert {pki}/apiserver.crt --key {pki}/apiserver.key \
          --etcd-endpoints {endpoint} --etcd-cafile /etc/etcd/pki/ca.crt \
          --etcd-certfile /etc/etcd/pki/apiserver-etcd-client.crt --etcd-keyfile /etc/etcd/pki/apiserver-etcd-client.key \
-         --kubernetes-version v{version}\n\
+         --kubernetes-version v{version} --shutdown-delay {delay}ms\n\
          Restart=always\n\
          RestartSec=1s\n\n\
          [Install]\n\
@@ -260,5 +261,6 @@ fn lab_unit(c: &Cluster, h: &Host) -> String {
         port = c.kubernetes.api_server_port,
         pki = LAB_PKI,
         version = c.kubernetes.version,
+        delay = c.lb.health_check.shutdown_delay().as_millis(),
     )
 }

@@ -14,6 +14,10 @@ pub const KEEPALIVED: Unit = "keepalived";
 pub const LAB_APISERVER: Unit = "hakube-lab-apiserver";
 pub const KUBELET: Unit = "kubelet";
 pub const CONTAINERD: Unit = "containerd";
+/// Not a unit: etcd's own serving certificates changed. etcd (since 3.2) reads its certificate
+/// and key again on every TLS handshake, so they need no restart, only a check that the member
+/// serves them; a restart of the leader would move leadership and fail writes in flight.
+pub const ETCD_TLS: Unit = "etcd-tls";
 
 /// One change made on a host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -601,8 +601,8 @@ fn cert_expiry(_c: &Cluster, e: &Evidence) -> Vec<Finding> {
                     c.not_after
                 ),
                 "certificates were not renewed (kubeadm leaves last one year)",
-                if c.name == "etcd-server" {
-                    "remove the expired files from .hakube/<cluster>/pki/etcd and run `hakube apply` to issue and roll new ones one member at a time".into()
+                if c.name.starts_with("etcd-") || c.name == "apiserver" {
+                    "hakube certs renew -f SPEC (issues new ones and rolls them one host at a time)".into()
                 } else {
                     format!("on {}: kubeadm certs renew all, then restart the control-plane static pods", c.host)
                 },

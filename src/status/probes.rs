@@ -401,7 +401,7 @@ pub async fn etcd(c: &Cluster, tls: &crate::etcd::Tls) -> (Vec<EtcdMember>, Vec<
     (members, alarms)
 }
 
-fn tls_config(
+pub fn tls_config(
     ca_pem: &str,
     client: Option<(&str, &str)>,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -424,11 +424,11 @@ fn tls_config(
     }))
 }
 
-/// The certificate a live endpoint serves: its expiry.
-async fn served_cert(
+/// The leaf certificate a live endpoint serves, as DER, from a new TLS handshake.
+pub async fn served_der(
     cfg: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
-) -> anyhow::Result<(String, i64)> {
+) -> anyhow::Result<Vec<u8>> {
     with_timeout(PROBE_TIMEOUT, async {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let tls = tokio_rustls::TlsConnector::from(cfg.clone())
@@ -440,17 +440,26 @@ async fn served_cert(
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or_else(|| anyhow::anyhow!("no certificate"))?
-            .clone();
-        let (_, x) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| anyhow::anyhow!("bad certificate: {e}"))?;
-        let na = x.validity().not_after;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        Ok((na.to_string(), na.timestamp() - now))
+            .to_vec();
+        Ok(der)
     })
     .await
+}
+
+/// The certificate a live endpoint serves: its expiry.
+async fn served_cert(
+    cfg: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> anyhow::Result<(String, i64)> {
+    let der = served_der(cfg, addr).await?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow::anyhow!("bad certificate: {e}"))?;
+    let na = x.validity().not_after;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Ok((na.to_string(), na.timestamp() - now))
 }
 
 /// Expiry of the API server and etcd certificates, read over TLS from the live endpoints.
@@ -473,6 +482,14 @@ pub async fn certs(c: &Cluster, api_ca: Option<&str>, etcd: &crate::etcd::Tls) -
                 h.name.clone(),
                 cfg.clone(),
                 SocketAddr::new(h.address, c.etcd.client_port),
+            ));
+            // The peer port: an expired peer certificate splits the cluster at the next
+            // reconnect, while every client still looks fine.
+            jobs.push((
+                "etcd-peer",
+                h.name.clone(),
+                cfg.clone(),
+                SocketAddr::new(h.address, c.etcd.peer_port),
             ));
         }
     }

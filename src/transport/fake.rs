@@ -78,6 +78,22 @@ impl Fake {
             lock(&self.ran).push(format!("write {path}"));
             return ok(vec![]);
         }
+        // write_files: `path`, `mode`, base64 lines on stdin.
+        if script.starts_with(super::WRITE_FILES) {
+            use base64::Engine;
+            let input = String::from_utf8_lossy(stdin.unwrap_or_default()).to_string();
+            let lines: Vec<&str> = input.lines().collect();
+            for f in lines.chunks(3) {
+                if let [path, _mode, b64] = f {
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap_or_default();
+                    self.put(path, &data);
+                    lock(&self.ran).push(format!("write {path}"));
+                }
+            }
+            return ok(vec![]);
+        }
         // read_file: `if [ -f 'PATH' ]; then cat 'PATH'; else exit 3; fi`
         if script.starts_with("if [ -f ")
             && script.contains("; then cat ")

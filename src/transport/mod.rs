@@ -228,6 +228,54 @@ pub async fn read_file(t: &dyn Transport, path: &str) -> Result<Option<Vec<u8>>>
     }
 }
 
+/// The first line of [`write_files`]'s script, by which the fake transport knows it.
+pub const WRITE_FILES: &str = "# hakube write_files";
+
+/// Write several files so that they change together: every one is staged next to its path
+/// first, then all are renamed in place back to back. A certificate and its key then never
+/// disagree for longer than two renames. Each file's previous version is kept as
+/// `path.hakube-prev`. The contents go on stdin as `path`, `mode`, base64 lines.
+pub async fn write_files(t: &dyn Transport, files: &[(&str, &[u8], u32)]) -> Result<()> {
+    use base64::Engine;
+    // The script splits its list on blanks and `|`: other paths go one at a time.
+    let plain = |p: &str| !p.contains(|c: char| c.is_whitespace() || c == '|');
+    if files.len() < 2 || !files.iter().all(|f| plain(f.0)) {
+        for (path, content, mode) in files {
+            write_file(t, path, content, *mode).await?;
+        }
+        return Ok(());
+    }
+    let mut input = String::new();
+    for (path, content, mode) in files {
+        input.push_str(&format!(
+            "{path}\n{mode:o}\n{}\n",
+            base64::engine::general_purpose::STANDARD.encode(content)
+        ));
+    }
+    let script = format!(
+        "{WRITE_FILES}\nset -e; umask 077; staged=''\n\
+         trap 'for x in $staged; do rm -f \"${{x%%|*}}\"; done' EXIT\n\
+         while IFS= read -r p && IFS= read -r m && IFS= read -r b; do\n\
+         d=$(dirname \"$p\"); mkdir -p \"$d\"; tmp=$(mktemp \"$d/.hakube.XXXXXX\")\n\
+         printf '%s' \"$b\" | base64 -d > \"$tmp\"; chmod \"$m\" \"$tmp\"; chown root:root \"$tmp\" 2>/dev/null || true\n\
+         staged=\"$staged $tmp|$p\"\n\
+         done\n\
+         for x in $staged; do p=${{x#*|}}; if [ -f \"$p\" ]; then cp -p \"$p\" \"$p.hakube-prev\"; fi; done\n\
+         for x in $staged; do mv -f \"${{x%%|*}}\" \"${{x#*|}}\"; done\n\
+         staged=''\n"
+    );
+    let names: Vec<&str> = files.iter().map(|f| f.0).collect();
+    run_with(
+        t,
+        &script,
+        Some(input.as_bytes()),
+        &format!("write {}", names.join(", ")),
+        TIMEOUT,
+    )
+    .await?;
+    Ok(())
+}
+
 /// Write `content` to `path` atomically: a temporary file in the same directory with the final
 /// mode, then a rename. The previous version is kept as `path.hakube-prev` for rollback.
 pub async fn write_file(t: &dyn Transport, path: &str, content: &[u8], mode: u32) -> Result<()> {

@@ -56,18 +56,39 @@ async fn lab(ctx: &Ctx) -> Result<()> {
     for h in ctx.c.control_planes() {
         let name = &h.name;
         let pending = ctx.take(name, LAB_APISERVER);
-        let op = if !ctx.active(name, LAB_APISERVER) {
-            Systemctl::EnableStart(LAB_APISERVER)
+        if !ctx.active(name, LAB_APISERVER) {
+            ctx.run(name, Systemctl::EnableStart(LAB_APISERVER)).await?;
+            // Health gate before the next one, so that at most one API server is ever down.
+            readyz_gate(ctx, &ca, h).await?;
         } else if pending {
-            Systemctl::Restart(LAB_APISERVER)
-        } else {
-            continue;
-        };
-        ctx.run(name, op).await?;
-        // Health gate before the next one, so that at most one API server is ever down.
-        readyz_gate(ctx, &ca, h).await?;
+            stop_lab_apiserver(ctx, name).await?;
+            start_lab_apiserver(ctx, h).await?;
+        }
     }
     Ok(())
+}
+
+/// Stop the lab API server on `host` so that no client notices: it drains (requests in flight
+/// finish, new connections are refused and HAProxy retries them on another server).
+pub async fn stop_lab_apiserver(ctx: &Ctx, host: &str) -> Result<()> {
+    ctx.run(
+        host,
+        Op::script_with_display(
+            "systemctl stop hakube-lab-apiserver",
+            "systemctl stop hakube-lab-apiserver (drains; HAProxy sends new connections elsewhere)",
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Start it again behind its gates: `/readyz`, then every HAProxy rating it UP, so that the
+/// next restart never leaves HAProxy with one server fewer than it believes.
+pub async fn start_lab_apiserver(ctx: &Ctx, h: &Host) -> Result<()> {
+    ctx.run(&h.name, Systemctl::Start(LAB_APISERVER)).await?;
+    let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
+    readyz_gate(ctx, &ca, h).await?;
+    super::etcd_member::haproxy_rates_up(ctx, &h.name).await
 }
 
 /// Wait until the API server on `h` answers `/readyz` with 200.

@@ -6,7 +6,7 @@ use super::etcd_member::{
 };
 use super::names;
 use crate::apply::members::{self, Seat, Step};
-use crate::apply::ops::{ETCD, Systemctl};
+use crate::apply::ops::{ETCD, ETCD_TLS, Systemctl};
 use crate::apply::report::Kind;
 use crate::apply::{Ctx, Phase};
 use crate::render::Component;
@@ -122,9 +122,18 @@ async fn run(ctx: &Ctx) -> Result<()> {
     }
     // Changed settings: a rolling restart, only while every member is healthy (checked in
     // dry-run too, so that it says apply would refuse).
+    let mut reload = Vec::new();
     for h in &cps {
         let running = active.iter().any(|a| a.name == h.name);
-        if !running || !ctx.take(&h.name, ETCD) {
+        let restart = ctx.take(&h.name, ETCD);
+        let new_certs = ctx.take(&h.name, ETCD_TLS);
+        if !running {
+            continue;
+        }
+        if !restart {
+            if new_certs {
+                reload.push(*h);
+            }
             continue;
         }
         if let Err(e) = all_healthy(ctx, &tls).await
@@ -136,6 +145,21 @@ async fn run(ctx: &Ctx) -> Result<()> {
             );
         }
         restart_member(ctx, h, &tls).await?;
+    }
+    // New serving certificates only: no restart, so no leadership move and no write in flight
+    // failed by it. A member that still serves the old ones restarts as for new settings.
+    for h in reload {
+        if let Err(e) = serves_new_certs(ctx, h, &tls).await {
+            ctx.log(
+                Kind::Warn,
+                &h.name,
+                &format!("etcd did not load its new certificates on a new connection ({e:#}); restarting it"),
+            );
+            all_healthy(ctx, &tls).await.with_context(|| {
+                format!("{}: etcd needs a restart for its new certificates, but the cluster is not fully healthy\n  help: fix the unhealthy member first", h.name)
+            })?;
+            restart_member(ctx, h, &tls).await?;
+        }
     }
     let spec_names: BTreeSet<&str> = cps.iter().map(|h| h.name.as_str()).collect();
     let peers: BTreeSet<&str> = seats.iter().map(|s| s.peer_url.as_str()).collect();
@@ -195,4 +219,54 @@ async fn form(ctx: &Ctx, cps: &[&Host], active: &[&Host], tls: &crate::etcd::Tls
     .await?;
     wait_all_healthy(ctx, tls).await?;
     ctx.state.record_etcd_formed()
+}
+
+/// Wait until `h`'s etcd serves, on a new TLS handshake on its client and peer ports, the
+/// certificates just written to it (etcd reads them again on every handshake).
+async fn serves_new_certs(ctx: &Ctx, h: &Host, tls: &crate::etcd::Tls) -> Result<()> {
+    use rustls_pki_types::pem::PemObject;
+    let want = |path: &str| -> Result<Vec<u8>> {
+        let f = ctx
+            .files
+            .iter()
+            .find(|f| f.host == h.name && f.path == path)
+            .with_context(|| format!("{path} is not among {}'s files", h.name))?;
+        let der = rustls_pki_types::CertificateDer::pem_slice_iter(f.content.as_bytes())
+            .next()
+            .with_context(|| format!("{path}: no certificate"))?
+            .with_context(|| format!("{path}: not PEM"))?;
+        Ok(der.to_vec())
+    };
+    let ports = [
+        (
+            "client",
+            ctx.c.etcd.client_port,
+            want("/etc/etcd/pki/server.crt")?,
+        ),
+        (
+            "peer",
+            ctx.c.etcd.peer_port,
+            want("/etc/etcd/pki/peer.crt")?,
+        ),
+    ];
+    let cfg = crate::status::probes::tls_config(&tls.ca_pem, Some((&tls.cert_pem, &tls.key_pem)))?;
+    let ports = &ports;
+    let cfg = &cfg;
+    ctx.wait(
+        &h.name,
+        "etcd to serve its new certificates on its client and peer ports (no restart: etcd loads them on each new connection)",
+        "etcd serves its new certificates (not restarted)",
+        Duration::from_secs(10),
+        || async move {
+            for (which, port, der) in ports {
+                let addr = std::net::SocketAddr::new(h.address, *port);
+                let got = crate::status::probes::served_der(cfg, addr).await?;
+                if &got != der {
+                    bail!("the {which} port {addr} still serves the old certificate");
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
 }

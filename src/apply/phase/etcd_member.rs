@@ -1,6 +1,6 @@
 //! One etcd member at a time: health, drained restarts, learner joins and promotion.
 
-use super::control_plane::readyz_gate;
+use super::control_plane::{start_lab_apiserver, stop_lab_apiserver};
 use crate::apply::Ctx;
 use crate::apply::ops::{ETCD, LAB_APISERVER, Op, Systemctl};
 use crate::apply::report::Kind;
@@ -26,24 +26,14 @@ pub async fn restart_member(ctx: &Ctx, h: &Host, tls: &Tls) -> Result<()> {
     let name = &h.name;
     let api = ctx.c.kubernetes.bootstrap == Bootstrap::Lab && ctx.active(name, LAB_APISERVER);
     if api {
-        ctx.run(
-            name,
-            Op::script_with_display(
-                "systemctl stop hakube-lab-apiserver",
-                "systemctl stop hakube-lab-apiserver (drains; HAProxy sends new connections elsewhere)",
-            ),
-        )
-        .await?;
+        stop_lab_apiserver(ctx, name).await?;
     }
     move_leader_off(ctx, h, tls).await?;
     ctx.run(name, Systemctl::Restart(ETCD)).await?;
     wait_all_healthy(ctx, tls).await?;
     if api {
         ctx.take(name, LAB_APISERVER);
-        ctx.run(name, Systemctl::Start(LAB_APISERVER)).await?;
-        let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
-        readyz_gate(ctx, &ca, h).await?;
-        haproxy_rates_up(ctx, name).await?;
+        start_lab_apiserver(ctx, h).await?;
     }
     Ok(())
 }
