@@ -97,9 +97,9 @@ pub fn analyze(c: &Cluster) -> Report {
                 (
                     (skew, skew + script_ms),
                     format!(
-                        "HAProxy dead on the holder: its track script fails (every {}s), keepalived goes to FAULT and resigns with a priority-0 advert; the backup takes over after its skew (256-{p})/256{skew_unit} = {}",
-                        render::TRACK_SCRIPT_INTERVAL_S,
+                        "HAProxy exited on the holder: systemd writes its track file, keepalived sees it at once (inotify), goes to FAULT and resigns with a priority-0 advert; the backup takes over after its skew (256-{p})/256{skew_unit} = {}; HAProxy hung: its track script fails first (every {}s)",
                         fmt_ms(skew),
+                        render::TRACK_SCRIPT_INTERVAL_S,
                     ),
                 ),
             )

@@ -450,3 +450,45 @@ fn bad_timers_are_refused_with_the_reason() {
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(text(&out).contains("orphan.service, is not found"));
 }
+
+/// ExecStopPost= runs however the main process ended (kill -9 here, then a stop), and
+/// ExecStartPost= once it runs again: what keepalived's HAProxy track file relies on.
+#[test]
+fn stop_post_runs_after_a_kill_and_a_stop_and_start_post_after_each_start() {
+    let s = Shim::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("exited");
+    let f = f.display();
+    s.unit(
+        "svc.service",
+        &format!(
+            "[Service]\nExecStart=/bin/sleep 1000\nExecStartPost=/bin/sh -c 'echo 0 > {f}'\nExecStopPost=/bin/sh -c 'echo 1 > {f}'\nRestart=always\nRestartSec=300ms\n"
+        ),
+    );
+    let read = || std::fs::read_to_string(dir.path().join("exited")).unwrap_or_default();
+    assert!(s.run(&["start", "svc"]).status.success());
+    wait_until("ExecStartPost wrote 0", Duration::from_secs(5), || {
+        read().trim() == "0"
+    });
+    let first = s.main_pid("svc");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_until(
+        "ExecStopPost wrote 1 after kill -9",
+        Duration::from_secs(5),
+        || read().trim() == "1",
+    );
+    wait_until(
+        "restarted, ExecStartPost wrote 0",
+        Duration::from_secs(5),
+        || {
+            let p = s.main_pid("svc");
+            p != 0 && p != first && read().trim() == "0"
+        },
+    );
+    assert!(s.run(&["stop", "svc"]).status.success());
+    assert_eq!(read().trim(), "1", "written before stop returned");
+}

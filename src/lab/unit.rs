@@ -50,6 +50,8 @@ pub struct Unit {
     pub exec_start_post: Vec<ExecLine>,
     pub exec_reload: Vec<ExecLine>,
     pub exec_stop: Vec<ExecLine>,
+    /// Run once the service stopped, however it ended (stop, crash, kill -9, failed start).
+    pub exec_stop_post: Vec<ExecLine>,
     /// `Environment=` assignments, in order.
     pub environment: Vec<(String, String)>,
     /// `EnvironmentFile=` entries (path, optional).
@@ -204,6 +206,7 @@ impl Unit {
             exec_start_post: Vec::new(),
             exec_reload: Vec::new(),
             exec_stop: Vec::new(),
+            exec_stop_post: Vec::new(),
             environment: Vec::new(),
             environment_files: Vec::new(),
             restart: Restart::No,
@@ -294,6 +297,7 @@ impl Unit {
             ("Service", "ExecStartPost") => exec(&mut self.exec_start_post),
             ("Service", "ExecReload") => exec(&mut self.exec_reload),
             ("Service", "ExecStop") => exec(&mut self.exec_stop),
+            ("Service", "ExecStopPost") => exec(&mut self.exec_stop_post),
             ("Service", "Environment") => {
                 if v.is_empty() {
                     self.environment.clear();

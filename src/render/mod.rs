@@ -30,6 +30,10 @@ pub const TRACK_SCRIPT_INTERVAL_S: u64 = 1;
 /// ... and one failure moves the VIP: with `fall 2` a stopped HAProxy kept the VIP 1.8-2.9 s,
 /// with `fall 1` 0.8-1.7 s (docs/drills.md). A single slow check moves it too, which is cheap.
 pub const TRACK_SCRIPT_FALL: u32 = 1;
+/// systemd writes 1 here when HAProxy's main process ends (ExecStopPost=, also after a crash or
+/// kill -9) and 0 once it runs again (ExecStartPost=); keepalived watches it with inotify
+/// (`track_file`), so an exited HAProxy moves the VIP at once, not at the next track-script run.
+pub const HAPROXY_EXITED: &str = "/run/hakube/haproxy-exited";
 
 /// What a file belongs to: each apply phase installs the files of its own component.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -456,8 +460,17 @@ fn load_balancer(
         Component::LoadBalancer,
         "/etc/systemd/system/haproxy.service.d/10-hakube.conf",
         0o644,
-        format!("# {HEADER}\n[Service]\nEnvironmentFile={HAPROXY_ENV}\n"),
-        &["daemon-reload", "haproxy"],
+        format!(
+            "# {HEADER}\n[Service]\nEnvironmentFile={HAPROXY_ENV}\n\
+             # keepalived's track_file: HAProxy runs (0) or has exited (1), however it ended.\n\
+             ExecStartPost=/bin/sh -c 'mkdir -p {dir} && echo 0 > {HAPROXY_EXITED}'\n\
+             ExecStopPost=/bin/sh -c 'mkdir -p {dir} && echo 1 > {HAPROXY_EXITED}'\n",
+            dir = HAPROXY_EXITED
+                .rsplit_once('/')
+                .map(|x| x.0)
+                .unwrap_or("/run")
+        ),
+        &["daemon-reload"],
     ));
 
     // keepalived
@@ -501,6 +514,7 @@ fn load_balancer(
             "weight": lb.vrrp.track_weight,
             "track_interval": TRACK_SCRIPT_INTERVAL_S,
             "track_fall": TRACK_SCRIPT_FALL,
+            "exited_file": HAPROXY_EXITED,
             "script_user": lb.vrrp.script_user,
         },
     });

@@ -64,7 +64,10 @@ async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
     if touched(HAPROXY_DROP_IN) {
         ctx.run(name, Systemctl::DaemonReload).await?;
     }
-    let hap_changed = touched("/etc/haproxy/") || touched(HAPROXY_DROP_IN);
+    // The drop-in alone needs no restart: its ExecStartPost=/ExecStopPost= lines apply from the
+    // next start or stop, and its EnvironmentFile= path never changes (the file's contents do,
+    // and those restart it). A restart on the VIP holder refuses connections.
+    let hap_changed = touched("/etc/haproxy/");
     let hap_active = ctx.active(name, HAPROXY);
     if hap_changed || !hap_active {
         // The runtime API socket's folder; Debian makes it with tmpfiles.d at boot.
@@ -97,7 +100,7 @@ async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
         .await?;
         let op = if !hap_active {
             Systemctl::EnableStart(HAPROXY)
-        } else if touched(HAPROXY_ENV) || touched(HAPROXY_DROP_IN) {
+        } else if touched(HAPROXY_ENV) {
             // A new environment only reaches a fresh process.
             Systemctl::Restart(HAPROXY)
         } else {

@@ -41,6 +41,8 @@ struct Sup {
     ready: bool,
     /// Exit statuses reaped while waiting for something else.
     exited: HashMap<i32, WaitStatus>,
+    /// ExecStopPost= ran for this activation.
+    post_ran: bool,
 }
 
 pub(super) fn supervise(ctx: &Ctx, u: &str) -> i32 {
@@ -97,6 +99,7 @@ pub(super) fn supervise(ctx: &Ctx, u: &str) -> i32 {
         report: true,
         stop: false,
         ready: false,
+        post_ran: false,
         exited: HashMap::new(),
     };
     sup.save();
@@ -339,7 +342,12 @@ impl Sup {
             }
             // What fails the start job, if it is still waiting; reported once the state is
             // recorded, so that `systemctl start` returns to a state that says so.
-            let failure = match self.start_once() {
+            let ended = self.start_once();
+            // A oneshot that stays active (RemainAfterExit=) has not stopped.
+            if !(matches!(ended, Ok(None)) && self.st.state == ActiveState::Active) {
+                self.stop_post();
+            }
+            let failure = match ended {
                 Ok(Some(ws)) => {
                     if self.stop {
                         return self.finish_stopped();
@@ -441,6 +449,8 @@ impl Sup {
     }
 
     fn finish_stopped(&mut self) -> i32 {
+        // Like systemd, `stop` returns only after ExecStopPost= ran.
+        self.stop_post();
         self.st.main = None;
         self.st.supervisor = None;
         self.st.result = UnitResult::Success;
@@ -454,6 +464,7 @@ impl Sup {
     /// Returns its exit status, or None when the service ended for good (oneshot, stop).
     fn start_once(&mut self) -> Result<Option<WaitStatus>> {
         let env = build_env(&self.unit)?;
+        self.post_ran = false;
         self.set(ActiveState::Activating, SubState::StartPre);
         for line in self.unit.exec_start_pre.clone() {
             if !self.run_control(&line, &env, self.unit.timeout_start)? {
@@ -558,6 +569,26 @@ impl Sup {
             }
             _ => Ok(self.stop_main(main)),
         }
+    }
+
+    /// ExecStopPost=, as systemd runs it once the main process is gone, whatever ended it (once
+    /// per activation).
+    fn stop_post(&mut self) {
+        if std::mem::replace(&mut self.post_ran, true) {
+            return;
+        }
+        let env = build_env(&self.unit).unwrap_or_default();
+        // A stop already requested must not cut these short (`wait` reports it otherwise).
+        let stopping = std::mem::replace(&mut self.stop, false);
+        for line in self.unit.exec_stop_post.clone() {
+            if !self
+                .run_control(&line, &env, self.unit.timeout_stop)
+                .unwrap_or(false)
+            {
+                self.log(&format!("ExecStopPost={} failed", line.raw));
+            }
+        }
+        self.stop = stopping;
     }
 
     /// Stop requested: ExecStop, SIGTERM to the group, TimeoutStopSec=, SIGKILL.
