@@ -105,13 +105,11 @@ fn apply_converges_is_idempotent_and_dry_run_changes_nothing() {
         changed_per_host(&s)
     );
 
-    // A one-field change touches only what it should: haproxy.cfg on both LBs.
+    // A one-field change touches only what it should: haproxy.cfg on both LBs. (`rise`: the
+    // check interval and `fall` also set the API servers' shutdown delay, so they roll those.)
     let original = std::fs::read_to_string(&spec).expect("spec");
     assert!(original.contains("      type: https\n"));
-    let edited = original.replace(
-        "      type: https\n",
-        "      type: https\n      interval: 2s\n",
-    );
+    let edited = original.replace("      type: https\n", "      type: https\n      rise: 3\n");
     std::fs::write(&spec, &edited).expect("write spec");
 
     // Dry-run first: reports the two changes, changes nothing.
@@ -124,8 +122,7 @@ fn apply_converges_is_idempotent_and_dry_run_changes_nothing() {
         vec![("lb1".into(), 1), ("lb2".into(), 1)]
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains("+    default-server check verify none inter 2s"),
+        String::from_utf8_lossy(&out.stdout).contains(" fall 2 rise 3 on-marked-down"),
         "dry-run shows the diff"
     );
     assert_eq!(
@@ -143,7 +140,7 @@ fn apply_converges_is_idempotent_and_dry_run_changes_nothing() {
     assert_ne!(file_hash(&lab, "lb1", "/etc/haproxy/haproxy.cfg"), before);
     let cfg = String::from_utf8_lossy(&lab.exec("lb2", "cat /etc/haproxy/haproxy.cfg").stdout)
         .to_string();
-    assert!(cfg.contains("inter 2s"));
+    assert!(cfg.contains(" rise 3 "));
     // The reload kept the API up through the VIP.
     let curl = Command::new("curl")
         .args(["-sS", "--max-time", "5", "--cacert"])
