@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod fake;
+pub mod jump;
 pub mod local;
 pub mod ssh;
 

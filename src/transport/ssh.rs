@@ -31,14 +31,7 @@ pub struct Ssh {
     sudo: bool,
 }
 
-fn expand(p: &str, base: &Path) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/")
-        && let Some(home) = std::env::var_os("HOME")
-    {
-        return PathBuf::from(home).join(rest);
-    }
-    base.join(p)
-}
+use super::jump::expand;
 
 /// The folder every hakube process of this user keeps its control sockets under: short, since
 /// socket paths must stay under 108 bytes.
@@ -135,7 +128,8 @@ fn leave() {
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     *live = live.saturating_sub(1);
     if *live == 0 {
-        let _ = std::fs::remove_dir(base_dir().join(own_name()));
+        // Empty but for the generated jump configs.
+        let _ = std::fs::remove_dir_all(base_dir().join(own_name()));
     }
 }
 
@@ -156,6 +150,7 @@ impl Ssh {
                 detail: format!("cannot create the control socket folder: {e}"),
                 known_hosts: KnownHostsEntry::default(),
                 port: s.port,
+                hop: super::jump::Failed::Target,
             }))
         })?;
         let r = Self::open(h, base_dir, timeout, &dest, &dir).await;
@@ -187,23 +182,81 @@ impl Ssh {
         if let Some(k) = &s.identity_file {
             b.keyfile(expand(k, base_dir));
         }
-        if let Some(c) = &s.config_file {
-            b.config_file(expand(c, base_dir));
+        // Behind a jump host, a generated config (which includes the user's) gives the jump
+        // hop the spec's settings; `-J` passes `-F` on to it.
+        // The jump host itself (a cluster host can be the bastion) is reached directly: ssh
+        // refuses a jump through the destination ("jumphost loop").
+        let is_jump = s.proxy_jump.as_deref().is_some_and(|j| {
+            super::jump::hops(j).first().is_some_and(|f| {
+                f.host == h.name || f.host == dest || f.host == h.address.to_string()
+            })
+        });
+        let s = &if is_jump {
+            crate::spec::SshSettings {
+                proxy_jump: None,
+                ..s.clone()
+            }
+        } else {
+            s.clone()
+        };
+        let jump_path = super::jump::path(s, base_dir, timeout, dir);
+        let jump_config = match super::jump::config(s, base_dir, timeout, &jump_path, dir) {
+            Some(text) => {
+                super::jump::write(&jump_path, &text).map_err(|e| {
+                    Error::Connect(Box::new(ConnectError {
+                        host: h.name.clone(),
+                        dest: dest.to_string(),
+                        cause: ConnectCause::Other,
+                        detail: format!(
+                            "cannot write the jump host's ssh_config {}: {e}",
+                            jump_path.display()
+                        ),
+                        known_hosts: KnownHostsEntry::default(),
+                        port: s.port,
+                        hop: super::jump::Failed::Target,
+                    }))
+                })?;
+                Some(jump_path)
+            }
+            None => s.config_file.as_ref().map(|c| expand(c, base_dir)),
+        };
+        if let Some(c) = &jump_config {
+            b.config_file(c);
         }
         if let Some(k) = &s.known_hosts_file {
             b.user_known_hosts_file(expand(k, base_dir));
         }
-        if let Some(j) = &s.proxy_jump {
-            b.jump_hosts(j.split(','));
-        }
+        let hops = s
+            .proxy_jump
+            .as_deref()
+            .map(super::jump::hops)
+            .unwrap_or_default();
+        let jump_log = super::jump::log_file(dir, dest);
+        let _ = std::fs::remove_file(&jump_log);
         // The master's own log says why it failed: no second `ssh` run to find out.
         let session = match b.connect_mux(dest).await {
             Ok(s) => s,
             Err(e) => {
-                let text = error_text(&e);
+                // The jump hop's own words are in its log, the master's only say it closed.
+                let mut text = error_text(&e);
+                if let Ok(log) = std::fs::read_to_string(&jump_log) {
+                    text = format!("{log}\n{text}");
+                }
+                // Only the first hop is told apart: later hops' words reach us the same way.
+                let first = hops.first();
+                let hop = super::jump::Failed::classify(&text, first.map(|j| j.host.as_str()));
+                let text = super::jump::Failed::strip(&text);
                 let cause = ConnectCause::classify(&text);
+                let (key_dest, port, config) = match (&hop, first) {
+                    (super::jump::Failed::Jump(_), Some(j)) => (
+                        j.host.as_str(),
+                        j.port.unwrap_or(22),
+                        jump_config.as_deref(),
+                    ),
+                    _ => (dest, s.port, jump_config.as_deref()),
+                };
                 let known_hosts = if cause.is_host_key() {
-                    known_hosts_entry(h, dest, base_dir).await
+                    known_hosts_entry(h, key_dest, port, config, base_dir).await
                 } else {
                     KnownHostsEntry::default()
                 };
@@ -213,7 +266,8 @@ impl Ssh {
                     cause,
                     detail: detail(&text),
                     known_hosts,
-                    port: s.port,
+                    port,
+                    hop,
                 })));
             }
         };
@@ -265,12 +319,18 @@ fn detail(text: &str) -> String {
 
 /// The known_hosts file and entry name ssh checks for this host, as `ssh -G` resolves them
 /// (ssh_config, port, HostKeyAlias). Local only, and only on the host-key error path.
-async fn known_hosts_entry(h: &Host, dest: &str, base_dir: &Path) -> KnownHostsEntry {
+async fn known_hosts_entry(
+    h: &Host,
+    dest: &str,
+    port: u16,
+    config: Option<&Path>,
+    base_dir: &Path,
+) -> KnownHostsEntry {
     let s = &h.ssh;
     let mut cmd = tokio::process::Command::new("ssh");
-    cmd.arg("-G").args(["-p", &s.port.to_string()]);
-    if let Some(c) = &s.config_file {
-        cmd.arg("-F").arg(expand(c, base_dir));
+    cmd.arg("-G").args(["-p", &port.to_string()]);
+    if let Some(c) = config {
+        cmd.arg("-F").arg(c);
     }
     if let Some(k) = &s.known_hosts_file {
         cmd.arg("-o").arg(format!(
@@ -283,7 +343,7 @@ async fn known_hosts_entry(h: &Host, dest: &str, base_dir: &Path) -> KnownHostsE
         Ok(Ok(o)) => String::from_utf8_lossy(&o.stdout).to_string(),
         _ => String::new(),
     };
-    parse_ssh_g(&text, dest, s.port)
+    parse_ssh_g(&text, dest, port)
 }
 
 /// Read `ssh -G` output: the first user known_hosts file, and the name the key is kept under.
