@@ -12,6 +12,7 @@ use super::error::{ConnectCause, ConnectError, Error, KnownHostsEntry, Result, s
 use super::{BoxFut, Output, Transport};
 use crate::spec::Host;
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -373,6 +374,46 @@ pub fn parse_ssh_g(text: &str, dest: &str, port: u16) -> KnownHostsEntry {
         } else {
             format!("[{host}]:{port}")
         },
+    }
+}
+
+impl Ssh {
+    /// A local forward on this host's master: a free port on 127.0.0.1 that reaches `target`
+    /// as this host sees it (`ssh -O forward -L`).
+    pub async fn forward(&self, target: SocketAddr) -> Result<SocketAddr> {
+        let session = self.session("ssh -O forward")?;
+        let mut last = String::new();
+        // The port is free when picked; another process may take it before the master binds
+        // it, so a few tries.
+        for _ in 0..5 {
+            let local = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .map_err(|e| Error::Session {
+                    host: self.name.clone(),
+                    command: format!("ssh -O forward -L 127.0.0.1:0:{target}"),
+                    detail: format!("no free local port: {e}"),
+                })?;
+            match session
+                .request_port_forward(openssh::ForwardType::Local, local, target)
+                .await
+            {
+                Ok(()) => return Ok(local),
+                Err(e) => last = error_text(&e),
+            }
+        }
+        Err(Error::Session {
+            host: self.name.clone(),
+            command: format!("ssh -O forward -L 127.0.0.1:PORT:{target}"),
+            detail: last,
+        })
+    }
+
+    /// Whether the master connection is still up.
+    pub async fn alive(&self) -> bool {
+        match &self.session {
+            Some(s) => s.check().await.is_ok(),
+            None => false,
+        }
     }
 }
 
