@@ -1,8 +1,9 @@
 //! hakube from behind a bastion (root only): every host but lb1 drops all traffic from the
 //! operator's side of the lab bridge, and lb1 lets only SSH in. With `ssh.proxyJump: lb1` (and
 //! no ssh_config, so the jump hop has only the spec's settings) and `access: ssh`, apply,
-//! status, doctor and a drill pass; `auto` picks ssh by itself; `direct` sees etcd down, which
-//! shows the firewall holds. A wrong jump user is blamed on the jump host, not on the targets.
+//! status, doctor, a backup and a drill pass; `auto` picks ssh by itself; `direct` sees etcd
+//! down, which shows the firewall holds. A wrong jump user is blamed on the jump host, not on
+//! the targets.
 
 mod common;
 use common::*;
@@ -125,6 +126,14 @@ fn behind_a_bastion_everything_goes_through_ssh() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
     assert!(o.status.success(), "doctor: {}", text(&o));
     assert_eq!(v["findings"], serde_json::json!([]), "{v}");
+
+    // backup streams its snapshot from a member through that member's forward.
+    let o = lab.hakube(&["backup", "-o", "json"]);
+    assert!(
+        o.status.success(),
+        "backup through the bastion: {}",
+        text(&o)
+    );
 
     // The drill's client probe goes to the VIP through an LB's forward.
     let reports = tempfile::tempdir().expect("tempdir");
