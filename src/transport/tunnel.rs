@@ -206,26 +206,25 @@ pub async fn connect(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream>
 
 /// An `https://IP:PORT` URL as the access says, and the real address for TLS when it changed.
 pub async fn url(u: &str) -> std::io::Result<(String, Option<String>)> {
-    let Some((scheme, rest)) = u.split_once("://") else {
-        return Ok((u.to_string(), None));
-    };
-    let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let Ok(addr) = hostport.parse::<SocketAddr>() else {
+    let Some((addr, rebuild)) = split_url(u) else {
         return Ok((u.to_string(), None));
     };
     let r = route(addr).await?;
     if r.local == addr {
         return Ok((u.to_string(), None));
     }
-    let tail = if path.is_empty() {
-        String::new()
-    } else {
-        format!("/{path}")
+    Ok((rebuild(r.local), Some(addr.ip().to_string())))
+}
+
+/// The address of a `scheme://IP:PORT[/path]` URL, and how to build the URL for another one.
+fn split_url(u: &str) -> Option<(SocketAddr, impl Fn(SocketAddr) -> String + '_)> {
+    let (scheme, rest) = u.split_once("://")?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
     };
-    Ok((
-        format!("{scheme}://{}{tail}", r.local),
-        Some(addr.ip().to_string()),
-    ))
+    let addr = hostport.parse::<SocketAddr>().ok()?;
+    Some((addr, move |a: SocketAddr| format!("{scheme}://{a}{path}")))
 }
 
 /// How `addrs` were reached, in words: `direct`, or `via lb1, lb2` (the hosts whose SSH
@@ -323,5 +322,25 @@ mod tests {
         );
         let (u, name) = url("https://10.9.0.1:2379").await.expect("url");
         assert_eq!((u.as_str(), name), ("https://10.9.0.1:2379", None));
+    }
+
+    #[test]
+    fn urls_are_rebuilt_around_the_forward() {
+        let local: SocketAddr = "127.0.0.1:40001".parse().expect("addr");
+        let (a, f) = split_url("https://10.9.0.1:2379").expect("an address");
+        assert_eq!(a, "10.9.0.1:2379".parse().expect("addr"));
+        assert_eq!(f(local), "https://127.0.0.1:40001");
+        let (a, f) = split_url("https://[fd00::1]:6443/readyz").expect("an address");
+        assert_eq!(a, "[fd00::1]:6443".parse().expect("addr"));
+        assert_eq!(f(local), "https://127.0.0.1:40001/readyz");
+        // Names are not cluster addresses: left as they are.
+        assert!(split_url("https://etcd.example:2379").is_none());
+        assert!(split_url("10.9.0.1:2379").is_none());
+    }
+
+    #[test]
+    fn direct_access_reaches_every_layer_directly() {
+        let a: SocketAddr = "10.9.0.1:2379".parse().expect("addr");
+        assert_eq!(reached(&[a]), "direct");
     }
 }
