@@ -161,6 +161,21 @@ fn behind_a_bastion_everything_goes_through_ssh() {
     assert_eq!(code, 0, "status with access auto: {t}");
     assert_eq!(s["reached"]["etcd"], MASTERS, "{s}");
 
+    // With the lab's ssh_config kept, the jump host can be its alias there.
+    let with_config = original.replace(
+        "    knownHostsFile:",
+        "    proxyJump: lb1\n    knownHostsFile:",
+    );
+    assert_ne!(with_config, original);
+    std::fs::write(
+        lab.spec(),
+        with_config.replace("\n  hosts:", "\n  access: ssh\n  hosts:"),
+    )
+    .expect("write the spec");
+    let (code, s, t) = status(&lab);
+    assert_eq!(code, 0, "status through the alias lb1: {t}");
+    assert_eq!(s["reached"]["etcd"], MASTERS, "{s}");
+
     // Without the tunnels, etcd is out of reach: the test above could fail.
     write_spec(&lab, &original, &bastion, Some("direct"));
     let (code, s, t) = status(&lab);
