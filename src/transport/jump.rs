@@ -206,20 +206,28 @@ pub enum Failed {
 }
 
 impl Failed {
-    /// `ssh -W` on the jump host says "stdio forwarding failed" when it cannot reach the
-    /// target; when the jump's own login fails, the outer ssh sees its proxy close before the
-    /// banner ("Connection closed by UNKNOWN port 65535").
-    pub fn classify(text: &str, jump: Option<&str>) -> Failed {
+    /// From the jump hop's own log (`jump_log`) and the master's (`master`). `ssh -W` on the
+    /// jump host says "stdio forwarding failed" when it cannot reach the target; anything else
+    /// the jump hop says is its own failure. When it said nothing, the outer ssh seeing its
+    /// proxy close before the banner ("Connection closed by UNKNOWN port 65535") still means
+    /// the jump hop ended; a timeout during the banner may be either hop, so it is the target's.
+    pub fn classify(jump_log: &str, master: &str, jump: Option<&str>) -> Failed {
         let Some(j) = jump else {
             return Failed::Target;
         };
-        if text.contains("stdio forwarding failed") || text.contains("open failed: connect failed")
+        let j = j.to_string();
+        let both = format!("{jump_log}\n{master}");
+        if both.contains("stdio forwarding failed") || both.contains("open failed: connect failed")
         {
-            Failed::JumpToTarget(j.to_string())
-        } else if text.contains("UNKNOWN port 65535")
-            || text.contains("kex_exchange_identification: Connection closed")
+            Failed::JumpToTarget(j)
+        } else if !jump_log.trim().is_empty() {
+            Failed::Jump(j)
+        } else if master.contains("during banner exchange") {
+            Failed::Target
+        } else if master.contains("UNKNOWN port 65535")
+            || master.contains("kex_exchange_identification: Connection closed")
         {
-            Failed::Jump(j.to_string())
+            Failed::Jump(j)
         } else {
             Failed::Target
         }
@@ -345,13 +353,32 @@ mod tests {
         let target_key = "No ED25519 host key is known for 10.210.0.101 and you have requested strict checking.\nHost key verification failed.\n";
         let onward = "channel 0: open failed: connect failed: Connection refused\nstdio forwarding failed\nkex_exchange_identification: Connection closed by remote host\nConnection closed by UNKNOWN port 65535\n";
         let b = Some("lb1");
-        assert_eq!(Failed::classify(jump_key, b), Failed::Jump("lb1".into()));
-        assert_eq!(Failed::classify(target_key, b), Failed::Target);
+        // Before the jump hop had its own log, all of it reached the master's.
         assert_eq!(
-            Failed::classify(onward, b),
+            Failed::classify("", jump_key, b),
+            Failed::Jump("lb1".into())
+        );
+        assert_eq!(Failed::classify("", target_key, b), Failed::Target);
+        assert_eq!(
+            Failed::classify("", onward, b),
             Failed::JumpToTarget("lb1".into())
         );
-        assert_eq!(Failed::classify(jump_key, None), Failed::Target);
+        assert_eq!(Failed::classify("", jump_key, None), Failed::Target);
+        // The jump hop's log, apart from the master's.
+        let (log, master) = jump_key.split_at(jump_key.find("kex_").expect("kex line"));
+        assert_eq!(Failed::classify(log, master, b), Failed::Jump("lb1".into()));
+        let (log, master) = onward.split_at(onward.find("kex_").expect("kex line"));
+        assert_eq!(
+            Failed::classify(log, master, b),
+            Failed::JumpToTarget("lb1".into())
+        );
+        // Out of time: the jump hop silent is not blamed; a jump hop out of time is.
+        let slow = "Connection timed out during banner exchange\nConnection to UNKNOWN port 65535 timed out\n";
+        assert_eq!(Failed::classify("", slow, b), Failed::Target);
+        assert_eq!(
+            Failed::classify("Connection timed out during banner exchange\n", slow, b),
+            Failed::Jump("lb1".into())
+        );
         assert_eq!(
             Failed::strip(onward),
             "channel 0: open failed: connect failed: Connection refused"

@@ -174,7 +174,6 @@ impl Ssh {
             .map(ControlPersist::IdleFor)
             .unwrap_or(ControlPersist::ClosedAfterInitialConnection);
         b.known_hosts_check(KnownHosts::Strict)
-            .connect_timeout(timeout)
             .server_alive_interval(Duration::from_secs(5))
             .control_directory(dir)
             .control_persist(persist)
@@ -184,8 +183,7 @@ impl Ssh {
             b.keyfile(expand(k, base_dir));
         }
         // Behind a jump host, a generated config (which includes the user's) gives the jump
-        // hop the spec's settings; `-J` passes `-F` on to it.
-        // The jump host itself (a cluster host can be the bastion) is reached directly: ssh
+        // hop the spec's settings (see `jump`). The jump host itself (a cluster host can be the bastion) is reached directly: ssh
         // refuses a jump through the destination ("jumphost loop").
         let is_jump = s.proxy_jump.as_deref().is_some_and(|j| {
             super::jump::hops(j).first().is_some_and(|f| {
@@ -234,18 +232,21 @@ impl Ssh {
             .unwrap_or_default();
         let jump_log = super::jump::log_file(dir, dest);
         let _ = std::fs::remove_file(&jump_log);
+        // Each hop logs in within `timeout` (the jump hop's own ConnectTimeout); the target's
+        // banner comes after all of them.
+        b.connect_timeout(timeout * (hops.len() as u32 + 1));
         // The master's own log says why it failed: no second `ssh` run to find out.
         let session = match b.connect_mux(dest).await {
             Ok(s) => s,
             Err(e) => {
                 // The jump hop's own words are in its log, the master's only say it closed.
-                let mut text = error_text(&e);
-                if let Ok(log) = std::fs::read_to_string(&jump_log) {
-                    text = format!("{log}\n{text}");
-                }
+                let master = error_text(&e);
+                let log = std::fs::read_to_string(&jump_log).unwrap_or_default();
                 // Only the first hop is told apart: later hops' words reach us the same way.
                 let first = hops.first();
-                let hop = super::jump::Failed::classify(&text, first.map(|j| j.host.as_str()));
+                let hop =
+                    super::jump::Failed::classify(&log, &master, first.map(|j| j.host.as_str()));
+                let text = format!("{log}\n{master}");
                 let text = super::jump::Failed::strip(&text);
                 let cause = ConnectCause::classify(&text);
                 let (key_dest, port, config) = match (&hop, first) {
