@@ -18,12 +18,30 @@ pub fn tls_options(tls: &Tls) -> TlsOptions {
         .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
 }
 
+/// A client for `endpoints`, through SSH forwards when `spec.access` says so
+/// ([`crate::transport::tunnel`]).
 pub async fn connect(endpoints: &[String], tls: &Tls, timeout: Duration) -> Result<Client> {
+    let mut urls = Vec::with_capacity(endpoints.len());
+    let mut names = Vec::new();
+    for e in endpoints {
+        let (u, name) = crate::transport::tunnel::url(e)
+            .await
+            .with_context(|| format!("cannot reach etcd at {e}"))?;
+        urls.push(u);
+        names.extend(name);
+    }
+    let mut tls_opts = tls_options(tls);
+    // Through a forward, TLS still checks the member's own address. With several members one
+    // name cannot fit all: the forwards are 127.0.0.1, which every etcd server certificate
+    // names (hakube's and kubeadm's), and each forward ends at the member it is for.
+    if let [name] = names.as_slice() {
+        tls_opts = tls_opts.domain_name(name.clone());
+    }
     let opts = ConnectOptions::new()
-        .with_tls(tls_options(tls))
+        .with_tls(tls_opts)
         .with_connect_timeout(timeout)
         .with_timeout(timeout);
-    tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts)))
+    tokio::time::timeout(timeout, Client::connect(&urls, Some(opts)))
         .await
         .with_context(|| format!("connecting to etcd at {} timed out", endpoints.join(",")))?
         .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))

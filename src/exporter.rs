@@ -145,9 +145,11 @@ pub async fn serve(exp: Exporter, listen: SocketAddr) -> Result<()> {
             "cannot listen on {listen}: is another exporter running there? pick another --listen"
         )
     })?;
+    let access = crate::transport::tunnel::setup(&exp.cluster).await;
     eprintln!(
-        "hakube exporter: cluster {} metrics on http://{listen}/metrics",
-        exp.cluster.name
+        "hakube exporter: cluster {} metrics on http://{listen}/metrics, probes {}",
+        exp.cluster.name,
+        crate::transport::tunnel::describe(access)
     );
     let exp = Arc::new(exp);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -36,7 +36,7 @@ pub async fn get(
 ) -> Result<Response> {
     let start = Instant::now();
     let fut = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
+        let tcp = crate::transport::tunnel::connect(addr)
             .await
             .with_context(|| format!("connect {addr}"))?;
         let connector = tokio_rustls::TlsConnector::from(cfg.clone());

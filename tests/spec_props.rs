@@ -54,6 +54,7 @@ fn full_document() -> model::Document {
     } = &mut doc;
     let model::Spec {
         ssh,
+        access: _,
         hosts,
         networks,
         load_balancer,
@@ -664,7 +665,7 @@ fn read_back(pat: &str, doc: &Value, at: &[Seg], files: &[RenderedFile]) -> Reac
         | "spec.monitoring.exporter"
         | "spec.monitoring.etcdCertDir"
         | "spec.monitoring.scrapeInterval" => return Reach::Parsed,
-        "spec.monitoring.prometheusUrl" => return Reach::Unrendered,
+        "spec.monitoring.prometheusUrl" | "spec.access" => return Reach::Unrendered,
         "spec.monitoring.namespace" | "spec.monitoring.labels.*" => {
             let label = match (pat, at.last()) {
                 ("spec.monitoring.labels.*", Some(Seg::Key(k))) => Some(k.clone()),

@@ -1613,3 +1613,37 @@ fn pinned_etcd_and_packages() {
         "needs the tarball",
     );
 }
+
+#[test]
+fn access_is_direct_ssh_or_auto_and_defaults_to_auto() {
+    use hakube::spec::Access;
+    let access = |src: &str| load(src).cluster.map(|c| c.access);
+    assert_eq!(access(SEED), Some(Access::Auto));
+    let without = seed_with(&[("  access: auto", "")]);
+    assert_eq!(access(&without), Some(Access::Auto));
+    let ssh = seed_with(&[("access: auto", "access: ssh")]);
+    assert_eq!(access(&ssh), Some(Access::Ssh));
+    let direct = seed_with(&[("access: auto", "access: direct")]);
+    assert_eq!(access(&direct), Some(Access::Direct));
+    let src = seed_with(&[("access: auto", "access: dirct")]);
+    let l = load(&src);
+    assert!(l.cluster.is_none());
+    let d = find(
+        &l,
+        Severity::Error,
+        "spec.access",
+        "unknown access \"dirct\"",
+    );
+    assert_eq!(
+        d.location.map(|x| x.line),
+        Some(line_of(&src, "access: dirct")),
+        "{d:?}"
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did you mean direct"),
+        "{d:?}"
+    );
+}

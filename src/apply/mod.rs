@@ -159,6 +159,7 @@ pub async fn run(c: Cluster, opts: Options, reporter: Arc<dyn Reporter>) -> Summ
     {
         return failed(e, opts.dry_run);
     }
+    crate::transport::tunnel::setup(&c).await;
     match connect(&c, &opts).await {
         Ok(hosts) => apply(c, opts, hosts, reporter).await,
         Err(e) => failed(e, opts.dry_run),

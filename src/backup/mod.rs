@@ -328,6 +328,7 @@ fn state_members(c: &Cluster, skip: &Path) -> Result<Vec<Member>> {
 
 /// Take (or package) one snapshot, prove it, archive it, apply retention.
 pub async fn backup(c: &Cluster, o: &Options, log: Log<'_>) -> Result<Report> {
+    crate::transport::tunnel::setup(c).await;
     let started = Instant::now();
     let state = State::open(c)?;
     let tools = Tools::find()?;

@@ -259,6 +259,7 @@ fn runners(c: &Cluster) -> (EtcdRunner, ApiRunner) {
 
 /// Restore the cluster from `o.backup`. Never returns an error: the report says what happened.
 pub async fn restore(c: &Cluster, o: &Options, log: Log<'_>) -> Report {
+    crate::transport::tunnel::setup(c).await;
     let started = Instant::now();
     let stamp = crate::drill::stamp(SystemTime::now());
     let token = format!(

@@ -370,17 +370,22 @@ async fn read_back(url: &str, child: &mut tokio::process::Child, log: &Path) -> 
 /// A client for one member, without a per-request deadline (a snapshot stream takes as long as
 /// the database is large).
 async fn stream_client(endpoint: &str, tls: &Tls) -> Result<Client> {
+    // Through an SSH forward when spec.access says so; TLS checks the member's own address.
+    let (url, name) = crate::transport::tunnel::url(endpoint)
+        .await
+        .with_context(|| format!("cannot reach etcd at {endpoint}"))?;
+    let mut tls_opts = crate::etcd::tls_options(tls);
+    if let Some(n) = name {
+        tls_opts = tls_opts.domain_name(n);
+    }
     let opts = ConnectOptions::new()
-        .with_tls(crate::etcd::tls_options(tls))
+        .with_tls(tls_opts)
         .with_connect_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(10));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        Client::connect([endpoint], Some(opts)),
-    )
-    .await
-    .with_context(|| format!("connecting to etcd at {endpoint} timed out"))?
-    .with_context(|| format!("cannot connect to etcd at {endpoint}"))
+    tokio::time::timeout(Duration::from_secs(10), Client::connect([url], Some(opts)))
+        .await
+        .with_context(|| format!("connecting to etcd at {endpoint} timed out"))?
+        .with_context(|| format!("cannot connect to etcd at {endpoint}"))
 }
 
 /// Stream a snapshot from one member into `dest` (flushed to disk). `progress` gets the bytes

@@ -158,15 +158,17 @@ pub fn run(a: DrillArgs) -> Result<i32> {
         let log: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |m: &str| {
             eprintln!("{:>7.2}s {m}", start.elapsed().as_secs_f64());
         });
+        let access = crate::transport::tunnel::setup(&c).await;
         let drill = Drill::new(c.clone(), &a.file, opts, rx, log)?;
         eprintln!(
-            "hakube drill on {} ({}), faults via {}",
+            "hakube drill on {} ({}), probes {}, faults via {}",
             c.name,
             drill
                 .lab
                 .as_ref()
                 .map(|l| format!("lab {l}"))
                 .unwrap_or_else(|| "real hosts".into()),
+            crate::transport::tunnel::describe(access),
             drill.via()
         );
         let mut reports: Vec<ScenarioReport> = Vec::new();

@@ -263,7 +263,7 @@ fn peer_names(tls: &Tls) -> Vec<String> {
 
 /// Open a TCP + TLS connection to the target.
 async fn open(t: &Target) -> Result<TokioIo<Tls>> {
-    let tcp = tokio::net::TcpStream::connect(t.addr)
+    let tcp = crate::transport::tunnel::connect(t.addr)
         .await
         .map_err(|e| anyhow!("connect: {}", io_reason(&e)))?;
     let _ = tcp.set_nodelay(true);

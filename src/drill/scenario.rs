@@ -464,6 +464,7 @@ mod tests {
             certs: vec![],
             nodes: None,
             backups: None,
+            reached: Default::default(),
             verdicts: vec![Verdict {
                 layer: "etcd".into(),
                 health: if healthy {

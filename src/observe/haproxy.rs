@@ -233,7 +233,7 @@ async fn http_get(
     path: &str,
     auth: Option<(&str, &str)>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut s = crate::transport::tunnel::connect(addr).await?;
     let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
     if let Some((u, p)) = auth {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));

@@ -11,6 +11,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize)]
 pub struct Cluster {
     pub name: String,
+    /// How the operator's probes reach the hosts (`spec.access`).
+    pub access: Access,
     /// Folder of the spec file; relative paths in the spec are resolved against it.
     pub base_dir: PathBuf,
     pub hosts: Vec<Host>,
@@ -23,6 +25,20 @@ pub struct Cluster {
     pub pki: Pki,
     pub backup: Backup,
     pub monitoring: Monitoring,
+}
+
+/// How hakube's probes (etcd's gRPC, the API servers and the VIP, HAProxy's stats page) reach
+/// the hosts. Commands always run over SSH.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Straight from this machine.
+    Direct,
+    /// Through a local forward on each host's SSH connection (behind a bastion).
+    Ssh,
+    /// Direct if a control plane's etcd or API port answers from here, otherwise ssh.
+    #[default]
+    Auto,
 }
 
 /// Backups, with defaults resolved (`spec.backup`).

@@ -33,6 +33,9 @@ pub struct Metadata {
 pub struct Spec {
     #[serde(default)]
     pub ssh: Ssh,
+    /// How hakube's own probes (etcd, API servers, the VIP, HAProxy stats) reach the hosts:
+    /// `direct`, `ssh` (forwarded over each host's SSH connection), or `auto` (the default).
+    pub access: Option<String>,
     #[serde(default)]
     pub hosts: Vec<Host>,
     pub networks: Networks,

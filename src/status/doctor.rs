@@ -751,6 +751,7 @@ pub fn diagnose(c: &Cluster, e: &Evidence) -> Vec<Finding> {
 
 /// Gather the evidence: the status probes plus SSH checks on every host.
 pub async fn gather(c: &Cluster) -> anyhow::Result<Evidence> {
+    crate::transport::tunnel::setup(c).await;
     let names: Vec<String> = c.hosts.iter().map(|h| h.name.clone()).collect();
     let common = "if [ -f /run/keepalived.pid ] && kill -USR1 \"$(cat /run/keepalived.pid)\" 2>/dev/null; then sleep 0.3; \
         grep -m1 'State = ' /tmp/keepalived.data 2>/dev/null || echo 'State = unknown'; else echo 'State = not running'; fi; \
@@ -966,6 +967,7 @@ mod tests {
             nodes: None,
             backups: None,
             verdicts: vec![],
+            reached: Default::default(),
             overall: Health::Healthy,
             took_ms: 1,
             prometheus: None,

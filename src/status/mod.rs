@@ -9,6 +9,7 @@ use crate::spec::{Cluster, EtcdManagement};
 use crate::state::State;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use probes::{
@@ -138,6 +139,8 @@ pub struct Status {
     /// The age of the last verified backup (operator and hosts); `status` only, not apply's.
     pub backups: Option<backups::Backups>,
     pub verdicts: Vec<Verdict>,
+    /// How hakube reached each layer (`spec.access`): `direct`, or `via HOST, ...`.
+    pub reached: BTreeMap<String, String>,
     pub overall: Health,
     pub took_ms: u128,
     /// The Prometheus that runs the rendered rules (`spec.monitoring.prometheusUrl`).
@@ -178,7 +181,34 @@ impl Creds {
 /// Gather everything, in parallel.
 pub async fn gather(c: &Cluster) -> anyhow::Result<Status> {
     let creds = Creds::from_state(&State::open(c)?)?;
+    crate::transport::tunnel::setup(c).await;
     Ok(observe(c, &creds, Conns::Fresh, Scope::Full).await)
+}
+
+/// How each probed layer was reached, after the probes ran.
+fn reached(c: &Cluster) -> BTreeMap<String, String> {
+    use crate::transport::tunnel;
+    let at = |port: u16, hosts: &mut dyn Iterator<Item = &crate::spec::Host>| -> Vec<SocketAddr> {
+        hosts.map(|h| SocketAddr::new(h.address, port)).collect()
+    };
+    let mut m = BTreeMap::new();
+    m.insert(
+        "vip".to_string(),
+        tunnel::reached(&[SocketAddr::new(c.lb.vip, c.lb.api_port)]),
+    );
+    m.insert(
+        "haproxy".into(),
+        tunnel::reached(&at(c.lb.stats.port, &mut c.load_balancers())),
+    );
+    m.insert(
+        "api".into(),
+        tunnel::reached(&at(c.kubernetes.api_server_port, &mut c.control_planes())),
+    );
+    m.insert(
+        "etcd".into(),
+        tunnel::reached(&at(c.etcd.client_port, &mut c.control_planes())),
+    );
+    m
 }
 
 /// How much to look at.
@@ -233,6 +263,7 @@ pub async fn observe(c: &Cluster, creds: &Creds, conns: Conns<'_>, scope: Scope)
         nodes,
         backups,
         verdicts: vec![],
+        reached: reached(c),
         overall: Health::Healthy,
         took_ms: 0,
         prometheus: c.monitoring.prometheus_url.clone(),
@@ -678,6 +709,16 @@ pub fn render_text(s: &Status) -> String {
         mark(s.overall),
         s.took_ms
     ));
+    if s.reached.values().any(|r| r != "direct") {
+        let how = |k: &str| s.reached.get(k).map(String::as_str).unwrap_or("-");
+        o.push_str(&format!(
+            "reached through SSH (spec.access): VIP {}; HAProxy {}; API servers {}; etcd {}\n\n",
+            how("vip"),
+            how("haproxy"),
+            how("api"),
+            how("etcd")
+        ));
+    }
     o.push_str(&format!("VIP {}: {}\n\n", s.vip, verdict("vip")));
 
     o.push_str(&format!("HAProxy: {}\n", verdict("haproxy")));
@@ -1082,6 +1123,7 @@ mod tests {
             certs: vec![],
             nodes: None,
             verdicts: vec![],
+            reached: Default::default(),
             overall: Health::Unknown,
             took_ms: 0,
             prometheus: None,

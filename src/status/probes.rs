@@ -248,7 +248,7 @@ async fn with_timeout<T>(
 pub async fn vip_answers(c: &Cluster) -> bool {
     let addr = SocketAddr::new(c.lb.vip, c.lb.api_port);
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        tokio::time::timeout(PROBE_TIMEOUT, crate::transport::tunnel::connect(addr)).await,
         Ok(Ok(_))
     )
 }
@@ -430,7 +430,7 @@ pub async fn served_der(
     addr: SocketAddr,
 ) -> anyhow::Result<Vec<u8>> {
     with_timeout(PROBE_TIMEOUT, async {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let tcp = crate::transport::tunnel::connect(addr).await?;
         let tls = tokio_rustls::TlsConnector::from(cfg.clone())
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await?;

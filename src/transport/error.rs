@@ -120,6 +120,9 @@ pub struct ConnectError {
     /// Where the host key is checked, and under which name, for the host-key fix.
     pub known_hosts: KnownHostsEntry,
     pub port: u16,
+    /// Which hop failed, when the host is behind `spec.ssh.proxyJump`.
+    #[serde(flatten)]
+    pub hop: super::jump::Failed,
 }
 
 /// The known_hosts file and the name a host's key is recorded under.
@@ -144,9 +147,15 @@ impl KnownHostsEntry {
 
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use super::jump::Failed;
+        let hop = match &self.hop {
+            Failed::Target => String::new(),
+            Failed::Jump(j) => format!("the jump host {j} (spec.ssh.proxyJump) failed: "),
+            Failed::JumpToTarget(j) => format!("the jump host {j} cannot reach it: "),
+        };
         write!(
             f,
-            "{}: cannot connect over SSH to {}: {} ({})\n  help: {}",
+            "{}: cannot connect over SSH to {}: {hop}{} ({})\n  help: {}",
             self.host,
             self.dest,
             self.cause.summary(),
@@ -159,6 +168,24 @@ impl std::fmt::Display for ConnectError {
 impl ConnectError {
     /// What the operator should do, for this cause.
     pub fn help(&self) -> String {
+        match &self.hop {
+            super::jump::Failed::Target => self.cause_help(),
+            super::jump::Failed::Jump(j) => format!(
+                "logging into the jump host {j} failed, not {}: hakube logs into it with spec.ssh's user, \
+                 identityFile and knownHostsFile (a user@ in proxyJump wins). {}",
+                self.host,
+                self.cause_help()
+            ),
+            super::jump::Failed::JumpToTarget(j) => format!(
+                "{j} let hakube in, but its connection on to {} port {} failed: check that sshd runs on {} \
+                 and that the network between {j} and it lets SSH through",
+                self.dest, self.port, self.host
+            ),
+        }
+    }
+
+    /// The fix for the cause, on the hop that failed.
+    fn cause_help(&self) -> String {
         let kh = self
             .known_hosts
             .file
@@ -420,6 +447,7 @@ mod tests {
                 address: "10.91.0.202".into(),
             },
             port: 22,
+            hop: crate::transport::jump::Failed::Target,
         }
     }
 

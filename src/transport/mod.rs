@@ -4,8 +4,10 @@
 
 pub mod error;
 pub mod fake;
+pub mod jump;
 pub mod local;
 pub mod ssh;
+pub mod tunnel;
 
 pub use error::{ConnectCause, ConnectError, Error, Result, tail};
 use std::future::Future;

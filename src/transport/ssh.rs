@@ -12,6 +12,7 @@ use super::error::{ConnectCause, ConnectError, Error, KnownHostsEntry, Result, s
 use super::{BoxFut, Output, Transport};
 use crate::spec::Host;
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -31,14 +32,7 @@ pub struct Ssh {
     sudo: bool,
 }
 
-fn expand(p: &str, base: &Path) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/")
-        && let Some(home) = std::env::var_os("HOME")
-    {
-        return PathBuf::from(home).join(rest);
-    }
-    base.join(p)
-}
+use super::jump::expand;
 
 /// The folder every hakube process of this user keeps its control sockets under: short, since
 /// socket paths must stay under 108 bytes.
@@ -135,7 +129,8 @@ fn leave() {
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     *live = live.saturating_sub(1);
     if *live == 0 {
-        let _ = std::fs::remove_dir(base_dir().join(own_name()));
+        // Empty but for the generated jump configs.
+        let _ = std::fs::remove_dir_all(base_dir().join(own_name()));
     }
 }
 
@@ -156,6 +151,7 @@ impl Ssh {
                 detail: format!("cannot create the control socket folder: {e}"),
                 known_hosts: KnownHostsEntry::default(),
                 port: s.port,
+                hop: super::jump::Failed::Target,
             }))
         })?;
         let r = Self::open(h, base_dir, timeout, &dest, &dir).await;
@@ -178,7 +174,6 @@ impl Ssh {
             .map(ControlPersist::IdleFor)
             .unwrap_or(ControlPersist::ClosedAfterInitialConnection);
         b.known_hosts_check(KnownHosts::Strict)
-            .connect_timeout(timeout)
             .server_alive_interval(Duration::from_secs(5))
             .control_directory(dir)
             .control_persist(persist)
@@ -187,23 +182,83 @@ impl Ssh {
         if let Some(k) = &s.identity_file {
             b.keyfile(expand(k, base_dir));
         }
-        if let Some(c) = &s.config_file {
-            b.config_file(expand(c, base_dir));
+        // Behind a jump host, a generated config (which includes the user's) gives the jump
+        // hop the spec's settings (see `jump`). The jump host itself (a cluster host can be the bastion) is reached directly: ssh
+        // refuses a jump through the destination ("jumphost loop").
+        let is_jump = s.proxy_jump.as_deref().is_some_and(|j| {
+            super::jump::hops(j).first().is_some_and(|f| {
+                f.host == h.name || f.host == dest || f.host == h.address.to_string()
+            })
+        });
+        let s = &if is_jump {
+            crate::spec::SshSettings {
+                proxy_jump: None,
+                ..s.clone()
+            }
+        } else {
+            s.clone()
+        };
+        let jump_path = super::jump::path(s, base_dir, timeout, dir);
+        let jump_config = match super::jump::config(s, base_dir, timeout, &jump_path, dir) {
+            Some(text) => {
+                super::jump::write(&jump_path, &text).map_err(|e| {
+                    Error::Connect(Box::new(ConnectError {
+                        host: h.name.clone(),
+                        dest: dest.to_string(),
+                        cause: ConnectCause::Other,
+                        detail: format!(
+                            "cannot write the jump host's ssh_config {}: {e}",
+                            jump_path.display()
+                        ),
+                        known_hosts: KnownHostsEntry::default(),
+                        port: s.port,
+                        hop: super::jump::Failed::Target,
+                    }))
+                })?;
+                Some(jump_path)
+            }
+            None => s.config_file.as_ref().map(|c| expand(c, base_dir)),
+        };
+        if let Some(c) = &jump_config {
+            b.config_file(c);
         }
         if let Some(k) = &s.known_hosts_file {
             b.user_known_hosts_file(expand(k, base_dir));
         }
-        if let Some(j) = &s.proxy_jump {
-            b.jump_hosts(j.split(','));
-        }
+        let hops = s
+            .proxy_jump
+            .as_deref()
+            .map(super::jump::hops)
+            .unwrap_or_default();
+        let jump_log = super::jump::log_file(dir, dest);
+        let _ = std::fs::remove_file(&jump_log);
+        // Each hop logs in within `timeout` (the jump hop's own ConnectTimeout); the target's
+        // banner comes after all of them.
+        b.connect_timeout(timeout * (hops.len() as u32 + 1));
         // The master's own log says why it failed: no second `ssh` run to find out.
         let session = match b.connect_mux(dest).await {
             Ok(s) => s,
             Err(e) => {
-                let text = error_text(&e);
+                // The jump hop's own words are in its log, the master's only say it closed.
+                let master = error_text(&e);
+                let log = std::fs::read_to_string(&jump_log).unwrap_or_default();
+                // Only the first hop is told apart: later hops' words reach us the same way.
+                let first = hops.first();
+                let hop =
+                    super::jump::Failed::classify(&log, &master, first.map(|j| j.host.as_str()));
+                let text = format!("{log}\n{master}");
+                let text = super::jump::Failed::strip(&text);
                 let cause = ConnectCause::classify(&text);
+                let (key_dest, port, config) = match (&hop, first) {
+                    (super::jump::Failed::Jump(_), Some(j)) => (
+                        j.host.as_str(),
+                        j.port.unwrap_or(22),
+                        jump_config.as_deref(),
+                    ),
+                    _ => (dest, s.port, jump_config.as_deref()),
+                };
                 let known_hosts = if cause.is_host_key() {
-                    known_hosts_entry(h, dest, base_dir).await
+                    known_hosts_entry(h, key_dest, port, config, base_dir).await
                 } else {
                     KnownHostsEntry::default()
                 };
@@ -213,7 +268,8 @@ impl Ssh {
                     cause,
                     detail: detail(&text),
                     known_hosts,
-                    port: s.port,
+                    port,
+                    hop,
                 })));
             }
         };
@@ -265,12 +321,18 @@ fn detail(text: &str) -> String {
 
 /// The known_hosts file and entry name ssh checks for this host, as `ssh -G` resolves them
 /// (ssh_config, port, HostKeyAlias). Local only, and only on the host-key error path.
-async fn known_hosts_entry(h: &Host, dest: &str, base_dir: &Path) -> KnownHostsEntry {
+async fn known_hosts_entry(
+    h: &Host,
+    dest: &str,
+    port: u16,
+    config: Option<&Path>,
+    base_dir: &Path,
+) -> KnownHostsEntry {
     let s = &h.ssh;
     let mut cmd = tokio::process::Command::new("ssh");
-    cmd.arg("-G").args(["-p", &s.port.to_string()]);
-    if let Some(c) = &s.config_file {
-        cmd.arg("-F").arg(expand(c, base_dir));
+    cmd.arg("-G").args(["-p", &port.to_string()]);
+    if let Some(c) = config {
+        cmd.arg("-F").arg(c);
     }
     if let Some(k) = &s.known_hosts_file {
         cmd.arg("-o").arg(format!(
@@ -283,7 +345,7 @@ async fn known_hosts_entry(h: &Host, dest: &str, base_dir: &Path) -> KnownHostsE
         Ok(Ok(o)) => String::from_utf8_lossy(&o.stdout).to_string(),
         _ => String::new(),
     };
-    parse_ssh_g(&text, dest, s.port)
+    parse_ssh_g(&text, dest, port)
 }
 
 /// Read `ssh -G` output: the first user known_hosts file, and the name the key is kept under.
@@ -313,6 +375,46 @@ pub fn parse_ssh_g(text: &str, dest: &str, port: u16) -> KnownHostsEntry {
         } else {
             format!("[{host}]:{port}")
         },
+    }
+}
+
+impl Ssh {
+    /// A local forward on this host's master: a free port on 127.0.0.1 that reaches `target`
+    /// as this host sees it (`ssh -O forward -L`).
+    pub async fn forward(&self, target: SocketAddr) -> Result<SocketAddr> {
+        let session = self.session("ssh -O forward")?;
+        let mut last = String::new();
+        // The port is free when picked; another process may take it before the master binds
+        // it, so a few tries.
+        for _ in 0..5 {
+            let local = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.local_addr())
+                .map_err(|e| Error::Session {
+                    host: self.name.clone(),
+                    command: format!("ssh -O forward -L 127.0.0.1:0:{target}"),
+                    detail: format!("no free local port: {e}"),
+                })?;
+            match session
+                .request_port_forward(openssh::ForwardType::Local, local, target)
+                .await
+            {
+                Ok(()) => return Ok(local),
+                Err(e) => last = error_text(&e),
+            }
+        }
+        Err(Error::Session {
+            host: self.name.clone(),
+            command: format!("ssh -O forward -L 127.0.0.1:PORT:{target}"),
+            detail: last,
+        })
+    }
+
+    /// Whether the master connection is still up.
+    pub async fn alive(&self) -> bool {
+        match &self.session {
+            Some(s) => s.check().await.is_ok(),
+            None => false,
+        }
     }
 }
 

@@ -166,6 +166,7 @@ fn save_progress(path: &Path, p: &Progress) -> Result<()> {
 
 /// The whole of `hakube upgrade`. Always a report; what stops it is its `error`.
 pub async fn run(c: Cluster, o: Options) -> Report {
+    crate::transport::tunnel::setup(&c).await;
     let started = Instant::now();
     let mut report = Report {
         dry_run: o.dry_run,

@@ -83,9 +83,24 @@ fn build(doc: &Document, base_dir: &Path, d: &mut Diagnostics) -> Option<Cluster
     let node_os =
         super::node_os::check(&s.kubernetes, k8s.as_ref(), networks.as_ref(), base_dir, d);
 
+    let access = field::one_of(
+        d,
+        "spec.access",
+        s.access.as_deref().unwrap_or("auto"),
+        &[
+            ("direct", Access::Direct),
+            ("ssh", Access::Ssh),
+            ("auto", Access::Auto),
+        ],
+        "access",
+        "use direct (probes connect from this machine), ssh (through each host's SSH connection, \
+         for hosts behind a bastion) or auto (direct when a control plane answers, else ssh)",
+        true,
+    );
     Some(Cluster {
         // First: it runs before the `?` of the other fields.
         backup: super::backup::check(doc, base_dir, d)?,
+        access: access?,
         name,
         base_dir: base_dir.to_path_buf(),
         hosts,
