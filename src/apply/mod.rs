@@ -20,8 +20,8 @@ use crate::transport::{self, BoxFut, Transport};
 use anyhow::{Result, bail};
 /// What a [`Ctx`] starts from (for contexts built over other transports in tests).
 pub(crate) use ctx::Found;
-use ctx::Hashes;
 pub use ctx::{Ctx, HostStats, wait_for};
+use ctx::{Hashes, Stale};
 use facts::Facts;
 pub use phase::convergence_limit;
 use report::{Kind, Reporter};
@@ -126,11 +126,8 @@ pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc
             errors.join("\n")
         );
     }
-    if c.hosts.iter().any(|h| h.ssh.user != "root") {
-        transport::check_sudo(&hosts, opts.concurrency, "nothing was changed")
-            .await
-            .map_err(anyhow::Error::msg)?;
-    }
+    // A sudo that asks for a password is found by the first script on each host (see
+    // `gather`): no round trip of its own.
     Ok(hosts)
 }
 
@@ -159,8 +156,18 @@ pub async fn run(c: Cluster, opts: Options, reporter: Arc<dyn Reporter>) -> Summ
     {
         return failed(e, opts.dry_run);
     }
+    let connecting = Instant::now();
     match connect(&c, &opts).await {
-        Ok(hosts) => apply(c, opts, hosts, reporter).await,
+        Ok(hosts) => {
+            let connect_ms = connecting.elapsed().as_millis();
+            let mut s = apply(c, opts, hosts, reporter).await;
+            // Connecting is the first step of the breakdown, and part of the total.
+            s.phases.insert(0, ("connect".into(), connect_ms));
+            if let Some((_, total)) = s.phases.iter_mut().find(|(p, _)| p == "total") {
+                *total = started.elapsed().as_millis();
+            }
+            s
+        }
         Err(e) => failed(e, opts.dry_run),
     }
 }
@@ -180,8 +187,15 @@ pub async fn apply(
         phases: vec![],
         error: None,
     };
+    let gathering = Instant::now();
     let ctx = match prepare_ctx(c, opts, hosts, reporter).await {
-        Ok(ctx) => ctx,
+        Ok(ctx) => {
+            // Facts, the clock probe and every file's checksum, before the first phase.
+            summary
+                .phases
+                .push(("facts".into(), gathering.elapsed().as_millis()));
+            ctx
+        }
         Err(e) => {
             summary.error = Some(format!("{e:#}"));
             return summary;
@@ -235,34 +249,24 @@ async fn prepare_ctx(
     hosts: BTreeMap<String, Arc<dyn Transport>>,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Ctx> {
-    // Facts from every host in parallel, then every problem at once.
-    let mut facts = BTreeMap::new();
-    let mut errors = Vec::new();
-    use futures::stream::StreamExt;
     let limit = opts.concurrency.max(1);
-    let gathered: Vec<(String, Result<Facts>)> =
-        futures::stream::iter(hosts.iter().map(|(n, t)| {
-            let c = &c;
-            async move { (n.clone(), facts::gather(t.as_ref(), c).await) }
-        }))
-        .buffer_unordered(limit)
-        .collect()
-        .await;
-    for (n, r) in gathered {
-        match r {
-            Ok(f) => {
-                facts.insert(n, f);
-            }
-            Err(e) => errors.push(format!("{e:#}")),
+    // Read and hashed once, shared by every control plane's file.
+    let lab_bin = match (&opts.lab_apiserver, c.kubernetes.bootstrap) {
+        (Some(p), _) => Some(files::Program::load(p)?),
+        (None, crate::spec::Bootstrap::Lab) => {
+            Some(files::Program::load(&default_lab_apiserver()?)?)
         }
-    }
-    errors.extend(facts::check(&c, &facts));
-    if !errors.is_empty() {
-        bail!(
-            "the hosts do not match the spec; nothing was changed:\n{}",
-            errors.join("\n")
-        );
-    }
+        _ => None,
+    };
+    // Which files each host should have: only their paths count here (an interface found on the
+    // host may change their contents), and a planned state writes nothing before the checks.
+    let planned = files::desired(&c, &State::plan(&c)?, lab_bin.as_ref())?;
+    let Gathered {
+        facts,
+        hashes,
+        stale,
+    } = gather(&c, &hosts, &planned, limit).await?;
+    drop(planned);
     // The interface that carries each address, as found on the host.
     let mut c = c;
     for h in &mut c.hosts {
@@ -281,21 +285,15 @@ async fn prepare_ctx(
         State::open_or_init(&c)?
     }
     .renewing(opts.renew.clone());
-    let lab_bin = match (&opts.lab_apiserver, c.kubernetes.bootstrap) {
-        (Some(p), _) => Some(p.clone()),
-        (None, crate::spec::Bootstrap::Lab) => Some(default_lab_apiserver()?),
-        _ => None,
-    };
-    let mut files = files::desired(&c, &state, lab_bin.as_deref())?;
-    let hashes = prefetch_hashes(&hosts, &files, limit).await?;
+    let mut files = files::desired(&c, &state, lab_bin.as_ref())?;
     if !opts.replace_ca {
         check_same_cas(&c, &state, &files, &hashes, &hosts).await?;
     }
     if fresh && !opts.dry_run {
         state = State::open_or_init(&c)?.renewing(opts.renew.clone());
-        files = files::desired(&c, &state, lab_bin.as_deref())?;
+        files = files::desired(&c, &state, lab_bin.as_ref())?;
     }
-    Ok(Ctx::new(
+    let mut ctx = Ctx::new(
         c,
         opts,
         hosts,
@@ -303,7 +301,85 @@ async fn prepare_ctx(
         files,
         state,
         reporter,
-    ))
+    );
+    ctx.set_stale(stale);
+    Ok(ctx)
+}
+
+/// What the hosts told before the first phase.
+struct Gathered {
+    facts: BTreeMap<String, Facts>,
+    hashes: Hashes,
+    stale: Stale,
+}
+
+/// One round trip per host, at most `limit` at a time: facts, clock and the checksum of every
+/// file in `files` (programs by their stamps). Then every problem at once, before anything
+/// changes; a sudo that asks for a password is one message for all hosts.
+async fn gather(
+    c: &Cluster,
+    hosts: &BTreeMap<String, Arc<dyn Transport>>,
+    files: &[RenderedFile],
+    limit: usize,
+) -> Result<Gathered> {
+    use futures::stream::StreamExt;
+    let mut wanted: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
+    for f in files {
+        wanted
+            .entry(f.host.as_str())
+            .or_default()
+            .push((f.path.as_str(), f.stamped()));
+    }
+    let results: Vec<_> = futures::stream::iter(hosts.iter().map(|(n, t)| {
+        let want = wanted.get(n.as_str()).cloned().unwrap_or_default();
+        async move {
+            let r = facts::gather(t.as_ref(), c, &want).await;
+            (n, want, r)
+        }
+    }))
+    .buffer_unordered(limit)
+    .collect()
+    .await;
+    let mut out = Gathered {
+        facts: BTreeMap::new(),
+        hashes: Hashes::new(),
+        stale: Stale::new(),
+    };
+    let mut errors = Vec::new();
+    let mut refused = Vec::new();
+    for (n, want, r) in results {
+        match r {
+            Ok((f, sums)) => {
+                for ((path, _), sum) in want.into_iter().zip(sums) {
+                    let key = (n.clone(), path.to_string());
+                    if let transport::Sum::Hashed { stat, .. } = &sum {
+                        out.stale.insert(key.clone(), stat.clone());
+                    }
+                    out.hashes.insert(key, sum.hash().map(String::from));
+                }
+                out.facts.insert(n.clone(), f);
+            }
+            Err(facts::GatherError::Transport(transport::Error::SudoRefused {
+                host,
+                user,
+                detail,
+                ..
+            })) => refused.push((user, detail, host)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if let Some(msg) = transport::error::sudo_refusals(refused, "nothing was changed") {
+        bail!("{msg}");
+    }
+    errors.sort();
+    errors.extend(facts::check(c, &out.facts));
+    if !errors.is_empty() {
+        bail!(
+            "the hosts do not match the spec; nothing was changed:\n{}",
+            errors.join("\n")
+        );
+    }
+    Ok(out)
 }
 
 /// Refuse to hand the cluster CAs it does not trust: a CA file on a host that differs from this
@@ -382,7 +458,9 @@ async fn check_same_cas(
     )
 }
 
-/// Every wanted file's checksum on its host, one round trip per host, in parallel.
+/// Every wanted file's checksum on its host, one round trip per host, in parallel (what
+/// [`gather`] does with the facts, for contexts built over other transports in tests).
+#[cfg(test)]
 pub(crate) async fn prefetch_hashes(
     hosts: &BTreeMap<String, Arc<dyn Transport>>,
     files: &[RenderedFile],
