@@ -27,6 +27,10 @@ pub struct HostStats {
 /// A file's checksum on a host, by (host, path); `None` where the file does not exist.
 pub type Hashes = BTreeMap<(String, String), Option<String>>;
 
+/// Stamped files (programs) that were hashed in full because their stamp was missing or stale,
+/// with the `stat` seen then: (host, path) -> `size:inode:ctime`.
+pub type Stale = BTreeMap<(String, String), String>;
+
 /// How long one changing command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -47,6 +51,10 @@ pub struct Ctx {
     /// Checksums of every wanted file as found on the hosts, read once up front (one round
     /// trip per host) and kept current as files are written.
     hashes: Mutex<Hashes>,
+    /// Programs found as wanted whose stamp is to be recorded (see [`Stale`]).
+    stale: Mutex<Stale>,
+    /// Whether this run changed anything yet (a file written, a command run).
+    acted: std::sync::atomic::AtomicBool,
     pub(super) phase: Mutex<&'static str>,
     reporter: Arc<dyn Reporter>,
 }
@@ -78,9 +86,16 @@ impl Ctx {
             stats: Mutex::new(BTreeMap::new()),
             pending: Mutex::new(BTreeMap::new()),
             hashes: Mutex::new(hashes),
+            stale: Mutex::new(Stale::new()),
+            acted: std::sync::atomic::AtomicBool::new(false),
             phase: Mutex::new("facts"),
             reporter,
         }
+    }
+
+    /// The programs that were hashed in full before the first phase (see [`Stale`]).
+    pub(super) fn set_stale(&mut self, stale: Stale) {
+        *self.stale.get_mut().unwrap_or_else(|e| e.into_inner()) = stale;
     }
 
     pub fn host(&self, name: &str) -> Result<&dyn Transport> {
@@ -103,6 +118,15 @@ impl Ctx {
 
     pub fn dry_run(&self) -> bool {
         self.opts.dry_run
+    }
+
+    /// Whether this run has changed anything on a host so far (never in dry-run).
+    pub fn acted(&self) -> bool {
+        self.acted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn acting(&self) {
+        self.acted.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn log(&self, kind: Kind, host: &str, msg: &str) {
@@ -168,11 +192,15 @@ impl Ctx {
         for (f, h) in want.iter().zip(have) {
             if h.as_deref() == Some(f.sha256().as_str()) {
                 self.stat(host, |s| s.unchanged += 1);
+                self.restamp(t, f).await?;
                 continue;
             }
             let verb = if h.is_none() { "create" } else { "update" };
             if self.opts.dry_run {
-                let diff = if f.secret || f.binary.is_some() {
+                let diff = if let Some(src) = &f.source {
+                    let size = std::fs::metadata(&**src).map(|m| m.len()).unwrap_or(0);
+                    format!("({size} bytes from {}, contents not shown)", src.display())
+                } else if f.secret || f.binary.is_some() {
                     format!("({} bytes, contents not shown)", f.data().len())
                 } else {
                     let old = match h {
@@ -195,10 +223,23 @@ impl Ctx {
                     &format!("would {verb} {} ({:04o})", f.path, f.mode),
                     Some(&diff),
                 );
-            } else if f.data().len() > BATCH_MAX {
-                transport::write_file(t, &f.path, f.data(), f.mode).await?;
+            } else if f.source.is_some() || f.binary.is_some() || f.data().len() > BATCH_MAX {
+                self.acting();
+                if let Some(src) = &f.source {
+                    let file = tokio::fs::File::open(&**src)
+                        .await
+                        .with_context(|| format!("reading {}", src.display()))?;
+                    transport::write_stamped(t, &f.path, Box::pin(file), f.mode, &f.sha256())
+                        .await?;
+                } else if f.binary.is_some() {
+                    let input: transport::Input = Box::pin(f.data());
+                    transport::write_stamped(t, &f.path, input, f.mode, &f.sha256()).await?;
+                } else {
+                    transport::write_file(t, &f.path, f.data(), f.mode).await?;
+                }
                 self.written(host, f, verb);
             } else {
+                self.acting();
                 batch.push((*f, verb));
             }
             self.stat(host, |s| s.changed += 1);
@@ -227,6 +268,29 @@ impl Ctx {
         self.log(Kind::Change, host, &format!("{verb}d {}", f.path));
     }
 
+    /// A program found as wanted but hashed in full (no stamp yet, or a stale one): record its
+    /// stamp, so that the next run need not read it. Not a change; nothing in dry-run.
+    async fn restamp(&self, t: &dyn Transport, f: &RenderedFile) -> Result<()> {
+        if self.opts.dry_run || !f.stamped() {
+            return Ok(());
+        }
+        let key = (t.host().to_string(), f.path.clone());
+        let stat = self
+            .stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        if let Some(stat) = stat {
+            transport::restamp(t, &f.path, &f.sha256(), &stat).await?;
+            self.log(
+                Kind::Ok,
+                t.host(),
+                &format!("{} as wanted; stamped it (size, inode, change time) so that later runs need not read it", f.path),
+            );
+        }
+        Ok(())
+    }
+
     /// Run an operation that changes the host. In dry-run, only say so.
     pub async fn run(&self, host: &str, op: impl Into<Op>) -> Result<Option<Output>> {
         let op = op.into();
@@ -235,6 +299,7 @@ impl Ctx {
             return Ok(None);
         }
         self.log(Kind::Command, host, &op.to_string());
+        self.acting();
         let t = self.host(host)?;
         match transport::run(t, &op.script(), &op.to_string(), COMMAND_TIMEOUT).await {
             Ok(o) => Ok(Some(o)),
@@ -264,6 +329,7 @@ impl Ctx {
             return Ok(None);
         }
         self.log(Kind::Command, host, what);
+        self.acting();
         act().await.map(Some)
     }
 
@@ -277,6 +343,7 @@ impl Ctx {
             );
             return Ok(());
         }
+        self.acting();
         transport::write_file(self.host(host)?, path, data, mode).await?;
         self.stat(host, |s| s.changed += 1);
         self.log(Kind::Change, host, &format!("wrote {path}"));

@@ -43,6 +43,8 @@ pub struct Facts {
     pub kubeadm_done: bool,
     /// The CRI socket of the spec answers to a socket test (a runtime is up).
     pub cri_socket: bool,
+    /// The scheduled-backup timer's unit file exists (control planes).
+    pub backup_timer: bool,
 }
 
 impl Facts {
@@ -102,6 +104,11 @@ pub fn facts_script(c: &Cluster, h: &Host) -> String {
             transport::quote(&c.etcd.binary)
         ));
         services.extend(["etcd", "hakube-lab-apiserver"]);
+        if c.etcd.management == crate::spec::EtcdManagement::Hakube {
+            use crate::render::backup::{TIMER, TIMER_PATH};
+            services.push(TIMER);
+            s.push_str(&format!("[ -e {TIMER_PATH} ] && echo backup_timer=1\n"));
+        }
     }
     if c.kubernetes.bootstrap == crate::spec::Bootstrap::Kubeadm
         && (h.roles.control_plane || h.roles.worker)
@@ -149,6 +156,7 @@ pub fn parse(text: &str, _unused: i64) -> Facts {
             "etcd_data" => f.etcd_data = true,
             "kubeadm_done" => f.kubeadm_done = true,
             "cri_socket" => f.cri_socket = true,
+            "backup_timer" => f.backup_timer = true,
             _ => {
                 if let Some(b) = k.strip_prefix("bin.") {
                     f.binaries.insert(b.into(), v.into());
@@ -166,41 +174,113 @@ pub fn parse(text: &str, _unused: i64) -> Facts {
     f
 }
 
-pub async fn gather(t: &dyn Transport, c: &Cluster) -> Result<Facts> {
+/// Between the facts and the checksums in the output of [`gather_script`].
+const SUMS: &str = "--- hakube sums";
+
+/// The one script apply runs on a host before the first phase: the remote clock at its start
+/// and end (a clock probe needs no round trip of its own), the facts, then the checksum of every
+/// file any phase may sync (`(path, stamped)`, see [`transport::hash_lines`]).
+pub fn gather_script(c: &Cluster, h: &Host, files: &[(&str, bool)]) -> String {
+    format!(
+        "echo \"clock0=$(date +%s%3N)\"\n{facts}echo '{SUMS}'\n{sums}echo \"clock1=$(date +%s%3N)\"\n",
+        facts = facts_script(c, h),
+        sums = transport::hash_lines(files.iter().copied()),
+    )
+}
+
+/// What [`gather_script`] printed, sent at `t0` and received in full at `t1` (local ms).
+pub fn parse_gathered(
+    host: &str,
+    text: &str,
+    n: usize,
+    t0: i64,
+    t1: i64,
+) -> Result<(Facts, Vec<transport::Sum>)> {
+    let (head, tail) = text.split_once(&format!("\n{SUMS}\n")).ok_or_else(|| {
+        anyhow::anyhow!("{host}: the facts script stopped early (no checksums in its output)")
+    })?;
+    let mut f = parse(head, 0);
+    let value = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse::<i64>().ok())
+    };
+    let sums: String = tail
+        .lines()
+        .filter(|l| !l.starts_with("clock1="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let sums = transport::parse_sums(host, &sums, n)?;
+    if let (Some(d0), Some(d1)) = (value(head, "clock0="), value(tail, "clock1=")) {
+        f.clock_offset_ms = clock_offset(t0, t1, d0, d1);
+    }
+    Ok((f, sums))
+}
+
+/// The remote clock's offset from one script that read it at its start (`d0`) and end (`d1`):
+/// `d0` was read at some local time in `[t0, t1 - (d1 - d0)]`; what that window cannot tell
+/// apart (half of it) is given to the host's benefit.
+fn clock_offset(t0: i64, t1: i64, d0: i64, d1: i64) -> i64 {
+    let window = ((t1 - t0) - (d1 - d0).max(0)).max(0);
+    let off = d0 - (t0 + window / 2);
+    if off.abs() > window / 2 {
+        off - off.signum() * (window / 2)
+    } else {
+        0
+    }
+}
+
+/// Facts, the clock offset and the checksums of `files` (`(path, stamped)`) from one host, in
+/// one round trip.
+pub async fn gather(
+    t: &dyn Transport,
+    c: &Cluster,
+    files: &[(&str, bool)],
+) -> std::result::Result<(Facts, Vec<transport::Sum>), GatherError> {
     let h = c
         .host(t.host())
         .ok_or_else(|| anyhow::anyhow!("{} is not in the spec", t.host()))?;
-    let script = facts_script(c, h);
-    // Two sessions on the one connection: the clock probe need not wait for the facts.
-    let (out, offset) = tokio::join!(
-        transport::run(t, &script, "gather facts", Duration::from_secs(60)),
-        clock_offset(t)
-    );
-    let mut f = parse(&out?.stdout_str(), 0);
-    f.clock_offset_ms = offset?;
-    Ok(f)
+    let script = gather_script(c, h, files);
+    let t0 = now_ms();
+    // Long enough to hash a program in full on a busy host (the first run after its stamp).
+    let out = transport::run(
+        t,
+        &script,
+        "gather facts and checksums",
+        Duration::from_secs(120),
+    )
+    .await
+    .map_err(GatherError::Transport)?;
+    let t1 = now_ms();
+    Ok(parse_gathered(
+        t.host(),
+        &out.stdout_str(),
+        files.len(),
+        t0,
+        t1,
+    )?)
 }
 
-/// The remote clock's offset, from the quicker of two `date` round trips; what the round
-/// trip cannot tell apart (half of it) is given to the host's benefit.
-async fn clock_offset(t: &dyn Transport) -> Result<i64> {
-    let mut best: Option<(i64, i64)> = None;
-    for _ in 0..2 {
-        let t0 = now_ms();
-        let out = transport::run(t, "date +%s%3N", "date", Duration::from_secs(30)).await?;
-        let t1 = now_ms();
-        let Ok(remote) = out.stdout_str().trim().parse::<i64>() else {
-            continue;
-        };
-        let rtt = t1 - t0;
-        if best.is_none_or(|(r, _)| rtt < r) {
-            best = Some((rtt, remote - (t0 + t1) / 2));
+/// Why a host's facts could not be gathered; a refused sudo is told apart, so that every host
+/// that refuses is reported once, together.
+#[derive(Debug)]
+pub enum GatherError {
+    Transport(transport::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for GatherError {
+    fn from(e: anyhow::Error) -> Self {
+        GatherError::Other(e)
+    }
+}
+
+impl std::fmt::Display for GatherError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatherError::Transport(e) => write!(f, "{e}"),
+            GatherError::Other(e) => write!(f, "{e:#}"),
         }
     }
-    Ok(match best {
-        Some((rtt, off)) if off.abs() > rtt / 2 => off - off.signum() * (rtt / 2),
-        _ => 0,
-    })
 }
 
 /// Everything wrong with the hosts, for all hosts at once.
@@ -262,5 +342,48 @@ fn needs(h: &Host, f: &Facts, problems: &mut Vec<String>, c: &Cluster) {
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_script_gives_facts_checksums_and_the_clock() {
+        let h = "c".repeat(64);
+        let text = format!(
+            "clock0=1000500\nhostname=lb1\nbin.systemctl=/bin/systemctl\n\
+             2: eth0    inet 10.1.1.11/24 brd 10.1.1.255 scope global eth0\\       valid_lft forever\n\
+             svc.haproxy=active enabled\n{SUMS}\n{h}\n-\n{h} hashed 5:6:7.8\nclock1=1000520\n"
+        );
+        let (f, sums) = parse_gathered("lb1", &text, 3, 1000000, 1000100).expect("parse");
+        assert_eq!(f.hostname, "lb1");
+        assert!(f.active("haproxy") && f.binaries.contains_key("systemctl"));
+        assert_eq!(f.interface_of("10.1.1.11"), Some("eth0"));
+        assert_eq!(
+            sums,
+            vec![
+                transport::Sum::Hash(h.clone()),
+                transport::Sum::Missing,
+                transport::Sum::Hashed {
+                    hash: h,
+                    stat: "5:6:7.8".into()
+                }
+            ]
+        );
+        // 100 ms there and back, 20 of them in the script: d0 was read within [t0, t0+80], so
+        // the host is 420 to 500 ms ahead; it gets the benefit.
+        assert_eq!(f.clock_offset_ms, 420);
+        assert!(parse_gathered("lb1", "clock0=1\nhostname=x\n", 0, 0, 1).is_err());
+    }
+
+    #[test]
+    fn the_clock_window_goes_to_the_hosts_benefit() {
+        // In sync, seen through a slow round trip: no offset.
+        assert_eq!(clock_offset(0, 400, 150, 160), 0);
+        // Read 1 s ahead within a 100 ms window: 900 to 1000 ms ahead (or behind).
+        assert_eq!(clock_offset(0, 100, 1000, 1000), 900);
+        assert_eq!(clock_offset(0, 100, -1000, -1000), -1000);
     }
 }

@@ -7,7 +7,8 @@ use crate::render::{self, Component, RenderedFile};
 use crate::spec::{Bootstrap, Cluster, EtcdManagement, Host};
 use crate::state::{self, Leaf, State};
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const LAB_APISERVER_BIN: &str = "/var/lib/hakube/bin/hakube-lab-apiserver";
 pub const LAB_APISERVER_UNIT: &str = "/etc/systemd/system/hakube-lab-apiserver.service";
@@ -46,11 +47,43 @@ fn public(
     }
 }
 
+/// A program installed on hosts: hashed once per run (streamed, never held in memory), written
+/// from its file when a host needs it. Every control plane's [`RenderedFile`] shares it and
+/// carries the checksum already.
+#[derive(Clone)]
+pub struct Program {
+    pub path: Arc<PathBuf>,
+    pub sha256: String,
+}
+
+impl Program {
+    pub fn load(path: &Path) -> Result<Program> {
+        let sha256 = crate::install::sha256_file(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(Program {
+            path: Arc::new(path.to_path_buf()),
+            sha256,
+        })
+    }
+
+    /// `f` with this program as its content.
+    fn file(&self, f: RenderedFile) -> RenderedFile {
+        let hash = std::sync::OnceLock::new();
+        let _ = hash.set(self.sha256.clone());
+        RenderedFile {
+            content: String::new(),
+            source: Some(self.path.clone()),
+            hash,
+            ..f
+        }
+    }
+}
+
 /// Every file for every host. `lab_apiserver` is the stand-in's binary, for `bootstrap: lab`.
 pub fn desired(
     c: &Cluster,
     pki: &State,
-    lab_apiserver: Option<&Path>,
+    lab_apiserver: Option<&Program>,
 ) -> Result<Vec<RenderedFile>> {
     let secrets = pki.secrets()?;
     let marker = serde_json::to_string_pretty(&pki.marker())? + "\n";
@@ -215,23 +248,18 @@ pub fn desired(
                 &["daemon-reload", "hakube-lab-apiserver"],
             ));
             if let Some(bin) = lab_apiserver {
-                // The binary itself; compared by checksum like any file.
-                let bytes =
-                    std::fs::read(bin).with_context(|| format!("reading {}", bin.display()))?;
-                files.push(
-                    RenderedFile {
-                        mode: 0o755,
-                        content: String::new(),
-                        ..public(
-                            h,
-                            Component::ControlPlane,
-                            LAB_APISERVER_BIN,
-                            String::new(),
-                            &["hakube-lab-apiserver"],
-                        )
-                    }
-                    .with_bytes(bytes),
-                );
+                // The binary itself; compared by its stamp on the host, see
+                // `transport::STAMP_SUFFIX`.
+                files.push(bin.file(RenderedFile {
+                    mode: 0o755,
+                    ..public(
+                        h,
+                        Component::ControlPlane,
+                        LAB_APISERVER_BIN,
+                        String::new(),
+                        &["hakube-lab-apiserver"],
+                    )
+                }));
             }
         }
     }

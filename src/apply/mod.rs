@@ -20,8 +20,8 @@ use crate::transport::{self, BoxFut, Transport};
 use anyhow::{Result, bail};
 /// What a [`Ctx`] starts from (for contexts built over other transports in tests).
 pub(crate) use ctx::Found;
-use ctx::Hashes;
 pub use ctx::{Ctx, HostStats, wait_for};
+use ctx::{Hashes, Stale};
 use facts::Facts;
 pub use phase::convergence_limit;
 use report::{Kind, Reporter};
@@ -95,25 +95,64 @@ pub struct Summary {
     pub error: Option<String>,
 }
 
-/// Connect to every host in parallel. All failures are reported together.
+/// Connect to every host in parallel, and check that each runs commands as root. All failures
+/// are reported together. (Apply itself uses [`reach`], whose first script is the sudo check.)
 pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc<dyn Transport>>> {
+    let (hosts, _, _) = reach(c, opts, |_, _| async {}).await?;
+    if c.hosts.iter().any(|h| h.ssh.user != "root") {
+        transport::check_sudo(&hosts, opts.concurrency, "nothing was changed")
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(hosts)
+}
+
+/// Connect to every host, `opts.concurrency` at a time, running `then` on each connection as
+/// soon as it is up (so that a host's first script need not wait for the slowest connect).
+/// Returns the connections, `then`'s answers and how long the connects took. If any host cannot
+/// be reached, every such host is reported and nothing else is returned.
+async fn reach<'a, T, F, Fut>(
+    c: &'a Cluster,
+    opts: &Options,
+    then: F,
+) -> Result<(BTreeMap<String, Arc<dyn Transport>>, Vec<(String, T)>, u128)>
+where
+    F: Fn(&'a crate::spec::Host, Arc<dyn Transport>) -> Fut,
+    Fut: Future<Output = T>,
+{
     use futures::stream::StreamExt;
-    let results: Vec<(String, transport::Result<Arc<dyn Transport>>)> =
+    let started = Instant::now();
+    let last_connect = std::sync::Mutex::new(0u128);
+    let (then, last) = (&then, &last_connect);
+    type Connected<T> = transport::Result<(Arc<dyn Transport>, T)>;
+    let results: Vec<(String, Connected<T>)> =
         futures::stream::iter(c.hosts.iter().map(|h| async move {
-            let r = transport::ssh::Ssh::connect(h, &c.base_dir, opts.connect_timeout)
-                .await
-                .map(|s| Arc::new(s) as Arc<dyn Transport>);
+            let r = transport::ssh::Ssh::connect(h, &c.base_dir, opts.connect_timeout).await;
+            {
+                let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+                *l = (*l).max(started.elapsed().as_millis());
+            }
+            let r = match r {
+                Ok(s) => {
+                    let t = Arc::new(s) as Arc<dyn Transport>;
+                    let answer = then(h, t.clone()).await;
+                    Ok((t, answer))
+                }
+                Err(e) => Err(e),
+            };
             (h.name.clone(), r)
         }))
         .buffer_unordered(opts.concurrency.max(1))
         .collect()
         .await;
     let mut hosts = BTreeMap::new();
+    let mut answers = Vec::new();
     let mut errors = Vec::new();
     for (name, r) in results {
         match r {
-            Ok(t) => {
-                hosts.insert(name, t);
+            Ok((t, a)) => {
+                hosts.insert(name.clone(), t);
+                answers.push((name, a));
             }
             Err(e) => errors.push(e.to_string()),
         }
@@ -126,12 +165,57 @@ pub async fn connect(c: &Cluster, opts: &Options) -> Result<BTreeMap<String, Arc
             errors.join("\n")
         );
     }
-    if c.hosts.iter().any(|h| h.ssh.user != "root") {
-        transport::check_sudo(&hosts, opts.concurrency, "nothing was changed")
-            .await
-            .map_err(anyhow::Error::msg)?;
+    let connect_ms = *last_connect.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((hosts, answers, connect_ms))
+}
+
+/// Connect and gather: each host's one script runs as soon as its connection is up. Then every
+/// problem at once, before anything changes.
+async fn reach_and_gather(c: &Cluster, opts: &Options) -> Result<Reached> {
+    let started = Instant::now();
+    // Read and hashed once, shared by every control plane's file.
+    let lab_bin = match (&opts.lab_apiserver, c.kubernetes.bootstrap) {
+        (Some(p), _) => Some(files::Program::load(p)?),
+        (None, crate::spec::Bootstrap::Lab) => {
+            Some(files::Program::load(&default_lab_apiserver()?)?)
+        }
+        _ => None,
+    };
+    // Which files each host should have: only their paths count here (an interface found on the
+    // host may change their contents), and a planned state writes nothing before the checks.
+    let planned = files::desired(c, &State::plan(c)?, lab_bin.as_ref())?;
+    let mut wanted: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
+    for f in &planned {
+        wanted
+            .entry(f.host.as_str())
+            .or_default()
+            .push((f.path.as_str(), f.stamped()));
     }
-    Ok(hosts)
+    let wanted = &wanted;
+    let (hosts, answers, connect_ms) = reach(c, opts, |h, t| async move {
+        let want = wanted.get(h.name.as_str()).cloned().unwrap_or_default();
+        let r = facts::gather(t.as_ref(), c, &want).await;
+        (want, r)
+    })
+    .await?;
+    let gathered = collect(c, answers)?;
+    Ok(Reached {
+        hosts,
+        gathered,
+        lab_bin,
+        connect_ms,
+        gather_ms: started.elapsed().as_millis().saturating_sub(connect_ms),
+    })
+}
+
+/// The hosts, connected, and what they told.
+pub struct Reached {
+    hosts: BTreeMap<String, Arc<dyn Transport>>,
+    gathered: Gathered,
+    lab_bin: Option<files::Program>,
+    /// Until the last connection was up; then until the last host had answered.
+    connect_ms: u128,
+    gather_ms: u128,
 }
 
 /// The whole of `apply`: take the lock, connect, then the phases. Always a summary: whatever
@@ -160,28 +244,40 @@ pub async fn run(c: Cluster, opts: Options, reporter: Arc<dyn Reporter>) -> Summ
         return failed(e, opts.dry_run);
     }
     crate::transport::tunnel::setup(&c).await;
-    match connect(&c, &opts).await {
-        Ok(hosts) => apply(c, opts, hosts, reporter).await,
+    match reach_and_gather(&c, &opts).await {
+        Ok(reached) => {
+            let mut s = apply(c, opts, reached, reporter).await;
+            // The whole run, from the lock on.
+            if let Some((_, total)) = s.phases.iter_mut().find(|(p, _)| p == "total") {
+                *total = started.elapsed().as_millis();
+            }
+            s
+        }
         Err(e) => failed(e, opts.dry_run),
     }
 }
 
-/// Run apply (or its dry-run) on connected hosts.
+/// Run apply (or its dry-run) on reached hosts.
 pub async fn apply(
     c: Cluster,
     opts: Options,
-    hosts: BTreeMap<String, Arc<dyn Transport>>,
+    reached: Reached,
     reporter: Arc<dyn Reporter>,
 ) -> Summary {
     let started = Instant::now();
+    // Connecting, then the rest of the facts, the clock probe and every file's checksum (they
+    // overlap: a host's script starts once its own connection is up).
     let mut summary = Summary {
         dry_run: opts.dry_run,
         changed: 0,
         hosts: BTreeMap::new(),
-        phases: vec![],
+        phases: vec![
+            ("connect".into(), reached.connect_ms),
+            ("facts".into(), reached.gather_ms),
+        ],
         error: None,
     };
-    let ctx = match prepare_ctx(c, opts, hosts, reporter).await {
+    let ctx = match prepare_ctx(c, opts, reached, reporter).await {
         Ok(ctx) => ctx,
         Err(e) => {
             summary.error = Some(format!("{e:#}"));
@@ -219,8 +315,8 @@ pub async fn apply(
 /// Connect and gather facts as apply does, for commands that work through apply's helpers
 /// (`hakube upgrade`): the same files, state and dry-run behaviour.
 pub async fn context(c: Cluster, opts: Options, reporter: Arc<dyn Reporter>) -> Result<Ctx> {
-    let hosts = connect(&c, &opts).await?;
-    prepare_ctx(c, opts, hosts, reporter).await
+    let reached = reach_and_gather(&c, &opts).await?;
+    prepare_ctx(c, opts, reached, reporter).await
 }
 
 impl Ctx {
@@ -233,37 +329,19 @@ impl Ctx {
 async fn prepare_ctx(
     c: Cluster,
     opts: Options,
-    hosts: BTreeMap<String, Arc<dyn Transport>>,
+    reached: Reached,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Ctx> {
-    // Facts from every host in parallel, then every problem at once.
-    let mut facts = BTreeMap::new();
-    let mut errors = Vec::new();
-    use futures::stream::StreamExt;
-    let limit = opts.concurrency.max(1);
-    let gathered: Vec<(String, Result<Facts>)> =
-        futures::stream::iter(hosts.iter().map(|(n, t)| {
-            let c = &c;
-            async move { (n.clone(), facts::gather(t.as_ref(), c).await) }
-        }))
-        .buffer_unordered(limit)
-        .collect()
-        .await;
-    for (n, r) in gathered {
-        match r {
-            Ok(f) => {
-                facts.insert(n, f);
-            }
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    errors.extend(facts::check(&c, &facts));
-    if !errors.is_empty() {
-        bail!(
-            "the hosts do not match the spec; nothing was changed:\n{}",
-            errors.join("\n")
-        );
-    }
+    let Reached {
+        hosts,
+        gathered: Gathered {
+            facts,
+            hashes,
+            stale,
+        },
+        lab_bin,
+        ..
+    } = reached;
     // The interface that carries each address, as found on the host.
     let mut c = c;
     for h in &mut c.hosts {
@@ -282,21 +360,15 @@ async fn prepare_ctx(
         State::open_or_init(&c)?
     }
     .renewing(opts.renew.clone());
-    let lab_bin = match (&opts.lab_apiserver, c.kubernetes.bootstrap) {
-        (Some(p), _) => Some(p.clone()),
-        (None, crate::spec::Bootstrap::Lab) => Some(default_lab_apiserver()?),
-        _ => None,
-    };
-    let mut files = files::desired(&c, &state, lab_bin.as_deref())?;
-    let hashes = prefetch_hashes(&hosts, &files, limit).await?;
+    let mut files = files::desired(&c, &state, lab_bin.as_ref())?;
     if !opts.replace_ca {
         check_same_cas(&c, &state, &files, &hashes, &hosts).await?;
     }
     if fresh && !opts.dry_run {
         state = State::open_or_init(&c)?.renewing(opts.renew.clone());
-        files = files::desired(&c, &state, lab_bin.as_deref())?;
+        files = files::desired(&c, &state, lab_bin.as_ref())?;
     }
-    Ok(Ctx::new(
+    let mut ctx = Ctx::new(
         c,
         opts,
         hosts,
@@ -304,7 +376,67 @@ async fn prepare_ctx(
         files,
         state,
         reporter,
-    ))
+    );
+    ctx.set_stale(stale);
+    Ok(ctx)
+}
+
+/// What the hosts told before the first phase.
+struct Gathered {
+    facts: BTreeMap<String, Facts>,
+    hashes: Hashes,
+    stale: Stale,
+}
+
+/// Each host's answer to its one script (facts, clock and the checksum of every wanted file,
+/// programs by their stamps), with the files it was asked about; then every problem at once,
+/// before anything changes. A sudo that asks for a password is one message for all hosts.
+type Answer<'a> = (
+    Vec<(&'a str, bool)>,
+    std::result::Result<(Facts, Vec<transport::Sum>), facts::GatherError>,
+);
+
+fn collect(c: &Cluster, results: Vec<(String, Answer<'_>)>) -> Result<Gathered> {
+    let mut out = Gathered {
+        facts: BTreeMap::new(),
+        hashes: Hashes::new(),
+        stale: Stale::new(),
+    };
+    let mut errors = Vec::new();
+    let mut refused = Vec::new();
+    for (n, (want, r)) in results {
+        match r {
+            Ok((f, sums)) => {
+                for ((path, _), sum) in want.into_iter().zip(sums) {
+                    let key = (n.clone(), path.to_string());
+                    if let transport::Sum::Hashed { stat, .. } = &sum {
+                        out.stale.insert(key.clone(), stat.clone());
+                    }
+                    out.hashes.insert(key, sum.hash().map(String::from));
+                }
+                out.facts.insert(n.clone(), f);
+            }
+            Err(facts::GatherError::Transport(transport::Error::SudoRefused {
+                host,
+                user,
+                detail,
+                ..
+            })) => refused.push((user, detail, host)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if let Some(msg) = transport::error::sudo_refusals(refused, "nothing was changed") {
+        bail!("{msg}");
+    }
+    errors.sort();
+    errors.extend(facts::check(c, &out.facts));
+    if !errors.is_empty() {
+        bail!(
+            "the hosts do not match the spec; nothing was changed:\n{}",
+            errors.join("\n")
+        );
+    }
+    Ok(out)
 }
 
 /// Refuse to hand the cluster CAs it does not trust: a CA file on a host that differs from this
@@ -383,7 +515,9 @@ async fn check_same_cas(
     )
 }
 
-/// Every wanted file's checksum on its host, one round trip per host, in parallel.
+/// Every wanted file's checksum on its host, one round trip per host, in parallel (what
+/// [`gather`] does with the facts, for contexts built over other transports in tests).
+#[cfg(test)]
 pub(crate) async fn prefetch_hashes(
     hosts: &BTreeMap<String, Arc<dyn Transport>>,
     files: &[RenderedFile],

@@ -59,7 +59,10 @@ pub fn write_ssh_config(paths: &LabPaths, st: &LabState) -> Result<()> {
     out.push_str(&format!(
         "Host {patterns}\n    User {user}\n    Port 22\n    IdentityFile {key}\n    IdentitiesOnly yes\n    \
          UserKnownHostsFile {kh}\n    GlobalKnownHostsFile /dev/null\n    StrictHostKeyChecking yes\n    \
-         PasswordAuthentication no\n    ConnectTimeout 5\n    LogLevel ERROR\n",
+         PasswordAuthentication no\n    ConnectTimeout 5\n    LogLevel ERROR\n    \
+         # Every lab host shares this machine's cores: OpenSSH's default key exchange\n    \
+         # (sntrup761x25519) made connecting 100 hosts 4.5 times slower than X25519 alone.\n    \
+         KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n",
         patterns = patterns.join(" "),
         user = st.login(),
         key = paths.ssh_key().display(),

@@ -81,6 +81,10 @@ pub struct RenderedFile {
     /// Binary content (a program); when set, it replaces `content`.
     #[serde(skip)]
     pub binary: Option<std::sync::Arc<Vec<u8>>>,
+    /// A program written from this local file, streamed, never held in memory (`hash` is set
+    /// when the file is made). Hosts compare it by its stamp (`transport::STAMP_SUFFIX`).
+    #[serde(skip)]
+    pub source: Option<std::sync::Arc<std::path::PathBuf>>,
     /// The checksum, computed once: apply compares it with every host's copy.
     #[serde(skip)]
     pub hash: std::sync::OnceLock<String>,
@@ -92,6 +96,10 @@ impl RenderedFile {
             Some(b) => b,
             None => self.content.as_bytes(),
         }
+    }
+    /// A program: compared on hosts by its stamp rather than hashed each run.
+    pub fn stamped(&self) -> bool {
+        self.binary.is_some() || self.source.is_some()
     }
     pub fn sha256(&self) -> String {
         self.hash

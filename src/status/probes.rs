@@ -511,50 +511,63 @@ pub async fn certs(c: &Cluster, api_ca: Option<&str>, etcd: &crate::etcd::Tls) -
     .collect()
 }
 
+/// How many hosts [`on_hosts`] connects to at once (apply's default concurrency): a 100-host
+/// cluster must not start 100 `ssh` masters together.
+pub const HOSTS_AT_ONCE: usize = 30;
+
 /// Run a read-only script on every host in `names` (doctor's SSH checks), the script chosen
-/// per host. Each result carries the host's clock offset, from a `date` round trip timed on its
-/// own. Hosts that cannot be asked come back with why.
+/// per host, [`HOSTS_AT_ONCE`] hosts at a time, results in the order of `names`. Each result
+/// carries the host's clock offset, from a `date` round trip timed on its own. Hosts that
+/// cannot be asked come back with why.
 pub async fn on_hosts(
     c: &Cluster,
     names: &[String],
     script: impl Fn(&Host) -> String,
 ) -> Vec<(String, Result<(String, i64), Unobserved>)> {
+    use futures::stream::StreamExt;
     let script = &script;
-    futures::future::join_all(names.iter().map(|n| async move {
-        let r = async {
-            let h = c.host(n).ok_or_else(|| Unobserved {
-                host: n.clone(),
-                cause: None,
-                why: "not in the spec".into(),
-                help: String::new(),
-                sudo_refused: None,
-            })?;
-            let fail = |e: transport::Error| Unobserved::from_transport(n, &e);
-            let t = transport::ssh::Ssh::connect(h, &c.base_dir, SSH_CONNECT)
-                .await
-                .map_err(fail)?;
-            let t0 = now_ms();
-            let d = transport::run(&t, "date +%s%3N", "date", SSH_COMMAND)
-                .await
-                .map_err(fail)?;
-            let t1 = now_ms();
-            let remote: i64 = d.stdout_str().trim().parse().unwrap_or((t0 + t1) / 2);
-            let off = remote - (t0 + t1) / 2;
-            // What the round trip cannot tell apart goes to the host's benefit.
-            let off = if off.abs() > (t1 - t0) / 2 {
-                off - off.signum() * ((t1 - t0) / 2)
-            } else {
-                0
-            };
-            let o = transport::run(&t, &script(h), "doctor checks", SSH_COMMAND * 2)
-                .await
-                .map_err(fail)?;
-            Ok((o.stdout_str(), off))
-        }
-        .await;
-        (n.clone(), r)
-    }))
-    .await
+    // Collected first: a lazy `map` closure here is not `Send` for every lifetime.
+    let asks: Vec<_> = names
+        .iter()
+        .map(|n| async move {
+            let r = async {
+                let h = c.host(n).ok_or_else(|| Unobserved {
+                    host: n.clone(),
+                    cause: None,
+                    why: "not in the spec".into(),
+                    help: String::new(),
+                    sudo_refused: None,
+                })?;
+                let fail = |e: transport::Error| Unobserved::from_transport(n, &e);
+                let t = transport::ssh::Ssh::connect(h, &c.base_dir, SSH_CONNECT)
+                    .await
+                    .map_err(fail)?;
+                let t0 = now_ms();
+                let d = transport::run(&t, "date +%s%3N", "date", SSH_COMMAND)
+                    .await
+                    .map_err(fail)?;
+                let t1 = now_ms();
+                let remote: i64 = d.stdout_str().trim().parse().unwrap_or((t0 + t1) / 2);
+                let off = remote - (t0 + t1) / 2;
+                // What the round trip cannot tell apart goes to the host's benefit.
+                let off = if off.abs() > (t1 - t0) / 2 {
+                    off - off.signum() * ((t1 - t0) / 2)
+                } else {
+                    0
+                };
+                let o = transport::run(&t, &script(h), "doctor checks", SSH_COMMAND * 2)
+                    .await
+                    .map_err(fail)?;
+                Ok((o.stdout_str(), off))
+            }
+            .await;
+            (n.clone(), r)
+        })
+        .collect();
+    futures::stream::iter(asks)
+        .buffered(HOSTS_AT_ONCE)
+        .collect()
+        .await
 }
 
 fn now_ms() -> i64 {

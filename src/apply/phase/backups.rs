@@ -9,9 +9,8 @@ use crate::apply::{Ctx, Phase};
 use crate::render::Component;
 use crate::render::backup::{SCRIPT_PATH, SERVICE_PATH, TIMER, TIMER_PATH};
 use crate::spec::{Cluster, EtcdManagement, Host};
-use crate::transport::{self, BoxFut};
+use crate::transport::BoxFut;
 use anyhow::{Context, Result};
-use std::time::Duration;
 
 pub struct Backups;
 
@@ -39,39 +38,26 @@ impl Phase for Backups {
     }
 }
 
-/// What the host runs now (read-only, so dry-run asks too).
+/// What the host ran when apply started (from its facts: the phases before this one do not
+/// touch the timer).
 struct Live {
     active: bool,
     enabled: bool,
     installed: bool,
 }
 
-async fn live(ctx: &Ctx, h: &Host) -> Result<Live> {
-    let t = ctx.host(&h.name)?;
-    let script = format!(
-        "echo \"active $(systemctl is-active {TIMER} 2>/dev/null)\"; \
-         echo \"enabled $(systemctl is-enabled {TIMER} 2>/dev/null)\"; \
-         [ -e {TIMER_PATH} ] && echo installed; true"
-    );
-    let out = transport::run(
-        t,
-        &script,
-        &format!("systemctl is-active {TIMER}"),
-        Duration::from_secs(20),
-    )
-    .await?
-    .stdout_str();
-    let has = |l: &str| out.lines().any(|x| x.trim() == l);
+fn live(ctx: &Ctx, h: &Host) -> Result<Live> {
+    let f = ctx.facts(&h.name)?;
     Ok(Live {
-        active: has("active active"),
-        enabled: has("enabled enabled"),
-        installed: has("installed"),
+        active: f.active(TIMER),
+        enabled: f.enabled(TIMER),
+        installed: f.backup_timer,
     })
 }
 
 pub(crate) async fn ensure(ctx: &Ctx, h: &Host) -> Result<()> {
     let name = &h.name;
-    let now = live(ctx, h).await?;
+    let now = live(ctx, h)?;
     if ctx.c.backup.schedule.is_none() {
         if now.installed {
             ctx.run(

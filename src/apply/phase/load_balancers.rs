@@ -2,6 +2,7 @@
 //! before a reload; then exactly one VIP holder.
 
 use crate::apply::ops::{HAPROXY, KEEPALIVED, Op, Systemctl};
+use crate::apply::report::Kind;
 use crate::apply::{Ctx, Phase};
 use crate::render::check::{haproxy_test_command, keepalived_test_command};
 use crate::render::{Component, HAPROXY_ENV};
@@ -24,10 +25,34 @@ impl Phase for LoadBalancers {
     fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
         Box::pin(async move {
             // One LB at a time, so that a bad config can never take both down.
+            let mut acted = false;
             for h in ctx.c.load_balancers() {
-                lb_host(ctx, h).await?;
+                acted |= lb_host(ctx, h).await?;
             }
             let vip = ctx.c.lb.vip.to_string();
+            // Nothing changed on the LBs and the facts (read moments ago) saw one holder: there
+            // is no move to wait for. `verify` still checks the VIP answers.
+            let held: Vec<&str> = ctx
+                .c
+                .load_balancers()
+                .filter(|h| {
+                    ctx.facts
+                        .get(&h.name)
+                        .is_some_and(|f| f.interface_of(&vip).is_some())
+                })
+                .map(|h| h.name.as_str())
+                .collect();
+            if !acted && held.len() == 1 {
+                ctx.log(
+                    Kind::Ok,
+                    "",
+                    &format!(
+                        "VIP {vip} has one holder ({}), nothing changed on the load balancers",
+                        held[0]
+                    ),
+                );
+                return Ok(());
+            }
             ctx.wait(
                 "",
                 &format!("exactly one load balancer to hold {vip}"),
@@ -57,7 +82,8 @@ pub async fn vip_holders(ctx: &Ctx, vip: &str) -> Result<Vec<String>> {
     crate::observe::vip::holders(&lbs, vip).await
 }
 
-async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
+/// Bring one load balancer to the spec; whether anything was (or in dry-run would be) done.
+async fn lb_host(ctx: &Ctx, h: &Host) -> Result<bool> {
     let name = &h.name;
     let changed = ctx.sync(name, Component::LoadBalancer).await?;
     let touched = |p: &str| changed.iter().any(|c| c.path.starts_with(p));
@@ -69,6 +95,8 @@ async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
     // and those restart it). A restart on the VIP holder refuses connections.
     let hap_changed = touched("/etc/haproxy/");
     let hap_active = ctx.active(name, HAPROXY);
+    let ka_active = ctx.active(name, KEEPALIVED);
+    let acted = !changed.is_empty() || !hap_active || !ka_active;
     if hap_changed || !hap_active {
         // The runtime API socket's folder; Debian makes it with tmpfiles.d at boot.
         let t = ctx.host(name)?;
@@ -109,7 +137,6 @@ async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
         };
         ctx.run(name, op).await?;
     }
-    let ka_active = ctx.active(name, KEEPALIVED);
     if touched("/etc/keepalived/") || !ka_active {
         validate(
             ctx,
@@ -126,7 +153,7 @@ async fn lb_host(ctx: &Ctx, h: &Host) -> Result<()> {
         };
         ctx.run(name, op).await?;
     }
-    Ok(())
+    Ok(acted)
 }
 
 /// Validate a config on the host; on failure put the previous version back and stop.

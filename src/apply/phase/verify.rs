@@ -19,13 +19,16 @@ impl Phase for Verify {
     fn run<'a>(&'a self, ctx: &'a Ctx) -> BoxFut<'a, Result<()>> {
         Box::pin(async move {
             let limit = convergence_limit(&ctx.c);
+            // A run that changed nothing caused no VIP move or reload to wait out: the first
+            // healthy sample is the answer.
+            let settle = if ctx.acted() { SETTLE } else { Duration::ZERO };
             ctx.act(
                 "",
                 &format!(
                     "wait up to {}s until status's VIP, HAProxy, API and etcd verdicts are healthy",
                     limit.as_secs()
                 ),
-                || converge(ctx, limit),
+                || converge(ctx, limit, settle),
             )
             .await?;
             Ok(())
@@ -42,14 +45,15 @@ pub fn convergence_limit(c: &Cluster) -> Duration {
     Duration::from_secs(30) + rise * 2
 }
 
-/// Healthy in every poll for this long counts as converged: VRRP may still hand the VIP over
-/// (a preempting master whose track scripts just passed), which one sample would miss.
+/// After a change, healthy in every poll for this long counts as converged: VRRP may still hand
+/// the VIP over (a preempting master whose track scripts just passed), which one sample would
+/// miss.
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// Poll the same probes and verdicts `status` uses, over apply's open connections, until the
 /// layers that converge have been healthy for [`SETTLE`]. Reports what it still waits for
 /// whenever that changes.
-async fn converge(ctx: &Ctx, limit: Duration) -> Result<()> {
+async fn converge(ctx: &Ctx, limit: Duration, settle: Duration) -> Result<()> {
     use crate::status::{self, Conns, Creds, Scope};
     let creds = Creds::from_state(&ctx.state)?;
     let start = Instant::now();
@@ -60,7 +64,7 @@ async fn converge(ctx: &Ctx, limit: Duration) -> Result<()> {
         let pending = s.unhealthy();
         if pending.is_empty() {
             let since = *healthy_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= SETTLE {
+            if since.elapsed() >= settle {
                 for v in &s.verdicts {
                     ctx.log(Kind::Ok, "", &format!("{}: {}", v.layer, v.reason));
                 }
