@@ -79,6 +79,8 @@ pub fn analyze(c: &Cluster) -> Report {
     prios.sort_unstable_by(|a, b| b.cmp(a));
     let backup = prios.get(1).copied();
     let script_ms = render::TRACK_SCRIPT_FALL as u64 * render::TRACK_SCRIPT_INTERVAL_S * 1000;
+    // A hung HAProxy: the next run of chk_haproxy, then its wait for an answer.
+    let hung_ms = script_ms + render::HUNG_AFTER_MS;
     let skew_unit = if v.version == 3 { " x advert" } else { " s" };
     let (vip, hap) = match backup {
         Some(p) => {
@@ -95,11 +97,12 @@ pub fn analyze(c: &Cluster) -> Report {
                     ),
                 ),
                 (
-                    (skew, skew + script_ms),
+                    (skew, skew + hung_ms),
                     format!(
-                        "HAProxy exited on the holder: systemd writes its track file, keepalived sees it at once (inotify), goes to FAULT and resigns with a priority-0 advert; the backup takes over after its skew (256-{p})/256{skew_unit} = {}; HAProxy hung: its track script fails first (every {}s)",
+                        "HAProxy exited on the holder: systemd writes its track file, keepalived sees it at once (inotify), goes to FAULT and resigns with a priority-0 advert; the backup takes over after its skew (256-{p})/256{skew_unit} = {}; HAProxy hung: its track script fails first (every {}s, no answer within {})",
                         fmt_ms(skew),
                         render::TRACK_SCRIPT_INTERVAL_S,
+                        fmt_ms(render::HUNG_AFTER_MS),
                     ),
                 ),
             )

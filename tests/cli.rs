@@ -93,21 +93,21 @@ fn plan_json_has_the_same_facts() {
     // Host loss: 3 x 200ms + (256-100)/256 x 200ms = 721ms; no API server behind the holder:
     // up to one more track-script interval (1s).
     assert_eq!(layer("VIP")["failover_ms"], serde_json::json!([721, 1721]));
-    // HAProxy dead on the holder: FAULT and a priority-0 advert, so only the backup's skew
-    // (156/256 x 200ms = 121ms), after up to one track-script interval.
+    // HAProxy exited on the holder: FAULT and a priority-0 advert, so only the backup's skew
+    // (156/256 x 200ms = 121ms); hung: after up to one track-script interval and its 500ms wait.
     assert_eq!(
         layer("HAProxy")["failover_ms"],
-        serde_json::json!([121, 1121])
+        serde_json::json!([121, 1621])
     );
-    // A silent API server: 2 checks that fail to connect within min(1s, inter 400ms), 200ms
-    // apart (fastinter), after up to one interval: 1000-1400ms.
+    // A silent API server: 2 checks that fail to connect within min(200ms, inter 400ms),
+    // 200ms apart (fastinter), after up to one interval: 600-1000ms.
     let api = layer("API servers");
-    assert_eq!(api["failover_ms"], serde_json::json!([0, 1400]));
+    assert_eq!(api["failover_ms"], serde_json::json!([0, 1000]));
     assert!(
         api["how"]
             .as_str()
             .unwrap_or_default()
-            .contains("= 1.0s-1.4s"),
+            .contains("= 600ms-1.0s"),
         "{}",
         api["how"]
     );

@@ -30,6 +30,9 @@ pub const TRACK_SCRIPT_INTERVAL_S: u64 = 1;
 /// ... and one failure moves the VIP: with `fall 2` a stopped HAProxy kept the VIP 1.8-2.9 s,
 /// with `fall 1` 0.8-1.7 s (docs/drills.md). A single slow check moves it too, which is cheap.
 pub const TRACK_SCRIPT_FALL: u32 = 1;
+/// How long `chk_haproxy` waits for HAProxy's own answer on 127.0.0.1 before it calls HAProxy
+/// hung (keepalived's `timeout` takes whole seconds, curl's `--max-time` does not).
+pub const HUNG_AFTER_MS: u64 = 500;
 /// systemd writes 1 here when HAProxy's main process ends (ExecStopPost=, also after a crash or
 /// kill -9) and 0 once it runs again (ExecStartPost=); keepalived watches it with inotify
 /// (`track_file`), so an exited HAProxy moves the VIP at once, not at the next track-script run.
@@ -507,6 +510,7 @@ fn load_balancer(
         "host": host_ctx(h),
         "api_port": lb.api_port,
         "track_port": lb.vrrp.track_port,
+        "hung_after_s": HUNG_AFTER_MS as f64 / 1000.0,
         "vrrp": {
             // keepalived honours nopreempt only on instances that start as BACKUP.
             "state": if prio == top && lb.vrrp.preempt { "MASTER" } else { "BACKUP" },

@@ -583,14 +583,18 @@ pub async fn nodes(c: &Cluster) -> Option<Vec<(String, bool)>> {
     if c.kubernetes.bootstrap != crate::spec::Bootstrap::Kubeadm {
         return None;
     }
-    let names: Vec<String> = c.control_planes().map(|h| h.name.clone()).take(1).collect();
+    // Every control plane has admin.conf: the first that answers counts, so one control plane
+    // down does not hide the nodes.
+    let names: Vec<String> = c.control_planes().map(|h| h.name.clone()).collect();
     let script = |_: &Host| {
         "kubectl --kubeconfig=/etc/kubernetes/admin.conf get nodes --no-headers 2>/dev/null".into()
     };
-    let (_, r) = on_hosts(c, &names, script).await.into_iter().next()?;
-    let (text, _) = r.ok()?;
-    let nodes = parse_nodes(&text);
-    if nodes.is_empty() { None } else { Some(nodes) }
+    on_hosts(c, &names, script)
+        .await
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .map(|(text, _)| parse_nodes(&text))
+        .find(|n| !n.is_empty())
 }
 
 /// `kubectl get nodes --no-headers`: NAME STATUS ROLES AGE VERSION.

@@ -287,12 +287,14 @@ fn health_check(hc: &model::HealthCheck, d: &mut Diagnostics) -> Option<HealthCh
         field::positive_duration(d, &path, raw.as_deref(), def)
     };
     // A check connects within min(connectTimeout, interval) (HAProxy's rule once `timeout
-    // check` is set), so with 400ms a silent API server is out within 1.4 s (fall 2), against
-    // 2.6-3.3 s with 1s (docs/drills.md). The answer may take up to `timeout`: a slow /readyz
-    // (during an etcd election, or a loaded server) must not eject a live API server.
+    // check` is set), so with 400ms and a 200ms connect a silent API server is out within
+    // 1.0 s (fall 2), against 2.6-3.3 s with 1s (docs/drills.md). Connecting is the kernel's
+    // SYN-ACK, fast on a loaded host too; the answer may take up to `timeout`: a slow /readyz
+    // (during an etcd election, or a loaded server) must not eject a live API server. The same
+    // connect timeout sends a client's connection to another API server after 200ms.
     let interval = dur(d, "interval", &hc.interval, "400ms");
     let timeout = dur(d, "timeout", &hc.timeout, "2s");
-    let connect_timeout = dur(d, "connectTimeout", &hc.connect_timeout, "1s");
+    let connect_timeout = dur(d, "connectTimeout", &hc.connect_timeout, "200ms");
     let fall = hc.fall.unwrap_or(2);
     let rise = hc.rise.unwrap_or(2);
     for (f, x) in [("fall", fall), ("rise", rise)] {
