@@ -240,7 +240,7 @@ fn vrrp(v: &model::Vrrp, lbs: &[&Host], d: &mut Diagnostics) -> Option<Vrrp> {
                 d.error(
                     "spec.loadBalancer.vrrp.priorities",
                     format!("no priority for load balancer {}", h.name),
-                    "list every load balancer, or none to get 110, 100, 90, ...",
+                    "list every load balancer, or none to get 254, 244, 234, ...",
                 );
             }
         }
