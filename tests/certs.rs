@@ -86,7 +86,9 @@ fn certificates_are_listed_and_renewed_one_host_at_a_time_under_the_probe() {
     for needle in [
         "renewing",
         "etcd/master1-server",
+        "haproxy runtime API: set server k8s-api/master1 state drain",
         "systemctl stop hakube-lab-apiserver",
+        "haproxy runtime API: set server k8s-api/master1 state ready",
         "etcd serves its new certificates (not restarted)",
         "every HAProxy rates it UP",
     ] {

@@ -273,7 +273,20 @@ fn pinned_install_then_upgrade_under_the_probe() {
         p["writes"]["verified"]
     );
     assert!(p["requests"].as_u64().unwrap_or(0) > 100, "{p}");
-    assert_eq!(p["failedFresh"], 0, "failed on new connections: {p}");
+    // On a failure, which step each failed request fell into: the steps' times are from the
+    // probe's start, as the failures' are.
+    let steps: Vec<String> = r["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| format!("{} {}", s["probeS"], s["description"]))
+        .collect();
+    assert_eq!(
+        p["failedFresh"],
+        0,
+        "failed on new connections: {p}\nsteps (seconds since the probe started):\n{}",
+        steps.join("\n")
+    );
     assert_eq!(p["lostWrites"], 0, "{p}");
     assert!(p["writes"]["verified"].as_u64().unwrap_or(0) > 10, "{p}");
     assert!(all_at(&lab, "3.5.1"), "{:?}", versions(&lab));

@@ -839,12 +839,7 @@ async fn haproxy_rates_all_up(ctx: &Ctx, host: &str) -> Result<()> {
 async fn lab_apiserver(ctx: &Ctx, host: &str, to: &str) -> Result<()> {
     use crate::apply::files::LAB_APISERVER_UNIT;
     let h = spec_host(ctx, host)?;
-    ctx.cmd(
-        host,
-        "systemctl stop hakube-lab-apiserver",
-        "systemctl stop hakube-lab-apiserver (drains; HAProxy sends new connections elsewhere)",
-    )
-    .await?;
+    crate::apply::phase::control_plane::stop_lab_apiserver(ctx, host).await?;
     // The lab API server's unit and binary: the control plane's files.
     let changed = ctx
         .sync(host, crate::render::Component::ControlPlane)
@@ -853,15 +848,8 @@ async fn lab_apiserver(ctx: &Ctx, host: &str, to: &str) -> Result<()> {
         ctx.cmd(host, "systemctl daemon-reload", "systemctl daemon-reload")
             .await?;
     }
-    ctx.cmd(
-        host,
-        "systemctl start hakube-lab-apiserver",
-        "systemctl start hakube-lab-apiserver",
-    )
-    .await?;
+    crate::apply::phase::control_plane::start_lab_apiserver(ctx, h).await?;
     let ca = api_ca(ctx)?;
-    crate::apply::phase::control_plane::readyz_gate(ctx, &ca, h).await?;
-    crate::apply::phase::etcd_member::haproxy_rates_up(ctx, host).await?;
     if ctx.opts.dry_run {
         ctx.log(
             Kind::Wait,

@@ -68,9 +68,60 @@ async fn lab(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Stop the lab API server on `host` so that no client notices: it drains (requests in flight
-/// finish, new connections are refused and HAProxy retries them on another server).
+/// HAProxy's state for an API server, set through its runtime API on every load balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// No new connections; sessions open go on (a DOWN from failing checks would cut them).
+    Drain,
+    /// Back in rotation.
+    Ready,
+}
+
+/// Set `server`'s state in every HAProxy through the runtime API socket (curl speaks to it
+/// over the Unix socket; it is on every load balancer already). A planned stop drains first,
+/// so that no new connection is in flight when the checks mark it DOWN: HAProxy's
+/// `on-marked-down shutdown-sessions` would cut it. Best effort: an LB that cannot be told
+/// is named, and the stop goes on (its checks still take the server out).
+pub async fn haproxy_rotation(ctx: &Ctx, server: &str, to: Rotation) -> Result<()> {
+    let state = match to {
+        Rotation::Drain => "drain",
+        Rotation::Ready => "ready",
+    };
+    let cmd = format!(
+        "set server {}/{} state {state}",
+        crate::observe::API_BACKEND,
+        server
+    );
+    // HAProxy answers nothing on success, and the reason otherwise.
+    let script = format!(
+        "out=$(printf '%s\n' {q} | curl -s --max-time 3 --unix-socket /run/haproxy/admin.sock telnet://localhost) || exit 1; \
+         [ -z \"$(printf '%s' \"$out\" | tr -d '[:space:]')\" ] || {{ echo \"$out\" >&2; exit 1; }}",
+        q = crate::transport::quote(&cmd)
+    );
+    let lbs: Vec<String> = ctx.c.load_balancers().map(|h| h.name.clone()).collect();
+    for lb in lbs {
+        if let Err(e) = ctx
+            .run(
+                &lb,
+                Op::script_with_display(script.clone(), format!("haproxy runtime API: {cmd}")),
+            )
+            .await
+        {
+            ctx.log(
+                Kind::Warn,
+                &lb,
+                &format!("could not {cmd} ({e:#}); its health checks will take it out instead"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Stop the lab API server on `host` so that no client notices: every HAProxy drains it first
+/// (no new connections), then it stops (requests in flight finish, /readyz fails during its
+/// shutdown delay).
 pub async fn stop_lab_apiserver(ctx: &Ctx, host: &str) -> Result<()> {
+    haproxy_rotation(ctx, host, Rotation::Drain).await?;
     ctx.run(
         host,
         Op::script_with_display(
@@ -88,6 +139,7 @@ pub async fn start_lab_apiserver(ctx: &Ctx, h: &Host) -> Result<()> {
     ctx.run(&h.name, Systemctl::Start(LAB_APISERVER)).await?;
     let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
     readyz_gate(ctx, &ca, h).await?;
+    haproxy_rotation(ctx, &h.name, Rotation::Ready).await?;
     super::etcd_member::haproxy_rates_up(ctx, &h.name).await
 }
 
