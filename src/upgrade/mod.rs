@@ -209,7 +209,9 @@ async fn upgrade(c: Cluster, o: &Options, report: &mut Report) -> Result<()> {
     ctx.set_phase("upgrade");
     // An interrupted run may have left a service stopped mid-step (an API server drained, a
     // keepalived stopped to move the VIP): start those first, then look again.
-    if !o.dry_run && progress_path(&ctx.c).exists() && heal(&ctx).await? {
+    let undrained =
+        !o.dry_run && crate::apply::phase::control_plane::undrain_leftovers(&ctx).await?;
+    if !o.dry_run && (progress_path(&ctx.c).exists() && heal(&ctx).await? || undrained) {
         ctx = apply::context(c, opts, reporter).await?;
         ctx.set_phase("upgrade");
     }

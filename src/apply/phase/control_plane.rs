@@ -10,7 +10,7 @@ use crate::render::{Component, kubeadm};
 use crate::spec::node_os::{CNI_MANIFEST, CniName, CniSource};
 use crate::spec::{Bootstrap, Host};
 use crate::transport::{self, BoxFut, quote};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +53,7 @@ async fn lab(ctx: &Ctx) -> Result<()> {
         })
     })
     .await?;
+    undrain_leftovers(ctx).await?;
     for h in ctx.c.control_planes() {
         let name = &h.name;
         let pending = ctx.take(name, LAB_APISERVER);
@@ -121,6 +122,13 @@ pub async fn haproxy_rotation(ctx: &Ctx, server: &str, to: Rotation) -> Result<(
 /// (no new connections), then it stops (requests in flight finish, /readyz fails during its
 /// shutdown delay).
 pub async fn stop_lab_apiserver(ctx: &Ctx, host: &str) -> Result<()> {
+    // Recorded first: a run killed before `ready` is undone by the next one.
+    if !ctx.dry_run() {
+        let dir = drained_dir(ctx);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join(host), b"")
+            .with_context(|| format!("writing {}", dir.join(host).display()))?;
+    }
     haproxy_rotation(ctx, host, Rotation::Drain).await?;
     ctx.run(
         host,
@@ -140,7 +148,38 @@ pub async fn start_lab_apiserver(ctx: &Ctx, h: &Host) -> Result<()> {
     let ca = crate::probe::client_config(ctx.state.cluster_ca.cert_pem())?;
     readyz_gate(ctx, &ca, h).await?;
     haproxy_rotation(ctx, &h.name, Rotation::Ready).await?;
+    let _ = std::fs::remove_file(drained_dir(ctx).join(&h.name));
     super::etcd_member::haproxy_rates_up(ctx, &h.name).await
+}
+
+/// API servers hakube drained (in the operator state, one empty file each) and has not set
+/// ready again yet.
+fn drained_dir(ctx: &Ctx) -> std::path::PathBuf {
+    ctx.state.dir().join("drained")
+}
+
+/// Put back in rotation the API servers an interrupted run left drained; whether there were any.
+pub async fn undrain_leftovers(ctx: &Ctx) -> Result<bool> {
+    let Ok(rd) = std::fs::read_dir(drained_dir(ctx)) else {
+        return Ok(false);
+    };
+    let hosts: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| ctx.c.control_planes().any(|h| &h.name == n))
+        .collect();
+    for host in &hosts {
+        ctx.log(
+            Kind::Warn,
+            host,
+            "left drained in HAProxy by an interrupted run; putting it back in rotation",
+        );
+        haproxy_rotation(ctx, host, Rotation::Ready).await?;
+        if !ctx.dry_run() {
+            let _ = std::fs::remove_file(drained_dir(ctx).join(host));
+        }
+    }
+    Ok(!hosts.is_empty())
 }
 
 /// Wait until the API server on `h` answers `/readyz` with 200.
